@@ -1,0 +1,7 @@
+"""Model zoo: every model registers by name (``get_model(name, **cfg)``, ``list_models()``)."""
+from models.registry import get_model, list_models, register_model
+
+# Importing the modules registers their models.
+from models import baselines  # noqa: F401,E402
+
+__all__ = ["get_model", "list_models", "register_model"]

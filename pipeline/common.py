@@ -1,0 +1,179 @@
+"""Small helpers every stage uses: params, logging, atomic writes, sharded + resumable output."""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Callable, Iterable
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import yaml
+from tqdm import tqdm
+
+from pipeline.schema import KEY, feature_schema, validate
+
+log = logging.getLogger("merc")
+PARAMS_FILE = Path(os.environ.get("MERC_PARAMS", "params.yaml"))
+
+
+def setup_logging() -> None:
+    logging.basicConfig(
+        level=os.environ.get("MERC_LOGLEVEL", "INFO"),
+        format="%(asctime)s %(name)s %(levelname)s %(message)s",
+    )
+
+
+def load_params(section: str | None = None, path: Path | None = None) -> dict:
+    """``params.yaml`` (or one top-level section of it)."""
+    with open(path or PARAMS_FILE) as f:
+        params = yaml.safe_load(f)
+    return params if section is None else params[section]
+
+
+def atomic_write_table(table: pa.Table, path: str | Path) -> None:
+    """Write Parquet to a temp file beside ``path`` then rename, so readers never see half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        pq.write_table(table, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(text: str, path: str | Path) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def file_digest(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def read_utterances(path: str | Path) -> pa.Table:
+    from pipeline.schema import UTTERANCE_SCHEMA
+
+    return validate(pq.read_table(path), UTTERANCE_SCHEMA)
+
+
+def read_features(directory: str | Path) -> pa.Table:
+    """All shards of a feature table (files starting with ``_`` or ``.`` are ignored by pyarrow)."""
+    directory = Path(directory)
+    shards = sorted(directory.glob("part-*.parquet"))
+    if not shards:
+        raise FileNotFoundError(f"no feature shards in {directory}: run its extract stage first")
+    return pa.concat_tables([pq.read_table(s) for s in shards])
+
+
+def fingerprint(utterances_path: str | Path, config: dict) -> str:
+    blob = json.dumps({"input": file_digest(utterances_path), "config": config}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+class FeatureExtractor:
+    """What a modality stage implements: ``dim``, ``name``, extra columns and ``process``.
+
+    ``process(rows)`` gets a list of utterance dicts and returns one record per row: a dict with
+    ``status``, ``error``, ``feature`` (np.ndarray[dim] or None) and any ``extra_fields`` values.
+    It must not raise for bad media: per-item failures become ``status='error'`` records.
+    """
+
+    name: str = "feature"
+    dim: int = 0
+    extra_fields: list[pa.Field] = []
+
+    def process(self, rows: list[dict]) -> list[dict]:  # pragma: no cover - interface
+        raise NotImplementedError
+
+
+def run_sharded(
+    extractor: FeatureExtractor,
+    utterances_path: str | Path,
+    out_dir: str | Path,
+    config: dict,
+    shard_size: int = 256,
+    select: Callable[[dict], bool] | None = None,
+) -> Path:
+    """Run ``extractor`` over the utterance table in shards of ``shard_size`` rows.
+
+    Each shard is written atomically as ``part-NNNNN.parquet``; a shard that already exists with the
+    same fingerprint (input table + ``config``) is kept, so an interrupted run resumes where it stopped
+    and memory stays flat as the corpus grows. A changed fingerprint clears the directory first.
+    """
+    out_dir = Path(out_dir)
+    fp = fingerprint(utterances_path, config)
+    fp_file = out_dir / "_fingerprint.json"
+    if out_dir.exists():
+        old = json.loads(fp_file.read_text()).get("fingerprint") if fp_file.exists() else None
+        if old != fp:
+            log.info("%s: inputs or params changed, clearing %s", extractor.name, out_dir)
+            shutil.rmtree(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(json.dumps({"fingerprint": fp, "config": config}, indent=2, sort_keys=True), fp_file)
+
+    pf = pq.ParquetFile(utterances_path)
+    n_rows = pf.metadata.num_rows
+    n_shards = max(1, -(-n_rows // shard_size))
+    schema = feature_schema(extractor.dim, extractor.name, extractor.extra_fields)
+    done = {p.name for p in out_dir.glob("part-*.parquet")}
+    todo = [i for i in range(n_shards) if f"part-{i:05d}.parquet" not in done]
+    if len(todo) < n_shards:
+        log.info("%s: resuming, %d of %d shards already written", extractor.name, n_shards - len(todo), n_shards)
+    zero = np.zeros(extractor.dim, dtype=np.float32)
+    counts: dict[str, int] = {}
+    with tqdm(total=n_rows, desc=f"extract {extractor.name}", unit="utt") as bar:
+        bar.update(min(n_rows, (n_shards - len(todo)) * shard_size))
+        for i, batch in _iter_shards(pf, shard_size):
+            if i not in todo:
+                continue
+            rows = batch.to_pylist()
+            keep = [r for r in rows if select is None or select(r)]
+            records = extractor.process(keep) if keep else []
+            if len(records) != len(keep):
+                raise RuntimeError(f"{extractor.name}: {len(records)} records for {len(keep)} rows")
+            cols: dict[str, list] = {f.name: [] for f in schema}
+            for row, rec in zip(keep, records):
+                feat, status, error = rec.get("feature"), rec["status"], rec.get("error")
+                if status == "ok" and feat is None:
+                    status, error = "error", f"{extractor.name} returned no vector"
+                cols["dialogue_id"].append(row["dialogue_id"])
+                cols["utterance_id"].append(row["utterance_id"])
+                cols["status"].append(status)
+                cols["error"].append(error)
+                cols["feature"].append(np.asarray(feat, dtype=np.float32) if status == "ok" else zero)
+                for f in extractor.extra_fields:
+                    cols[f.name].append(rec.get(f.name))
+                counts[status] = counts.get(status, 0) + 1
+            table = pa.table(cols, schema=schema)
+            atomic_write_table(table, out_dir / f"part-{i:05d}.parquet")
+            bar.update(len(rows))
+    log.info("%s: wrote %s (this run's statuses: %s)", extractor.name, out_dir, counts)
+    return out_dir
+
+
+def _iter_shards(pf: pq.ParquetFile, shard_size: int) -> Iterable[tuple[int, pa.Table]]:
+    for i, batch in enumerate(pf.iter_batches(batch_size=shard_size)):
+        yield i, pa.Table.from_batches([batch])
+
+
+def key_index(table: pa.Table) -> dict[tuple[str, int], int]:
+    """Map (dialogue_id, utterance_id) → row number."""
+    d = table.column(KEY[0]).to_pylist()
+    u = table.column(KEY[1]).to_pylist()
+    return {(a, b): i for i, (a, b) in enumerate(zip(d, u))}

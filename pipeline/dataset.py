@@ -1,0 +1,137 @@
+"""Utterance table + feature tables → dialogue tensors for training and evaluation.
+
+Meets the extract stages only at their Parquet schema (``pipeline.schema``): a modality counts as present
+for an utterance when its feature row has ``status == 'ok'``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import torch
+
+from pipeline.common import key_index, read_features, read_utterances
+from pipeline.schema import feature_matrix
+
+FEATURE_DIRS = {"t": "data/features/text", "a": "data/features/audio", "v": "data/features/visual"}
+
+
+@dataclass
+class Corpus:
+    """Row-aligned arrays for every labelled utterance, plus per-modality status counts."""
+
+    utterances: pa.Table
+    feats: dict[str, np.ndarray]
+    present: dict[str, np.ndarray]
+    status_counts: dict[str, dict[str, dict[str, int]]] = field(default_factory=dict)
+    skipped: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def dims(self) -> dict[str, int]:
+        return {m: int(x.shape[1]) for m, x in self.feats.items()}
+
+    def split_rows(self, split: str) -> np.ndarray:
+        return np.flatnonzero(np.asarray(self.utterances.column("split").to_pylist()) == split)
+
+
+def load_corpus(utterances_path: str | Path, modalities: list[str], feature_dirs: dict[str, str] | None = None) -> Corpus:
+    """Join the requested modalities' features onto the labelled utterances (missing rows → absent)."""
+    feature_dirs = {**FEATURE_DIRS, **(feature_dirs or {})}
+    utt = read_utterances(utterances_path)
+    labels = np.asarray(utt.column("label_id").to_numpy())
+    splits = np.asarray(utt.column("split").to_pylist())
+    skipped = {s: int(((labels < 0) & (splits == s)).sum()) for s in ("train", "dev", "test")}
+    utt = utt.filter(pa.compute.greater_equal(utt.column("label_id"), 0))
+    idx = key_index(utt)
+    utt_split = utt.column("split").to_pylist()
+    feats, present, status_counts = {}, {}, {}
+    for m in modalities:
+        if m not in feature_dirs:
+            raise ValueError(f"unknown modality {m!r}; use any of {sorted(FEATURE_DIRS)}")
+        table = read_features(feature_dirs[m])
+        mat = feature_matrix(table)
+        x = np.zeros((utt.num_rows, mat.shape[1]), dtype=np.float32)
+        ok = np.zeros(utt.num_rows, dtype=bool)
+        status = table.column("status").to_pylist()
+        keys = list(zip(table.column("dialogue_id").to_pylist(), table.column("utterance_id").to_pylist()))
+        for r, key in enumerate(keys):
+            i = idx.get(key)
+            if i is not None and status[r] == "ok":
+                x[i], ok[i] = mat[r], True
+        feats[m], present[m] = x, ok
+        st = np.asarray(status)
+        row_split = np.asarray([utt_split[idx[k]] if k in idx else "unlabelled" for k in keys])
+        status_counts[m] = {s: {k: int(((st == k) & (row_split == s)).sum()) for k in sorted(set(status))}
+                            for s in ("train", "dev", "test")}
+    return Corpus(utt, feats, present, status_counts, skipped)
+
+
+class Standardizer:
+    """Per-dimension z-score fitted on the training rows where the modality is present."""
+
+    def __init__(self, mean: dict[str, np.ndarray] | None = None, std: dict[str, np.ndarray] | None = None):
+        self.mean, self.std = mean or {}, std or {}
+
+    def fit(self, corpus: Corpus, rows: np.ndarray) -> "Standardizer":
+        for m, x in corpus.feats.items():
+            sel = x[rows][corpus.present[m][rows]]
+            self.mean[m] = sel.mean(0) if len(sel) else np.zeros(x.shape[1], np.float32)
+            self.std[m] = sel.std(0) + 1e-6 if len(sel) else np.ones(x.shape[1], np.float32)
+        return self
+
+    def __call__(self, m: str, x: np.ndarray, present: np.ndarray) -> np.ndarray:
+        return ((x - self.mean[m]) / self.std[m] * present[:, None]).astype(np.float32)
+
+    def state(self) -> dict:
+        return {"mean": self.mean, "std": self.std}
+
+
+def dialogues(corpus: Corpus, split: str, norm: Standardizer) -> list[dict]:
+    """One dict of arrays per dialogue of ``split``, utterances in order, speakers indexed per dialogue."""
+    rows = corpus.split_rows(split)
+    did = np.asarray(corpus.utterances.column("dialogue_id").to_pylist())[rows]
+    uid = np.asarray(corpus.utterances.column("utterance_id").to_numpy())[rows]
+    spk = np.asarray(corpus.utterances.column("speaker").to_pylist())[rows]
+    lab = np.asarray(corpus.utterances.column("label_id").to_numpy())[rows]
+    out, order = [], {}
+    for j, d in enumerate(did):
+        order.setdefault(d, []).append(j)
+    for d, js in order.items():
+        js = sorted(js, key=lambda j: uid[j])
+        r = rows[js]
+        speakers = {s: k for k, s in enumerate(dict.fromkeys(spk[js]))}
+        out.append(
+            dict(
+                dialogue_id=d,
+                utterance_id=uid[js].astype(np.int64),
+                label=lab[js].astype(np.int64),
+                speaker=np.asarray([speakers[s] for s in spk[js]], dtype=np.int64),
+                feats={m: norm(m, corpus.feats[m][r], corpus.present[m][r]) for m in corpus.feats},
+                present={m: corpus.present[m][r] for m in corpus.feats},
+            )
+        )
+    return out
+
+
+def collate(batch: list[dict], device: str | torch.device = "cpu") -> dict:
+    """Pad dialogues to the longest one; ``mask`` marks real utterances, labels of padding are -100."""
+    B, T = len(batch), max(len(d["label"]) for d in batch)
+    mods = list(batch[0]["feats"])
+    mask = torch.zeros(B, T, dtype=torch.bool)
+    label = torch.full((B, T), -100, dtype=torch.long)
+    speaker = torch.zeros(B, T, dtype=torch.long)
+    feats = {m: torch.zeros(B, T, batch[0]["feats"][m].shape[1]) for m in mods}
+    present = {m: torch.zeros(B, T, dtype=torch.bool) for m in mods}
+    for b, d in enumerate(batch):
+        n = len(d["label"])
+        mask[b, :n] = True
+        label[b, :n] = torch.from_numpy(d["label"])
+        speaker[b, :n] = torch.from_numpy(d["speaker"])
+        for m in mods:
+            feats[m][b, :n] = torch.from_numpy(d["feats"][m])
+            present[m][b, :n] = torch.from_numpy(d["present"][m])
+    to = lambda t: t.to(device)  # noqa: E731
+    return dict(feats={m: to(v) for m, v in feats.items()}, present={m: to(v) for m, v in present.items()},
+                mask=to(mask), speaker=to(speaker), label=to(label))

@@ -1,0 +1,104 @@
+"""Stage ``evaluate``: the dev-selected checkpoint on the test split → metrics, confusion matrix, predictions.
+
+Writes (fixed paths, so ``dvc metrics diff`` / ``dvc exp show`` compare runs of any model):
+  reports/metrics.json          accuracy, weighted/macro F1, per-class P/R/F1/support, item counts
+  reports/plots/confusion.csv   one row per test utterance (actual, predicted): DVC ``confusion`` template
+  reports/confusion.png         the confusion matrix as a heatmap with emotion names
+  reports/predictions.csv       dialogue_id, utterance_id, actual, predicted
+
+Run: ``python -m pipeline.evaluate``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from models import get_model
+from pipeline.common import atomic_write_text, setup_logging
+from pipeline.dataset import Standardizer, dialogues, load_corpus
+from pipeline.metrics import classification_metrics, confusion
+from pipeline.train import predict
+
+log = logging.getLogger("merc.evaluate")
+
+
+def plot_confusion(cm: np.ndarray, labels: list[str], path: str | Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 5))
+    im = ax.imshow(cm, cmap="Blues")
+    ax.set_xticks(range(len(labels)), labels, rotation=45, ha="right")
+    ax.set_yticks(range(len(labels)), labels)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("actual")
+    for i in range(cm.shape[0]):
+        for j in range(cm.shape[1]):
+            ax.text(j, i, int(cm[i, j]), ha="center", va="center",
+                    color="white" if cm[i, j] > cm.max() / 2 else "black", fontsize=8)
+    fig.colorbar(im, ax=ax)
+    ax.set_title("test confusion matrix")
+    fig.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def evaluate(checkpoint: str, utterances: str, reports: str, split: str = "test") -> dict:
+    ckpt = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    labels = ckpt["labels"]
+    corpus = load_corpus(utterances, ckpt["modalities"])
+    norm = Standardizer(ckpt["norm"]["mean"], ckpt["norm"]["std"])
+    data = dialogues(corpus, split, norm)
+    if not data:
+        raise RuntimeError(f"no labelled {split} dialogues in {utterances}")
+    model = get_model(ckpt["model"], input_dims=ckpt["input_dims"], n_classes=len(labels), **ckpt["cfg"])
+    model.load_state_dict(ckpt["state_dict"])
+    pred, y, _, keys = predict(model, data, 16, "cpu")
+    metrics = classification_metrics(y, pred, labels)
+    metrics.update(
+        model=ckpt["model"],
+        split=split,
+        selected_epoch=int(ckpt["epoch"]),
+        dev_weighted_f1=float(ckpt["dev_weighted_f1"]),
+        items={
+            "skipped_unlabelled": corpus.skipped.get(split, 0),
+            # Per modality, how many of this split's utterances had no usable vector and why.
+            **{f"{m}_{status}": n for m, c in corpus.status_counts.items() for status, n in c[split].items()
+               if status != "ok"},
+        },
+    )
+    out = Path(reports)
+    atomic_write_text(json.dumps(metrics, indent=2) + "\n", out / "metrics.json")
+    names = np.asarray(labels)
+    rows = pd.DataFrame({"dialogue_id": [k[0] for k in keys], "utterance_id": [k[1] for k in keys],
+                         "actual": names[y], "predicted": names[pred]})
+    (out / "plots").mkdir(parents=True, exist_ok=True)
+    atomic_write_text(rows[["actual", "predicted"]].to_csv(index=False), out / "plots" / "confusion.csv")
+    atomic_write_text(rows.to_csv(index=False), out / "predictions.csv")
+    plot_confusion(confusion(y, pred, len(labels)), labels, out / "confusion.png")
+    log.info("%s %s: accuracy %.4f, weighted F1 %.4f, macro F1 %.4f", ckpt["model"], split,
+             metrics["accuracy"], metrics["weighted_f1"], metrics["macro_f1"])
+    return metrics
+
+
+def main() -> None:
+    setup_logging()
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--checkpoint", default="data/model/model.pt")
+    ap.add_argument("--utterances", default="data/prepared/utterances.parquet")
+    ap.add_argument("--reports", default="reports")
+    args = ap.parse_args()
+    evaluate(args.checkpoint, args.utterances, args.reports)
+
+
+if __name__ == "__main__":
+    main()

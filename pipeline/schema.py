@@ -1,0 +1,84 @@
+"""Parquet schemas shared by every stage: the only contract between stages.
+
+Utterance table (``prepare`` output, one file):
+    dialogue_id  string   unique across splits (e.g. ``train_dia3``; MELD ids restart per split)
+    utterance_id int32    position within the dialogue
+    speaker      string
+    text         string
+    label        string   emotion name (``EMOTIONS``) or null when unlabelled
+    label_id     int16    index into ``EMOTIONS``, -1 when unlabelled
+    split        string   train | dev | test
+    media_path   string   clip path (relative to the repo root when inside it), null when text-only
+    start_s      float64  utterance start within ``media_path`` (null: whole clip)
+    end_s        float64  utterance end (null: whole clip)
+    status       string   ``ok`` | ``missing_media`` | ``no_media``
+    error        string   why, when status is not ``ok``
+    source       string   provenance: adapter, root and protocol
+
+Feature tables (``extract_*`` outputs, a directory of ``part-NNNNN.parquet`` shards):
+    dialogue_id, utterance_id   the key, one row per utterance of the utterance table
+    status       string   ``ok`` or a modality status (``FEATURE_STATUS``); only ``ok`` rows carry a real vector
+    error        string   the reason for any non-``ok`` status (which file, what failed)
+    feature      fixed_size_list<float32>[dim]   zeros unless status is ``ok``
+    ...          modality-specific extra columns (see each stage's ``EXTRA_FIELDS``)
+The shard's schema metadata records ``feature_name`` and ``dim``.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+
+# MELD's seven emotions, in the label order of the official MELD repository.
+EMOTIONS = ["neutral", "surprise", "fear", "sadness", "joy", "disgust", "anger"]
+SPLITS = ("train", "dev", "test")
+KEY = ["dialogue_id", "utterance_id"]
+
+UTTERANCE_SCHEMA = pa.schema(
+    [
+        ("dialogue_id", pa.string()),
+        ("utterance_id", pa.int32()),
+        ("speaker", pa.string()),
+        ("text", pa.string()),
+        ("label", pa.string()),
+        ("label_id", pa.int16()),
+        ("split", pa.string()),
+        ("media_path", pa.string()),
+        ("start_s", pa.float64()),
+        ("end_s", pa.float64()),
+        ("status", pa.string()),
+        ("error", pa.string()),
+        ("source", pa.string()),
+    ]
+)
+
+# Statuses a feature row may carry. ``ok`` is the only one with a meaningful vector;
+# ``no_face``/``silent`` are facts about the clip, ``error`` is a failure to read it.
+FEATURE_STATUS = ("ok", "no_face", "silent", "error")
+
+
+def feature_schema(dim: int, feature_name: str, extra: list[pa.Field] | None = None) -> pa.Schema:
+    """Schema of a feature shard with a ``dim``-wide vector and optional extra columns."""
+    fields = [
+        pa.field("dialogue_id", pa.string()),
+        pa.field("utterance_id", pa.int32()),
+        pa.field("status", pa.string()),
+        pa.field("error", pa.string()),
+        pa.field("feature", pa.list_(pa.float32(), dim)),
+    ]
+    fields += list(extra or [])
+    return pa.schema(fields, metadata={"feature_name": feature_name, "dim": str(dim)})
+
+
+def validate(table: pa.Table, schema: pa.Schema) -> pa.Table:
+    """Return ``table`` cast to ``schema``; raise naming the missing columns."""
+    missing = [n for n in schema.names if n not in table.column_names]
+    if missing:
+        raise ValueError(f"table lacks columns {missing}; expected schema {schema.names}")
+    return table.select(schema.names).cast(schema)
+
+
+def feature_matrix(table: pa.Table) -> np.ndarray:
+    """The ``feature`` column as a float32 ``[rows, dim]`` array (no per-row Python loop)."""
+    col = table.column("feature").combine_chunks()
+    dim = col.type.list_size
+    return np.asarray(col.values.to_numpy(zero_copy_only=False), dtype=np.float32).reshape(-1, dim)

