@@ -52,10 +52,11 @@ def plot_confusion(cm: np.ndarray, labels: list[str], path: str | Path) -> None:
     plt.close(fig)
 
 
-def evaluate(checkpoint: str, utterances: str, reports: str, split: str = "test") -> dict:
+def evaluate(checkpoint: str, utterances: str, reports: str, split: str = "test",
+             feature_dirs: dict | None = None) -> dict:
     ckpt = torch.load(checkpoint, map_location="cpu", weights_only=False)
     labels = ckpt["labels"]
-    corpus = load_corpus(utterances, ckpt["modalities"])
+    corpus = load_corpus(utterances, ckpt["modalities"], feature_dirs)
     norm = Standardizer(ckpt["norm"]["mean"], ckpt["norm"]["std"])
     data = dialogues(corpus, split, norm)
     if not data:

@@ -29,26 +29,28 @@ def _open(path: str | Path):
 def load_audio(path: str | Path, sample_rate: int = 16000, max_duration: float | None = None) -> tuple[np.ndarray, bool]:
     """Mono float32 samples at ``sample_rate`` and whether the clip was cut at ``max_duration`` seconds.
 
-    FFmpeg's resampler (swresample) does the rate conversion and the channel down-mix.
+    FFmpeg's resampler (swresample) converts the rate per channel; channels are then averaged here,
+    because swresample's own stereo→mono matrix scales each side by 1/√2 (identical channels would come
+    out 1.41× louder than the source).
     """
     with _open(path) as container:
         if not container.streams.audio:
             raise MediaError(f"no audio stream in {path}")
         stream = container.streams.audio[0]
-        resampler = av.AudioResampler(format="flt", layout="mono", rate=sample_rate)
+        resampler = av.AudioResampler(format="fltp", rate=sample_rate)  # keeps the channel layout
         chunks: list[np.ndarray] = []
         n, limit, truncated = 0, (int(max_duration * sample_rate) if max_duration else None), False
         try:
             for frame in container.decode(stream):
                 for out in resampler.resample(frame):
-                    chunks.append(out.to_ndarray().reshape(-1))
+                    chunks.append(out.to_ndarray().mean(0))  # [channels, samples] → mono average
                     n += chunks[-1].size
                 if limit is not None and n >= limit:
                     truncated = True
                     break
             if not truncated:
                 for out in resampler.resample(None):  # flush the resampler's delay line
-                    chunks.append(out.to_ndarray().reshape(-1))
+                    chunks.append(out.to_ndarray().mean(0))
         except av.error.FFmpegError as e:
             raise MediaError(f"audio decode failed in {path}: {e}") from e
     if not chunks:

@@ -59,13 +59,13 @@ def predict(model: nn.Module, data: list[dict], batch_size: int, device: str):
     return torch.cat(preds).numpy(), torch.cat(labels).numpy(), torch.cat(logits_all), keys
 
 
-def train(params: dict, utterances: str, out: str, live_dir: str) -> dict:
+def train(params: dict, utterances: str, out: str, live_dir: str, feature_dirs: dict | None = None) -> dict:
     tp = params["train"]
     name = params["model"]
     cfg = dict(params.get("model_params", {}).get(name) or {})
     seed_everything(tp["seed"])
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    corpus = load_corpus(utterances, tp["modalities"])
+    corpus = load_corpus(utterances, tp["modalities"], feature_dirs)
     norm = Standardizer().fit(corpus, corpus.split_rows("train"))
     train_d, dev_d = dialogues(corpus, "train", norm), dialogues(corpus, "dev", norm)
     if not train_d or not dev_d:
@@ -104,7 +104,7 @@ def train(params: dict, utterances: str, out: str, live_dir: str) -> dict:
                 live.log_metric(f"{split}/loss", float(nn.functional.cross_entropy(logits, torch.from_numpy(y))))
                 for k in ("accuracy", "weighted_f1", "macro_f1"):
                     live.log_metric(f"{split}/{k}", m[k])
-            dev_f1 = live.summary["dev/weighted_f1"]
+            dev_f1 = m["weighted_f1"]  # the last split logged is dev
             if dev_f1 > best:
                 best, best_epoch, bad_epochs = dev_f1, epoch, 0
                 save_checkpoint(out, model, name, cfg, corpus.dims, tp, norm, epoch, dev_f1)
@@ -114,8 +114,7 @@ def train(params: dict, utterances: str, out: str, live_dir: str) -> dict:
             if bad_epochs >= tp["patience"]:
                 log.info("early stop at epoch %d (best dev weighted F1 %.4f at epoch %d)", epoch, best, best_epoch)
                 break
-        live.summary["best/dev_weighted_f1"] = best
-        live.summary["best/epoch"] = best_epoch
+        live.summary["best"] = {"dev_weighted_f1": best, "epoch": best_epoch}
     return {"best_dev_weighted_f1": best, "best_epoch": best_epoch}
 
 
