@@ -3,7 +3,9 @@
 Writes (fixed paths, so ``dvc metrics diff`` / ``dvc exp show`` compare runs of any model):
   reports/metrics.json          accuracy, weighted/macro F1, per-class P/R/F1/support, item counts
   reports/plots/confusion.csv   one row per test utterance (actual, predicted): DVC ``confusion`` template
-  reports/confusion.png         the confusion matrix as a heatmap with emotion names
+  reports/confusion.png         the confusion matrix (counts) as a heatmap with emotion names
+  reports/confusion_normalized.png   the same, each row divided by its total (recall on the diagonal)
+  reports/curves.png            per-epoch train/dev loss, accuracy, weighted F1 (from DVCLive's TSVs)
   reports/predictions.csv       dialogue_id, utterance_id, actual, predicted
 
 Run: ``python -m pipeline.evaluate``.
@@ -23,37 +25,14 @@ from models import get_model
 from pipeline.common import atomic_write_text, setup_logging
 from pipeline.dataset import Standardizer, dialogues, load_corpus
 from pipeline.metrics import classification_metrics, confusion
+from pipeline.plots import plot_confusion, plot_curves
 from pipeline.train import predict
 
 log = logging.getLogger("merc.evaluate")
 
 
-def plot_confusion(cm: np.ndarray, labels: list[str], path: str | Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 5))
-    im = ax.imshow(cm, cmap="Blues")
-    ax.set_xticks(range(len(labels)), labels, rotation=45, ha="right")
-    ax.set_yticks(range(len(labels)), labels)
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("actual")
-    for i in range(cm.shape[0]):
-        for j in range(cm.shape[1]):
-            ax.text(j, i, int(cm[i, j]), ha="center", va="center",
-                    color="white" if cm[i, j] > cm.max() / 2 else "black", fontsize=8)
-    fig.colorbar(im, ax=ax)
-    ax.set_title("test confusion matrix")
-    fig.tight_layout()
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-
-
 def evaluate(checkpoint: str, utterances: str, reports: str, split: str = "test",
-             feature_dirs: dict | None = None) -> dict:
+             feature_dirs: dict | None = None, live_plots: str | None = None) -> dict:
     ckpt = torch.load(checkpoint, map_location="cpu", weights_only=False)
     labels = ckpt["labels"]
     corpus = load_corpus(utterances, ckpt["modalities"], feature_dirs)
@@ -67,6 +46,7 @@ def evaluate(checkpoint: str, utterances: str, reports: str, split: str = "test"
     metrics = classification_metrics(y, pred, labels)
     metrics.update(
         model=ckpt["model"],
+        n_params=sum(p.numel() for p in model.parameters()),
         split=split,
         selected_epoch=int(ckpt["epoch"]),
         dev_weighted_f1=float(ckpt["dev_weighted_f1"]),
@@ -85,7 +65,11 @@ def evaluate(checkpoint: str, utterances: str, reports: str, split: str = "test"
     (out / "plots").mkdir(parents=True, exist_ok=True)
     atomic_write_text(rows[["actual", "predicted"]].to_csv(index=False), out / "plots" / "confusion.csv")
     atomic_write_text(rows.to_csv(index=False), out / "predictions.csv")
-    plot_confusion(confusion(y, pred, len(labels)), labels, out / "confusion.png")
+    cm = confusion(y, pred, len(labels))
+    plot_confusion(cm, labels, out / "confusion.png")
+    plot_confusion(cm, labels, out / "confusion_normalized.png", normalize=True)
+    if live_plots and Path(live_plots).exists():
+        plot_curves(live_plots, out / "curves.png")
     log.info("%s %s: accuracy %.4f, weighted F1 %.4f, macro F1 %.4f", ckpt["model"], split,
              metrics["accuracy"], metrics["weighted_f1"], metrics["macro_f1"])
     return metrics
@@ -97,8 +81,9 @@ def main() -> None:
     ap.add_argument("--checkpoint", default="data/model/model.pt")
     ap.add_argument("--utterances", default="data/prepared/utterances.parquet")
     ap.add_argument("--reports", default="reports")
+    ap.add_argument("--live-plots", default="reports/train/plots/metrics")
     args = ap.parse_args()
-    evaluate(args.checkpoint, args.utterances, args.reports)
+    evaluate(args.checkpoint, args.utterances, args.reports, live_plots=args.live_plots)
 
 
 if __name__ == "__main__":

@@ -33,7 +33,8 @@ def test_train_and_evaluate_demo(tmp_path, demo_utterances, demo_features, model
     assert saved["epoch"] == res["best_epoch"]  # the checkpoint is the best-on-dev epoch
     assert saved["input_dims"] == {"t": 384, "a": 88, "v": 256}
 
-    m = evaluate(ckpt, demo_utterances, tmp_path / "reports", feature_dirs=demo_features)
+    m = evaluate(ckpt, demo_utterances, tmp_path / "reports", feature_dirs=demo_features,
+                 live_plots=tmp_path / "live" / "plots" / "metrics")
     on_disk = json.loads((tmp_path / "reports" / "metrics.json").read_text())
     assert on_disk["weighted_f1"] == pytest.approx(m["weighted_f1"])
     assert set(on_disk["per_class"]) == set(EMOTIONS)
@@ -43,7 +44,13 @@ def test_train_and_evaluate_demo(tmp_path, demo_utterances, demo_features, model
     cm = pd.read_csv(tmp_path / "reports" / "plots" / "confusion.csv")
     assert len(cm) == 12 and set(cm.columns) == {"actual", "predicted"}
     assert (cm.actual == cm.predicted).mean() == pytest.approx(on_disk["accuracy"])
-    assert (tmp_path / "reports" / "confusion.png").stat().st_size > 1000
+    from pipeline.plots import read_png_matrix
+
+    drawn = np.asarray(read_png_matrix(tmp_path / "reports" / "confusion.png")["matrix"])
+    assert drawn.sum() == 12 and np.trace(drawn) == (cm.actual == cm.predicted).sum()
+    assert (tmp_path / "reports" / "confusion_normalized.png").stat().st_size > 1000
+    assert (tmp_path / "reports" / "curves.png").stat().st_size > 1000
+    assert on_disk["n_params"] == sum(p.numel() for p in saved["state_dict"].values())
 
 
 def test_training_is_deterministic(tmp_path, demo_utterances, demo_features):
@@ -55,6 +62,10 @@ def test_training_is_deterministic(tmp_path, demo_utterances, demo_features):
     sa, sb = torch.load(tmp_path / "a.pt", weights_only=False), torch.load(tmp_path / "b.pt", weights_only=False)
     for k in sa["state_dict"]:
         torch.testing.assert_close(sa["state_dict"][k], sb["state_dict"][k], rtol=0, atol=0)
+    train(params("dialogue_gru", ("t",), epochs=3, seed=1), demo_utterances, tmp_path / "c.pt", tmp_path / "lc",
+          demo_features)
+    sc = torch.load(tmp_path / "c.pt", weights_only=False)
+    assert any(not torch.equal(sa["state_dict"][k], sc["state_dict"][k]) for k in sa["state_dict"])
 
 
 def test_text_model_learns_demo(tmp_path, demo_utterances, demo_features):
