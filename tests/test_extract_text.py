@@ -73,3 +73,17 @@ def test_extract_writes_shards(tmp_path):
     assert feats.column("status").to_pylist() == ["ok"] * 7 + ["error"]
     m = feature_matrix(feats)
     assert m.shape == (8, 32) and not m[7].any()
+
+
+def test_text_on_demo(demo_features, demo_utterances):
+    from pipeline.common import read_utterances
+
+    t = read_features(demo_features["t"])
+    utt = read_utterances(demo_utterances)
+    assert t.num_rows == utt.num_rows == 59
+    # keyed on (dialogue_id, utterance_id), same rows as the utterance table, in order
+    assert t.select(["dialogue_id", "utterance_id"]).to_pylist() == utt.select(["dialogue_id", "utterance_id"]).to_pylist()
+    assert set(t.column("status").to_pylist()) == {"ok"}  # missing/corrupt clips still have their transcript
+    m = feature_matrix(t)
+    assert m.shape == (59, 384) and m.dtype == np.float32 and np.isfinite(m).all()
+    assert min(t.column("n_tokens").to_pylist()) >= 3
