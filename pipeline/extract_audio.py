@@ -1,8 +1,23 @@
-"""Stage ``extract_audio``: openSMILE functionals on 16 kHz mono audio demuxed from each clip.
+"""Stage ``extract_audio``: utterance audio vectors from 16 kHz mono demuxed from each clip.
 
-``audio.feature_set``: ``eGeMAPSv02`` (88-d, default) or ``ComParE_2016`` (6373-d). The samples passed
-to ``opensmile.Smile.process_signal`` are exactly those decoded by ``pipeline.media.load_audio``.
-Silent clips (RMS below ``audio.silence_rms``) get status ``silent`` and no vector, not garbage.
+``audio.extractor`` picks what the vector is:
+  * ``opensmile``: openSMILE functionals, ``audio.feature_set`` = ``eGeMAPSv02`` (88-d, default) or
+    ``ComParE_2016`` (6373-d) — as SUMMER and DialogueTRM use. The samples passed to
+    ``opensmile.Smile.process_signal`` are exactly those decoded by ``pipeline.media.load_audio``.
+    ``audio.lld: true`` also stores the low-level-descriptor sequence (extra column ``lld``:
+    list of fixed-size float32 frames, 10 ms hop).
+  * ``ssl``: an emotion2vec-style self-supervised speech encoder from Hugging Face (wav2vec2, HuBERT, WavLM,
+    data2vec-audio; ``audio.ssl.model`` = id or local path), as LPGNet uses. The utterance vector is the
+    mean over frames of ``audio.ssl.layer`` (``last``, ``mean`` = average of all transformer layers, or a
+    layer index); long audio is cut into ``audio.ssl.chunk_s`` chunks whose frames are pooled together;
+    ``audio.ssl.store_frames: true`` also stores the frame sequence (extra column ``frames``).
+    Chunks are batched length-sorted to keep padding small; checkpoints whose CNN uses group norm
+    (wav2vec2-base) normalise over padded samples too, so set ``audio.ssl.batch_size: 1`` for
+    batch-independent vectors with those. No speech SSL weights are reachable on these machines: the tests run tiny random-init configs
+    through this same loading code; a real run needs real weights.
+
+Silent clips (RMS below ``audio.silence_rms``) get status ``silent`` and no vector, not garbage; clips longer
+than ``audio.max_duration_s`` are cut and flagged ``truncated``; unreadable ones become ``error`` rows.
 
 Run: ``python -m pipeline.extract_audio`` (reads ``audio`` from params.yaml).
 """
@@ -13,6 +28,7 @@ import logging
 
 import numpy as np
 import pyarrow as pa
+import torch
 
 from pipeline.common import FeatureExtractor, load_params, run_sharded, setup_logging
 from pipeline.media import MediaError, load_audio
@@ -21,49 +37,167 @@ log = logging.getLogger("merc.extract_audio")
 SAMPLE_RATE = 16000
 
 
-class OpenSmileExtractor(FeatureExtractor):
-    extra_fields = [
-        pa.field("duration_s", pa.float32()),
-        pa.field("rms", pa.float32()),
-        pa.field("truncated", pa.bool_()),
-    ]
+class AudioExtractor(FeatureExtractor):
+    """Decoding, silence and duration handling shared by every audio extractor; subclasses ``embed``."""
 
-    def __init__(self, feature_set: str = "eGeMAPSv02", max_duration_s: float | None = 30.0,
-                 silence_rms: float = 1e-4):
-        import opensmile
+    base_fields = [pa.field("duration_s", pa.float32()), pa.field("rms", pa.float32()),
+                   pa.field("truncated", pa.bool_())]
 
-        try:
-            fs = opensmile.FeatureSet[feature_set]
-        except KeyError:
-            raise ValueError(f"audio.feature_set {feature_set!r} unknown; try eGeMAPSv02 or ComParE_2016") from None
-        self.smile = opensmile.Smile(feature_set=fs, feature_level=opensmile.FeatureLevel.Functionals)
-        self.name = f"opensmile:{feature_set}"
-        self.dim = len(self.smile.feature_names)
+    def __init__(self, max_duration_s: float | None = 30.0, silence_rms: float = 1e-4):
         self.max_duration_s, self.silence_rms = max_duration_s, silence_rms
+        self.extra_fields = list(self.base_fields)
 
-    def features(self, signal: np.ndarray) -> np.ndarray:
-        return self.smile.process_signal(signal, SAMPLE_RATE).to_numpy(dtype=np.float32).reshape(-1)
+    def embed(self, signals: list[np.ndarray]) -> list[dict]:  # pragma: no cover - interface
+        """One ``{"feature": vector, **extra columns}`` per signal."""
+        raise NotImplementedError
 
-    def process_one(self, row: dict) -> dict:
-        if not row["media_path"]:
-            return dict(status="error", error=row["error"] or "no media for this utterance")
+    def load(self, row: dict) -> tuple[np.ndarray | None, dict]:
+        """The clip's samples, or ``None`` with a record saying why there is no vector."""
+        if not row.get("media_path"):
+            return None, dict(status="error", error=row.get("error") or "no media for this utterance")
         try:
             signal, truncated = load_audio(row["media_path"], SAMPLE_RATE, self.max_duration_s)
         except MediaError as e:
-            return dict(status="error", error=str(e))
+            return None, dict(status="error", error=str(e))
         rec = dict(duration_s=signal.size / SAMPLE_RATE, truncated=truncated,
                    rms=float(np.sqrt(np.mean(np.square(signal, dtype=np.float64)))))
         if truncated:
             log.warning("%s: audio cut at %.1f s (audio.max_duration_s)", row["media_path"], self.max_duration_s)
         if rec["rms"] < self.silence_rms:
-            return dict(rec, status="silent", error=f"RMS {rec['rms']:.2e} below audio.silence_rms")
-        feat = self.features(signal)
-        if not np.all(np.isfinite(feat)):
-            return dict(rec, status="error", error=f"openSMILE returned {int((~np.isfinite(feat)).sum())} non-finite values")
-        return dict(rec, status="ok", error=None, feature=feat)
+            return None, dict(rec, status="silent", error=f"RMS {rec['rms']:.2e} below audio.silence_rms")
+        return signal, rec
 
     def process(self, rows: list[dict]) -> list[dict]:
-        return [self.process_one(r) for r in rows]
+        records, todo = [], []
+        for i, row in enumerate(rows):
+            signal, rec = self.load(row)
+            records.append(rec)
+            if signal is not None:
+                todo.append((i, signal))
+        if todo:
+            for (i, _), out in zip(todo, self.embed([s for _, s in todo])):
+                bad = int((~np.isfinite(out["feature"])).sum())
+                if bad:
+                    records[i].update(status="error", error=f"{self.name} returned {bad} non-finite values")
+                else:
+                    records[i].update(out, status="ok", error=None)
+        return records
+
+
+class OpenSmileExtractor(AudioExtractor):
+    def __init__(self, feature_set: str = "eGeMAPSv02", max_duration_s: float | None = 30.0,
+                 silence_rms: float = 1e-4, lld: bool = False):
+        import opensmile
+
+        super().__init__(max_duration_s, silence_rms)
+        try:
+            fs = opensmile.FeatureSet[feature_set]
+        except KeyError:
+            raise ValueError(f"audio.feature_set {feature_set!r} unknown; try eGeMAPSv02 or ComParE_2016") from None
+        self.smile = opensmile.Smile(feature_set=fs, feature_level=opensmile.FeatureLevel.Functionals)
+        self.smile_lld = opensmile.Smile(feature_set=fs, feature_level=opensmile.FeatureLevel.LowLevelDescriptors) \
+            if lld else None
+        self.name = f"opensmile:{feature_set}"
+        self.dim = len(self.smile.feature_names)
+        if lld:
+            self.extra_fields.append(pa.field("lld", pa.list_(pa.list_(pa.float32(), len(self.smile_lld.feature_names)))))
+
+    def features(self, signal: np.ndarray) -> np.ndarray:
+        return self.smile.process_signal(signal, SAMPLE_RATE).to_numpy(dtype=np.float32).reshape(-1)
+
+    def embed(self, signals: list[np.ndarray]) -> list[dict]:
+        out = []
+        for s in signals:
+            rec = {"feature": self.features(s)}
+            if self.smile_lld is not None:
+                rec["lld"] = list(self.smile_lld.process_signal(s, SAMPLE_RATE).to_numpy(dtype=np.float32))
+            out.append(rec)
+        return out
+
+
+def load_speech_encoder(name: str, device: str):
+    """A Hugging Face speech encoder and its feature extractor (normalisation) by id or local path."""
+    from transformers import AutoFeatureExtractor, AutoModel, Wav2Vec2FeatureExtractor
+
+    try:
+        model = AutoModel.from_pretrained(name)
+    except (OSError, ValueError) as e:
+        raise RuntimeError(f"could not load speech encoder {name!r}: {e}. Give a local directory with config + "
+                           "weights, or a Hugging Face id reachable from here.") from e
+    try:
+        fe = AutoFeatureExtractor.from_pretrained(name)
+    except (OSError, ValueError):
+        # Checkpoints saved without preprocessor_config.json: wav2vec2-style zero-mean unit-variance input.
+        log.warning("%s has no feature-extractor config; using Wav2Vec2FeatureExtractor(do_normalize=True)", name)
+        fe = Wav2Vec2FeatureExtractor(sampling_rate=SAMPLE_RATE, do_normalize=True, return_attention_mask=True)
+    return fe, model.to(device).eval()
+
+
+class SSLExtractor(AudioExtractor):
+    def __init__(self, model: str, layer: str | int = "mean", chunk_s: float = 20.0, batch_size: int = 4,
+                 store_frames: bool = False, max_duration_s: float | None = 30.0, silence_rms: float = 1e-4,
+                 device: str | None = None):
+        super().__init__(max_duration_s, silence_rms)
+        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        self.fe, self.model = load_speech_encoder(model, self.device)
+        self.name, self.dim = f"ssl:{model}:{layer}", int(self.model.config.hidden_size)
+        self.layer, self.chunk, self.batch_size = layer, int(chunk_s * SAMPLE_RATE), batch_size
+        self.store_frames = store_frames
+        if store_frames:
+            self.extra_fields.append(pa.field("frames", pa.list_(pa.list_(pa.float32(), self.dim))))
+
+    def _select(self, hidden_states: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        # hidden_states[0] is the CNN feature projection; 1..L are the transformer layers.
+        if self.layer == "last":
+            return hidden_states[-1]
+        if self.layer == "mean":
+            return torch.stack(hidden_states[1:]).mean(0)
+        return hidden_states[int(self.layer)]
+
+    @torch.inference_mode()
+    def embed(self, signals: list[np.ndarray]) -> list[dict]:
+        # Cut every clip into chunks, run the chunks length-sorted in batches, then pool frames per clip.
+        chunks = [(i, s[o : o + self.chunk]) for i, s in enumerate(signals) for o in range(0, len(s), self.chunk)]
+        chunks = [(i, c) for i, c in chunks if len(c) >= 400] or [(i, s) for i, s in enumerate(signals)]
+        chunks.sort(key=lambda ic: len(ic[1]))
+        frames: list[list[np.ndarray]] = [[] for _ in signals]
+        for b in range(0, len(chunks), self.batch_size):
+            batch = chunks[b : b + self.batch_size]
+            inp = self.fe([c for _, c in batch], sampling_rate=SAMPLE_RATE, padding=True, return_tensors="pt",
+                          return_attention_mask=True)
+            mask = inp.get("attention_mask")
+            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device == "cuda"):
+                out = self.model(inp["input_values"].to(self.device),
+                                 attention_mask=None if mask is None else mask.to(self.device),
+                                 output_hidden_states=True)
+            h = self._select(out.hidden_states).float().cpu()
+            n_frames = self.model._get_feat_extract_output_lengths(torch.tensor([len(c) for _, c in batch]))
+            for (i, _), x, n in zip(batch, h, n_frames.tolist()):
+                frames[i].append(x[: max(1, min(n, x.shape[0]))].numpy())
+        out = []
+        for f in frames:
+            seq = np.concatenate(f) if f else np.zeros((1, self.dim), np.float32)
+            rec = {"feature": seq.mean(0)}
+            if self.store_frames:
+                rec["frames"] = list(seq)
+            out.append(rec)
+        return out
+
+
+def build_extractor(p: dict) -> AudioExtractor:
+    common = dict(max_duration_s=p["max_duration_s"], silence_rms=p["silence_rms"])
+    if p["extractor"] == "opensmile":
+        return OpenSmileExtractor(p["feature_set"], lld=p.get("lld", False), **common)
+    if p["extractor"] == "ssl":
+        s = p["ssl"]
+        return SSLExtractor(s["model"], s["layer"], s["chunk_s"], s["batch_size"], s["store_frames"], **common)
+    raise ValueError(f"audio.extractor must be opensmile or ssl, got {p['extractor']!r}")
+
+
+def relevant_config(p: dict) -> dict:
+    """The params that change this stage's output (the other extractor's settings do not)."""
+    drop = {"ssl"} if p["extractor"] == "opensmile" else {"feature_set", "lld"}
+    return {k: v for k, v in p.items() if k not in drop and k != "shard_size"}
 
 
 def main() -> None:
@@ -73,8 +207,7 @@ def main() -> None:
     ap.add_argument("--out", default="data/features/audio")
     args = ap.parse_args()
     p = load_params("audio")
-    ex = OpenSmileExtractor(p["feature_set"], p["max_duration_s"], p["silence_rms"])
-    run_sharded(ex, args.utterances, args.out, config=p, shard_size=p["shard_size"])
+    run_sharded(build_extractor(p), args.utterances, args.out, config=relevant_config(p), shard_size=p["shard_size"])
 
 
 if __name__ == "__main__":
