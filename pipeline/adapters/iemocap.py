@@ -1,0 +1,2 @@
+"""stub"""
+def load(root, params, adapter): raise NotImplementedError
