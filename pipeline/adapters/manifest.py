@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from pipeline.adapters import Prepared, probe, rel_path
@@ -31,8 +32,9 @@ def _read(path: Path) -> pd.DataFrame:
         df = pd.read_parquet(path)
     else:  # strings stay strings ("007" is an id, not 7); times are converted below
         df = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8")
-    df = df.astype(object).where(df.notna(), None)
-    return df.map(lambda v: None if isinstance(v, str) and not v.strip() else v)
+    # object columns holding None for blanks (pandas' string dtype would turn them back into NaN)
+    blank = lambda v: v is None or (isinstance(v, float) and np.isnan(v)) or (isinstance(v, str) and not v.strip())
+    return pd.DataFrame({c: pd.Series([None if blank(v) else v for v in df[c]], dtype=object) for c in df.columns})
 
 
 def _rows(df: pd.DataFrame, mask: pd.Series, n: int = 5) -> list[int]:
