@@ -21,7 +21,7 @@ from pathlib import Path
 import pandas as pd
 import pyarrow as pa
 
-from pipeline.adapters import iemocap, manifest, meld
+from pipeline.adapters import _probe, iemocap, manifest, meld
 from pipeline.common import atomic_write_table, load_params, setup_logging
 from pipeline.schema import KEY, SPLITS, UTTERANCE_SCHEMA, validate
 
@@ -33,6 +33,7 @@ DEFAULTS = dict(
     target="emotion",       # meld/demo: emotion | sentiment
     check_counts="warn",    # meld: warn | strict | off
     max_excess_s=10.0,      # meld: clip longer than its CSV span by more than this → long_media
+    max_clip_s=60.0,        # meld: clip longer than this → long_media (whatever the CSV says)
     probe_media=True,       # read container durations (header only)
     iemocap_classes=6,      # iemocap: 6 | 4
     dev_fraction=0.2,       # iemocap: share of training dialogues held out as dev
@@ -49,6 +50,7 @@ def prepare(dataset: str, root: str | Path, out: str | Path, params: dict | None
     if unknown:
         raise ValueError(f"unknown prepare params {sorted(unknown)}; known: {sorted(DEFAULTS)}")
     p = {**DEFAULTS, **{k: v for k, v in (params or {}).items() if k not in ("dataset", "root")}}
+    _probe.cache_clear()  # the probe cache lives for one run: files may change between runs in one process
     res = ADAPTERS[dataset](root, p, dataset)
     df = res.rows.reindex(columns=[c for c in UTTERANCE_SCHEMA.names if c != "label_id"])
     df = df.astype(object).where(df.notna(), None)  # NaN → null in every column

@@ -36,7 +36,8 @@ MELD_ROWS = [
     ("train", 309, 0, "surprise", "positive", 0.5, "long"),
     ("dev", 110, 6, "fear", "negative", 1.0, "ok"),
     ("dev", 110, 7, "disgust", "negative", 1.0, "missing"),
-    ("test", 38, 4, "neutral", "neutral", 1.0, "ok"),
+    ("test", 38, 3, "neutral", "neutral", 1.0, "ok"),
+    ("test", 38, 4, "neutral", "neutral", 4.0, "long"),  # CSV span as wrong as the clip (real: 305 s)
     ("test", 220, 0, "joy", "positive", 0.5, "long"),
 ]
 MELD_FOLDERS = {"train": "train_splits", "dev": "dev_splits_complete", "test": "output_repeated_splits_test"}
@@ -58,7 +59,7 @@ def meld_raw(tmp_path_factory):
             clip = root / folder / f"dia{d}_utt{u}.mp4"
             if kind == "ok":
                 write_clip(clip, [(span, 300)])
-            elif kind == "long":  # far longer than the CSV span, like test dia220_utt0
+            elif kind == "long":  # far longer than the utterance, like test dia220_utt0
                 write_clip(clip, [(4.0, 300)])
             elif kind == "corrupt":
                 write_corrupt(clip)
@@ -70,17 +71,20 @@ def meld_raw(tmp_path_factory):
 
 
 def test_meld_raw_defects_become_statuses(meld_raw, tmp_path):
-    t = prepare("meld", meld_raw, tmp_path / "u.parquet", dict(max_excess_s=2.0, check_counts="off"))
+    t = prepare("meld", meld_raw, tmp_path / "u.parquet", dict(max_excess_s=2.0, max_clip_s=3.0, check_counts="off"))
     df = t.to_pandas().set_index(["dialogue_id", "utterance_id"])
     expected = {"ok": "ok", "corrupt": "corrupt_media", "missing": "missing_media", "long": "long_media"}
     assert df.status.to_dict() == {(f"{s}_dia{d}", u): expected[k] for s, d, u, *_, k in MELD_ROWS}
     assert "cannot open" in df.loc[("train_dia125", 3), "error"]
     assert "not found" in df.loc[("dev_dia110", 7), "error"]
-    for key in [("train_dia309", 0), ("test_dia220", 0)]:
+    for key, span in [(("train_dia309", 0), 0.5), (("test_dia220", 0), 0.5), (("test_dia38", 4), 4.0)]:
         row = df.loc[key]
         assert pd.isna(row.media_path)  # no stage decodes minutes of unrelated footage
-        assert row.media_duration_s == pytest.approx(4.0, abs=0.1) and row.annot_duration_s == pytest.approx(0.5)
-        assert "4.0 s" in row.error and "0.5 s" in row.error
+        assert row.media_duration_s == pytest.approx(4.0, abs=0.1) and row.annot_duration_s == pytest.approx(span)
+        assert f"lasts 4.0 s but its CSV span is {span:.1f} s" in row.error
+    # with the default limits (10 s excess, 60 s) these 4 s clips are ordinary
+    default = prepare("meld", meld_raw, tmp_path / "d.parquet", dict(check_counts="off")).to_pandas()
+    assert (default.status == "long_media").sum() == 0
     ok = df[df.status == "ok"]
     assert ok.media_path.notna().all() and (ok.media_duration_s - ok.annot_duration_s).abs().max() < 0.1
     assert list(df.label) == [r[3] for r in MELD_ROWS]
@@ -89,7 +93,7 @@ def test_meld_raw_defects_become_statuses(meld_raw, tmp_path):
     assert prov["adapter"] == "meld" and prov["params"]["max_excess_s"] == 2.0
     c = prov["counts"]
     assert (c["test_ignored_odd_names"], c["test_ignored_unannotated"], c["train_ignored_odd_names"]) == (2, 1, 0)
-    assert (c["train_corrupt_media"], c["dev_missing_media"], c["train_long_media"]) == (1, 1, 1)
+    assert (c["train_corrupt_media"], c["dev_missing_media"], c["train_long_media"], c["test_long_media"]) == (1, 1, 1, 2)
     assert meta(t, "labels") == EMOTIONS
     assert df.source.str.contains("adapter=meld file=.*_sent_emo.csv target=emotion").all()
 

@@ -72,7 +72,8 @@ def load(root: str | Path, params: dict, adapter: str = "iemocap") -> Prepared:
                 text = _transcripts(tr_file)
             else:
                 log.warning("%s: no transcription %s", dialog, tr_file)
-            avi = session / "dialog" / "avi" / "DivX" / f"{dialog}.avi"
+            avi = Path(rel_path(session / "dialog" / "avi" / "DivX" / f"{dialog}.avi"))  # errors name it so
+            source = f"adapter={adapter} file={rel_path(ev_file)}"
             for line in ev_file.read_text(encoding="utf-8", errors="replace").splitlines():
                 m = EVALUATION.match(line)
                 if not m:
@@ -89,10 +90,10 @@ def load(root: str | Path, params: dict, adapter: str = "iemocap") -> Prepared:
                     counts["no_transcript"] += 1
                 rows.append(dict(
                     dialogue_id=dialog, utt=utt, speaker=_speaker(utt), text=text.get(utt, ""),
-                    label=code_map[code], session=int(session.name[7:]), media_path=rel_path(avi),
+                    label=code_map[code], session=int(session.name[7:]), media_path=str(avi),
                     start_s=start, end_s=end, audio_path=rel_path(wav) if wav.exists() else None,
                     annot_duration_s=end - start, media_duration_s=dur, status=status, error=error,
-                    source=f"adapter={adapter} file={ev_file} utt={utt} classes={classes}",
+                    source=f"{source} utt={utt} classes={classes}",
                 ))
     if not rows:
         raise ValueError(f"no utterances of the {classes}-class protocol under {root}")

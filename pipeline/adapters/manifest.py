@@ -82,8 +82,8 @@ def load(root: str | Path, params: dict, adapter: str = "manifest") -> Prepared:
     out = []
     for r in df.itertuples(index=False):
         start, end = (None if pd.isna(x) else float(x) for x in (r.start_s, r.end_s))
-        media = base / r.media_path if r.media_path else None
-        audio = base / r.audio_path if r.audio_path else None
+        media = Path(rel_path(base / r.media_path)) if r.media_path else None  # errors name it as stored
+        audio = rel_path(base / r.audio_path) if r.audio_path else None
         status, error, dur = "no_media", "manifest row has no media_path", None
         if media is not None:
             status, error, dur = probe(media, end) if params["probe_media"] else ("ok", None, None)
@@ -92,10 +92,9 @@ def load(root: str | Path, params: dict, adapter: str = "manifest") -> Prepared:
         out.append(dict(
             dialogue_id=r.dialogue_id, utterance_id=r.utterance_id, speaker=r.speaker, text=r.text or "",
             label=None if r.label is None else str(r.label), split=r.split,
-            media_path=rel_path(media) if media else None, start_s=start, end_s=end,
-            audio_path=rel_path(audio) if audio else None,
+            media_path=str(media) if media else None, start_s=start, end_s=end, audio_path=audio,
             annot_duration_s=end - start if start is not None and end is not None else None,
-            media_duration_s=dur, status=status, error=error, source=f"adapter={adapter} file={path}",
+            media_duration_s=dur, status=status, error=error, source=f"adapter={adapter} file={rel_path(path)}",
         ))
     res = pd.DataFrame(out)
     counts = {f"{s}_utterances": int((res.split == s).sum()) for s in SPLITS}

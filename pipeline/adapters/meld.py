@@ -3,7 +3,8 @@
 MELD.Raw's known defects become row statuses, never a failed run: the corrupt ``train dia125_utt3``
 (``corrupt_media``), the missing ``dev dia110_utt7`` (``missing_media``), clips minutes long that hold
 far more than their utterance (``long_media``: container duration exceeds the CSV's EndTime-StartTime by
-more than ``max_excess_s``; media dropped), and unannotated or oddly named files such as
+more than ``max_excess_s``, or exceeds ``max_clip_s`` — for some the CSV times are wrong as well; media
+dropped), and unannotated or oddly named files such as
 ``final_videos_testdia101_utt0.mp4`` (ignored, counted). Without clip folders it runs text-only.
 """
 from __future__ import annotations
@@ -87,18 +88,21 @@ def load(root: str | Path, params: dict, adapter: str = "meld") -> Prepared:
                 clip = clip_dir / f"dia{d}_utt{u}.mp4"
                 media = rel_path(clip)
                 if params["probe_media"]:
-                    status, error, dur = probe(clip)
+                    status, error, dur = probe(Path(media))
                 else:
-                    status, error = ("ok", None) if clip.exists() else ("missing_media", f"file not found: {clip}")
-                if status == "ok" and span is not None and dur is not None and dur - span > params["max_excess_s"]:
+                    status, error = ("ok", None) if clip.exists() else ("missing_media", f"file not found: {media}")
+                if status == "ok" and dur is not None and (
+                        dur > params["max_clip_s"] or (span is not None and dur - span > params["max_excess_s"])):
                     # These clips hold minutes of the episode, not the utterance: no stage should decode them.
+                    # Both tests are needed: for test dia38_utt4 / dia220_utt0 the CSV span is wrong too (305 s, 235 s).
+                    error = f"clip {media} lasts {dur:.1f} s but its CSV span is " + (
+                        f"{span:.1f} s" if span is not None else "unknown") + f" (max_clip_s {params['max_clip_s']})"
                     status, media = "long_media", None
-                    error = f"clip {clip} lasts {dur:.1f} s but its CSV span is {span:.1f} s"
             rows.append(dict(
                 dialogue_id=f"{split}_dia{d}", utterance_id=u, speaker=str(r.Speaker), text=str(r.Utterance),
                 label=label if label in labels else None, split=split, media_path=media,
                 annot_duration_s=span, media_duration_s=dur, status=status, error=error,
-                source=f"adapter={adapter} file={csv_path} target={target}",
+                source=f"adapter={adapter} file={rel_path(csv_path)} target={target}",
             ))
         part = pd.DataFrame(rows)
         frames.append(part)
