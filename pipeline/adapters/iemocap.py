@@ -112,9 +112,9 @@ def load(root: str | Path, params: dict, adapter: str = "iemocap") -> Prepared:
 def _splits(df: pd.DataFrame, dev_fraction: float, seed: int) -> pd.Series:
     """Session 5 → test; a seeded draw of whole training dialogues → dev (never a per-utterance split)."""
     train_dialogues = sorted(df.dialogue_id[df.session != TEST_SESSION].unique())
-    n_dev = int(round(dev_fraction * len(train_dialogues)))
-    if dev_fraction > 0 and train_dialogues:
-        n_dev = min(max(n_dev, 1), len(train_dialogues) - 1) if len(train_dialogues) > 1 else 0
+    n = len(train_dialogues)
+    # at least one dev dialogue when asked for, and never all of them
+    n_dev = min(n - 1, max(1, round(dev_fraction * n))) if dev_fraction > 0 and n > 1 else 0
     dev = set(np.random.default_rng(seed).choice(train_dialogues, n_dev, replace=False)) if n_dev else set()
     split = np.where(df.session == TEST_SESSION, "test", np.where(df.dialogue_id.isin(dev), "dev", "train"))
     return pd.Series(split, index=df.index)
