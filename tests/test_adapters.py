@@ -296,6 +296,7 @@ call3,0,B,text only,angry,test,,,
 call3,1,A,gone,calm,test,rec/missing.mp4,,
 call3,2,A,late,calm,test,rec/call1.avi,2.0,9.0
 call3,3,B,backwards,,test,rec/call1.avi,2.0,1.0
+call3,4,B,typo,calm,test,rec/call1.avi,1.O,2.0
 """
 
 
@@ -312,11 +313,12 @@ def test_manifest_rows_statuses_and_cuts(manifest_dir, tmp_path):
     t = prepare("manifest", manifest_dir / "manifest.csv", tmp_path / "u.parquet")
     df = t.to_pandas().set_index(["dialogue_id", "utterance_id"])
     assert label_names(t.schema) == ["angry", "calm"]  # inferred: sorted unique
-    assert df.status.tolist() == ["ok", "ok", "ok", "no_media", "missing_media", "bad_times", "bad_times"]
-    assert df.label_id.tolist() == [1, 0, 1, 0, 1, 1, -1]  # empty label: unlabelled
+    assert df.status.tolist() == ["ok", "ok", "ok", "no_media", "missing_media"] + ["bad_times"] * 3
+    assert df.label_id.tolist() == [1, 0, 1, 0, 1, 1, -1, 1]  # empty label: unlabelled
     assert df.loc[("call2", 0), "text"] == "" and df.loc[("call2", 0), "media_duration_s"] == pytest.approx(0.4)
     assert pd.isna(df.loc[("call3", 0), "media_path"])
     assert "lasts 3.000 s" in df.loc[("call3", 2), "error"] and "start_s < end_s" in df.loc[("call3", 3), "error"]
+    assert "got None, 2.0" in df.loc[("call3", 4), "error"]  # "1.O" is not a number
     r = df.loc[("call1", 1)]
     assert r.media_path == str((manifest_dir / "rec" / "call1.avi").resolve())  # relative to the manifest
     x, _ = load_audio(r.media_path, SR, start_s=r.start_s, end_s=r.end_s)
@@ -327,7 +329,7 @@ def test_manifest_rows_statuses_and_cuts(manifest_dir, tmp_path):
     pd.read_csv(manifest_dir / "manifest.csv", dtype=str).to_parquet(manifest_dir / "m.parquet")
     t2 = prepare("manifest", manifest_dir / "m.parquet", tmp_path / "u2.parquet", dict(labels=["calm", "angry", "happy"]))
     assert label_names(t2.schema) == ["calm", "angry", "happy"]
-    assert t2.column("label_id").to_pylist() == [0, 1, 0, 1, 0, 0, -1]
+    assert t2.column("label_id").to_pylist() == [0, 1, 0, 1, 0, 0, -1, 0]
     assert t2.drop_columns(["label_id", "source"]).equals(t.drop_columns(["label_id", "source"]).replace_schema_metadata(t2.schema.metadata))
 
 
@@ -342,6 +344,7 @@ def test_manifest_without_dialogues(tmp_path):
 
 @pytest.mark.parametrize("edit, match", [
     (lambda m: m.replace(",split,", ",part,"), r"lacks columns \['split'\]"),
+    (lambda m: m.replace("call2,0,", "call2,,"), r"utterance_id empty on lines \[4\]"),
     (lambda m: m.replace("call1,1,", "call1,0,"), r"duplicate keys \[\['call1', 0\]\] on lines \[2, 3\]"),
     (lambda m: m.replace(",dev,", ",validation,"), r"unknown splits \['validation'\] on lines \[4\]"),
     (lambda m: m.replace("call3,2,", "call3,two,"), r"integer position.*lines \[7\]"),

@@ -51,6 +51,8 @@ def load(root: str | Path, params: dict, adapter: str = "manifest") -> Prepared:
     for c in OPTIONAL:
         if c not in df.columns:
             df[c] = None
+    if df.utterance_id.isna().any():
+        raise ValueError(f"manifest {path}: utterance_id empty on lines {_rows(df, df.utterance_id.isna())}")
     if df.dialogue_id.isna().all():  # each clip its own dialogue
         df["dialogue_id"], df["utterance_id"] = df.utterance_id.astype(str), 0
     elif df.dialogue_id.isna().any():
@@ -76,8 +78,12 @@ def load(root: str | Path, params: dict, adapter: str = "manifest") -> Prepared:
     unknown = sorted(set(present) - set(labels))
     if unknown:
         raise ValueError(f"manifest {path}: labels {unknown} are not in prepare.labels {labels}")
+    unparsable = pd.Series(False, index=df.index)
     for c in ("start_s", "end_s"):
-        df[c] = pd.to_numeric(df[c], errors="coerce")  # unparsable → NaN, reported as bad_times below
+        num = pd.to_numeric(df[c], errors="coerce")
+        unparsable |= df[c].notna() & num.isna()  # reported per row as bad_times below
+        df[c] = num
+    df["unparsable"] = unparsable
     base = path.parent
     out = []
     for r in df.itertuples(index=False):
@@ -87,8 +93,9 @@ def load(root: str | Path, params: dict, adapter: str = "manifest") -> Prepared:
         status, error, dur = "no_media", "manifest row has no media_path", None
         if media is not None:
             status, error, dur = probe(media, end) if params["probe_media"] else ("ok", None, None)
-            if status == "ok" and ((start is None) != (end is None) or (start is not None and end <= start)):
-                status, error = "bad_times", f"need both start_s < end_s or neither; got {start}, {end}"
+            if status == "ok" and (r.unparsable or (start is None) != (end is None)
+                                   or (start is not None and end <= start)):
+                status, error = "bad_times", f"need numbers start_s < end_s or neither; got {start}, {end}"
         out.append(dict(
             dialogue_id=r.dialogue_id, utterance_id=r.utterance_id, speaker=r.speaker, text=r.text or "",
             label=None if r.label is None else str(r.label), split=r.split,
