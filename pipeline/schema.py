@@ -5,15 +5,27 @@ Utterance table (``prepare`` output, one file):
     utterance_id int32    position within the dialogue
     speaker      string
     text         string
-    label        string   emotion name (``EMOTIONS``) or null when unlabelled
-    label_id     int16    index into ``EMOTIONS``, -1 when unlabelled
+    label        string   class name from the table's label set (see below) or null when unlabelled
+    label_id     int16    index into the label set, -1 when unlabelled
     split        string   train | dev | test
-    media_path   string   clip path (relative to the repo root when inside it), null when text-only
-    start_s      float64  utterance start within ``media_path`` (null: whole clip)
+    media_path   string   clip or recording (relative to the repo root when inside it), null when text-only
+    start_s      float64  utterance start within ``media_path`` (null: whole clip). Readers must honour
+                          start_s/end_s (``pipeline.media.load_audio(..., start_s, end_s)``): IEMOCAP and
+                          manifest rows may point at a whole dialogue recording
     end_s        float64  utterance end (null: whole clip)
-    status       string   ``ok`` | ``missing_media`` | ``no_media``
+    audio_path   string   the utterance's own audio file when it differs from ``media_path`` (IEMOCAP's
+                          ``sentences/wav``); null: the audio is ``media_path``'s
+    annot_duration_s float64  utterance length the annotation gives (MELD's CSV End-Start, end_s-start_s)
+    media_duration_s float64  container duration of ``media_path`` read by ``prepare`` (null: not probed)
+    status       string   ``ok`` | ``missing_media`` (file absent) | ``corrupt_media`` (cannot be opened) |
+                          ``long_media`` (clip far longer than its annotation, e.g. MELD's multi-minute
+                          clips: ``media_path`` is null so no stage decodes it) | ``bad_times`` (span outside
+                          the recording) | ``no_media`` (text-only)
     error        string   why, when status is not ``ok``
-    source       string   provenance: adapter, root and protocol
+    source       string   provenance of the row: adapter, file it came from, protocol
+Schema metadata of the utterance table: ``labels`` (JSON list: the label set, ``label_id`` indexes it;
+absent in old tables → ``EMOTIONS``) and ``provenance`` (JSON: adapter, root, params, counts). Read the
+label set with ``label_names``.
 
 Feature tables (``extract_*`` outputs, a directory of ``part-NNNNN.parquet`` shards):
     dialogue_id, utterance_id   the key, one row per utterance of the utterance table
@@ -25,10 +37,12 @@ The shard's schema metadata records ``feature_name`` and ``dim``.
 """
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pyarrow as pa
 
-# MELD's seven emotions, in the label order of the official MELD repository.
+# MELD's seven emotions, in the label order of the official MELD repository: the default label set.
 EMOTIONS = ["neutral", "surprise", "fear", "sadness", "joy", "disgust", "anger"]
 SPLITS = ("train", "dev", "test")
 KEY = ["dialogue_id", "utterance_id"]
@@ -45,6 +59,9 @@ UTTERANCE_SCHEMA = pa.schema(
         ("media_path", pa.string()),
         ("start_s", pa.float64()),
         ("end_s", pa.float64()),
+        ("audio_path", pa.string()),
+        ("annot_duration_s", pa.float64()),
+        ("media_duration_s", pa.float64()),
         ("status", pa.string()),
         ("error", pa.string()),
         ("source", pa.string()),
@@ -70,11 +87,19 @@ def feature_schema(dim: int, feature_name: str, extra: list[pa.Field] | None = N
 
 
 def validate(table: pa.Table, schema: pa.Schema) -> pa.Table:
-    """Return ``table`` cast to ``schema``; raise naming the missing columns."""
+    """Return ``table`` cast to ``schema`` (keeping the table's metadata); raise naming the missing columns."""
     missing = [n for n in schema.names if n not in table.column_names]
     if missing:
         raise ValueError(f"table lacks columns {missing}; expected schema {schema.names}")
-    return table.select(schema.names).cast(schema)
+    out = table.select(schema.names).cast(schema)
+    meta = {**(table.schema.metadata or {}), **(schema.metadata or {})}
+    return out.replace_schema_metadata(meta or None)
+
+
+def label_names(schema: pa.Schema) -> list[str]:
+    """The label set of an utterance table (its ``labels`` metadata); ``EMOTIONS`` for tables without one."""
+    raw = (schema.metadata or {}).get(b"labels")
+    return json.loads(raw) if raw else list(EMOTIONS)
 
 
 def feature_matrix(table: pa.Table) -> np.ndarray:

@@ -23,7 +23,7 @@ from models import get_model
 from pipeline.common import load_params, setup_logging
 from pipeline.dataset import Standardizer, collate, dialogues, load_corpus
 from pipeline.metrics import classification_metrics
-from pipeline.schema import EMOTIONS
+from pipeline.schema import label_names
 
 log = logging.getLogger("merc.train")
 
@@ -70,11 +70,12 @@ def train(params: dict, utterances: str, out: str, live_dir: str, feature_dirs: 
     train_d, dev_d = dialogues(corpus, "train", norm), dialogues(corpus, "dev", norm)
     if not train_d or not dev_d:
         raise RuntimeError("train needs labelled train and dev dialogues: check the prepare stage's output")
-    model = get_model(name, input_dims=corpus.dims, n_classes=len(EMOTIONS), **cfg).to(device)
+    labels = label_names(corpus.utterances.schema)  # the prepared table's label set (MELD, IEMOCAP, ...)
+    model = get_model(name, input_dims=corpus.dims, n_classes=len(labels), **cfg).to(device)
     n_params = sum(p.numel() for p in model.parameters())
     log.info("model %s (%s params) on %s, modalities %s", name, f"{n_params:,}", device, tp["modalities"])
     y_train = np.concatenate([d["label"] for d in train_d])
-    weight = class_weights(y_train, len(EMOTIONS)).to(device) if tp["weighted_loss"] else None
+    weight = class_weights(y_train, len(labels)).to(device) if tp["weighted_loss"] else None
     loss_fn = nn.CrossEntropyLoss(weight=weight, ignore_index=-100)
     opt = torch.optim.AdamW(model.parameters(), lr=tp["lr"], weight_decay=tp["weight_decay"])
     rng = np.random.default_rng(tp["seed"])
@@ -100,14 +101,14 @@ def train(params: dict, utterances: str, out: str, live_dir: str, feature_dirs: 
                 total, count = total + loss.item() * n, count + n
             for split, data in (("train", train_d), ("dev", dev_d)):
                 pred, y, logits, _ = predict(model, data, tp["batch_size"], device)
-                m = classification_metrics(y, pred, EMOTIONS)
+                m = classification_metrics(y, pred, labels)
                 live.log_metric(f"{split}/loss", float(nn.functional.cross_entropy(logits, torch.from_numpy(y))))
                 for k in ("accuracy", "weighted_f1", "macro_f1"):
                     live.log_metric(f"{split}/{k}", m[k])
             dev_f1 = m["weighted_f1"]  # the last split logged is dev
             if dev_f1 > best:
                 best, best_epoch, bad_epochs = dev_f1, epoch, 0
-                save_checkpoint(out, model, name, cfg, corpus.dims, tp, norm, epoch, dev_f1)
+                save_checkpoint(out, model, name, cfg, corpus.dims, tp, norm, epoch, dev_f1, labels)
             else:
                 bad_epochs += 1
             live.next_step()
@@ -118,12 +119,12 @@ def train(params: dict, utterances: str, out: str, live_dir: str, feature_dirs: 
     return {"best_dev_weighted_f1": best, "best_epoch": best_epoch}
 
 
-def save_checkpoint(out, model, name, cfg, dims, tp, norm, epoch, dev_f1) -> None:
+def save_checkpoint(out, model, name, cfg, dims, tp, norm, epoch, dev_f1, labels) -> None:
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp")
     torch.save({"model": name, "cfg": cfg, "input_dims": dims, "modalities": tp["modalities"],
-                "state_dict": model.state_dict(), "norm": norm.state(), "labels": EMOTIONS,
+                "state_dict": model.state_dict(), "norm": norm.state(), "labels": labels,
                 "epoch": epoch, "dev_weighted_f1": dev_f1}, tmp)
     os.replace(tmp, out)
 

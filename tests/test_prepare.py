@@ -1,3 +1,5 @@
+import json
+
 import pyarrow.compute as pc
 import pytest
 
@@ -45,3 +47,15 @@ def test_unknown_dataset_and_root(tmp_path):
         prepare("nope", tmp_path, tmp_path / "u.parquet")
     with pytest.raises(FileNotFoundError, match="prepare.root"):
         prepare("meld", tmp_path / "absent", tmp_path / "u.parquet")
+
+
+def test_demo_params_are_the_defaults(demo_utterances, tmp_path):
+    """params.yaml's prepare section gives the demo table the stage fixture makes with the code defaults."""
+    from pipeline.common import load_params
+
+    p = load_params("prepare")
+    t = prepare(p["dataset"], p["root"], tmp_path / "u.parquet", p)
+    fixture = read_utterances(demo_utterances)
+    assert t.equals(fixture)  # the same rows, statuses, errors and sources whether root is absolute or not
+    assert json.loads(t.schema.metadata[b"provenance"])["params"] == json.loads(
+        fixture.schema.metadata[b"provenance"])["params"]

@@ -1,3 +1,5 @@
+import json
+
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -5,18 +7,20 @@ import pytest
 
 from pipeline.common import atomic_write_table, read_utterances
 from pipeline.metrics import classification_metrics
-from pipeline.schema import EMOTIONS, UTTERANCE_SCHEMA, feature_matrix, feature_schema, validate
+from pipeline.schema import EMOTIONS, UTTERANCE_SCHEMA, feature_matrix, feature_schema, label_names, validate
 
 
 def test_utterance_schema_round_trip(tmp_path):
     rows = [dict(dialogue_id="train_dia0", utterance_id=0, speaker="A", text="hi", label="joy", label_id=4,
-                 split="train", media_path=None, start_s=None, end_s=None, status="no_media", error="x",
-                 source="test")]
+                 split="train", media_path="rec.avi", start_s=1.5, end_s=2.25, audio_path=None,
+                 annot_duration_s=0.75, media_duration_s=None, status="ok", error=None, source="test")]
     t = pa.Table.from_pylist(rows, schema=UTTERANCE_SCHEMA)
-    atomic_write_table(t, tmp_path / "u.parquet")
+    atomic_write_table(t.replace_schema_metadata({"labels": json.dumps(["neg", "pos"])}), tmp_path / "u.parquet")
     back = read_utterances(tmp_path / "u.parquet")
     assert back.schema.equals(UTTERANCE_SCHEMA)
     assert back.to_pylist() == rows
+    assert label_names(back.schema) == ["neg", "pos"]  # the label set survives validation
+    assert label_names(t.schema) == EMOTIONS  # tables without one are MELD's
     assert not list(tmp_path.glob(".*tmp"))  # no temp file left behind
 
 
