@@ -53,16 +53,20 @@ class AudioExtractor(FeatureExtractor):
 
     def load(self, row: dict) -> tuple[np.ndarray | None, dict]:
         """The clip's samples, or ``None`` with a record saying why there is no vector."""
-        if not row.get("media_path"):
+        # The utterance's own audio file when the corpus has one (IEMOCAP's sentences/wav), else its span
+        # [start_s, end_s) of the clip or recording (whole clip when the times are null).
+        path = row.get("audio_path") or row.get("media_path")
+        if not path:
             return None, dict(status="error", error=row.get("error") or "no media for this utterance")
+        span = {} if row.get("audio_path") else {"start_s": row.get("start_s"), "end_s": row.get("end_s")}
         try:
-            signal, truncated = load_audio(row["media_path"], SAMPLE_RATE, self.max_duration_s)
+            signal, truncated = load_audio(path, SAMPLE_RATE, self.max_duration_s, **span)
         except MediaError as e:
             return None, dict(status="error", error=str(e))
         rec = dict(duration_s=signal.size / SAMPLE_RATE, truncated=truncated,
                    rms=float(np.sqrt(np.mean(np.square(signal, dtype=np.float64)))))
         if truncated:
-            log.warning("%s: audio cut at %.1f s (audio.max_duration_s)", row["media_path"], self.max_duration_s)
+            log.warning("%s: audio cut at %.1f s (audio.max_duration_s)", path, self.max_duration_s)
         if rec["rms"] < self.silence_rms:
             return None, dict(rec, status="silent", error=f"RMS {rec['rms']:.2e} below audio.silence_rms")
         return signal, rec
