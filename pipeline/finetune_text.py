@@ -1,0 +1,121 @@
+"""Stage ``finetune_text``: fine-tune the text encoder on the train split, select the epoch on dev.
+
+The encoder (``text.model``) gets a linear classification head on its pooled output (same ``text.context``
+inputs and ``text.pooling`` as extraction) and is trained with cross-entropy and AdamW; after each epoch
+dev weighted F1 decides whether the encoder is kept. The best encoder + tokenizer are saved with
+``save_pretrained`` to ``text.finetune.out`` (written to a temp dir, then renamed); ``extract_text`` then
+reads vectors from it. The test split is never read. This is the text teacher later models distil from.
+With ``text.finetune.enabled: false`` the stage only writes a marker file, so the pipeline shape is fixed.
+
+Run: ``python -m pipeline.finetune_text`` (reads ``text`` from params.yaml).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import random
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import torch
+import torch.nn as nn
+from tqdm import tqdm
+
+from pipeline.common import load_params, setup_logging
+from pipeline.metrics import classification_metrics
+from pipeline.schema import label_names
+from pipeline.text_context import DialogueIndex, build_pair
+from pipeline.textenc import encode_batch, load_encoder, tokenize_pairs
+
+log = logging.getLogger("merc.finetune_text")
+
+
+def _examples(table, index: DialogueIndex, p: dict, tok, split: str) -> tuple[list, np.ndarray]:
+    rows = [r for r in table.to_pylist() if r["split"] == split and r["label_id"] >= 0 and (r["text"] or "").strip()]
+    count = lambda x: len(tok.tokenize(x))  # noqa: E731
+    pairs = [build_pair(index, r["dialogue_id"], r["utterance_id"], p["context"], p["window"], p["budget"],
+                        p["future"], count) for r in rows]
+    return pairs, np.asarray([r["label_id"] for r in rows], dtype=np.int64)
+
+
+def _batches(pairs, order, size):
+    """Batches of one pair kind (with / without context), as ``tokenize_pairs`` needs."""
+    for s in range(0, len(order), size):
+        idx = list(order[s : s + size])
+        for kind in (False, True):
+            sub = [i for i in idx if (pairs[i][1] is not None) == kind]
+            if sub:
+                yield sub
+
+
+def finetune(utterances: str | Path, p: dict, out: str | Path, device: str | None = None) -> dict:
+    f = p["finetune"]
+    out = Path(out)
+    if not f["enabled"]:
+        out.mkdir(parents=True, exist_ok=True)
+        for child in out.iterdir():  # a previous fine-tuned encoder must not look current
+            shutil.rmtree(child) if child.is_dir() else child.unlink()
+        (out / "DISABLED.json").write_text(json.dumps({"enabled": False}) + "\n")
+        return {"enabled": False}
+    random.seed(f["seed"])
+    np.random.seed(f["seed"])
+    torch.manual_seed(f["seed"])
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    table = pq.read_table(utterances)
+    labels = label_names(table.schema)
+    index = DialogueIndex.from_table(table)
+    tok, model = load_encoder(p["model"], device)
+    head = nn.Linear(model.config.hidden_size, len(labels)).to(device)
+    train_x, train_y = _examples(table, index, p, tok, "train")
+    dev_x, dev_y = _examples(table, index, p, tok, "dev")
+    if not len(train_y) or not len(dev_y):
+        raise RuntimeError("fine-tuning needs labelled train and dev utterances with text")
+    opt = torch.optim.AdamW(list(model.parameters()) + list(head.parameters()), lr=f["lr"], weight_decay=0.01)
+    rng = np.random.default_rng(f["seed"])
+    best, tmp = -1.0, out.with_name(out.name + ".tmp")
+    for epoch in range(f["epochs"]):
+        model.train()
+        order = rng.permutation(len(train_y))
+        for idx in tqdm(list(_batches(train_x, order, f["batch_size"])), desc=f"finetune epoch {epoch}", unit="batch"):
+            enc, target = tokenize_pairs(tok, [train_x[i] for i in idx], p["max_length"])
+            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device == "cuda"):
+                logits = head(encode_batch(model, enc.to(device), target, p["pooling"], p["layers"]))
+            loss = nn.functional.cross_entropy(logits.float(), torch.from_numpy(train_y[idx]).to(device))
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+        model.eval()
+        pred = np.zeros(len(dev_y), dtype=np.int64)
+        with torch.inference_mode():
+            for idx in _batches(dev_x, np.arange(len(dev_y)), 64):
+                enc, target = tokenize_pairs(tok, [dev_x[i] for i in idx], p["max_length"])
+                pred[idx] = head(encode_batch(model, enc.to(device), target, p["pooling"], p["layers"])).argmax(-1).cpu().numpy()
+        dev_f1 = classification_metrics(dev_y, pred, labels)["weighted_f1"]
+        log.info("epoch %d: dev weighted F1 %.4f", epoch, dev_f1)
+        if dev_f1 > best:
+            best = dev_f1
+            shutil.rmtree(tmp, ignore_errors=True)
+            model.save_pretrained(tmp)
+            tok.save_pretrained(tmp)
+            (tmp / "finetune.json").write_text(json.dumps({"epoch": epoch, "dev_weighted_f1": dev_f1,
+                                                           "base": p["model"], "labels": labels}, indent=2))
+    shutil.rmtree(out, ignore_errors=True)
+    tmp.rename(out)
+    return json.loads((out / "finetune.json").read_text())
+
+
+def main() -> None:
+    setup_logging()
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--utterances", default="data/prepared/utterances.parquet")
+    args = ap.parse_args()
+    p = load_params("text")
+    log.info("%s", finetune(args.utterances, p, p["finetune"]["out"]))
+
+
+if __name__ == "__main__":
+    main()

