@@ -248,7 +248,8 @@ class FaceExtractor(FeatureExtractor):
 
     def __init__(self, sampling: str = "every_k", every: int = 3, count: int = 8, max_frames: int = 16,
                  min_face_prob: float = 0.9, backbone: str = "fer_cnn", weights: str | None = None,
-                 pooling: str = "mean", face_size: int = 112, device: str | None = None):
+                 pooling: str = "mean", face_size: int = 112, detect_max_side: int | None = 640,
+                 device: str | None = None):
         from facenet_pytorch import MTCNN
 
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -259,24 +260,32 @@ class FaceExtractor(FeatureExtractor):
         self.metadata = {"backbone": backbone, "weights": self.backbone.weights, "sampling": sampling,
                          "pooling": "clip" if self.backbone.temporal else pooling}
         self.sampling = dict(sampling=sampling, every=every, count=count, max_frames=max_frames)
-        self.min_face_prob, self.face_size = min_face_prob, face_size
+        self.min_face_prob, self.face_size, self.detect_max_side = min_face_prob, face_size, detect_max_side
 
     @classmethod
     def from_params(cls, p: dict) -> "FaceExtractor":
         keys = ("sampling", "every", "count", "max_frames", "min_face_prob", "backbone", "weights", "pooling",
-                "face_size")
+                "face_size", "detect_max_side")
         return cls(**{k: p[k] for k in keys if k in p})
 
     def detect(self, frames: list[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-        """MTCNN on all frames at once → per frame (boxes, probs, landmarks) of faces ≥ ``min_face_prob``."""
+        """MTCNN on all frames at once → per frame (boxes, probs, landmarks) of faces ≥ ``min_face_prob``.
+
+        Frames larger than ``detect_max_side`` are shrunk for detection only (MTCNN's cost grows with the
+        pixel count; speakers' faces stay far above its 20-px minimum); boxes come back in frame pixels.
+        """
+        scale = min(1.0, (self.detect_max_side or 1e9) / max(frames[0].shape[:2]))
+        if scale < 1.0:
+            size = (round(frames[0].shape[1] * scale), round(frames[0].shape[0] * scale))
+            frames = [cv2.resize(f, size, interpolation=cv2.INTER_AREA) for f in frames]
         boxes, probs, lms = self.mtcnn.detect(np.stack(frames), landmarks=True)
         out = []
         for b, p, lm in zip(boxes, probs, lms):
             if b is None:  # batched MTCNN gives None or object arrays per frame
                 out.append((np.zeros((0, 4), np.float32), np.zeros(0, np.float32), np.zeros((0, 5, 2), np.float32)))
                 continue
-            b, p = np.asarray(b, np.float32).reshape(-1, 4), np.asarray(p, np.float32).reshape(-1)
-            lm = np.asarray(lm, np.float32).reshape(-1, 5, 2)
+            b, p = np.asarray(b, np.float32).reshape(-1, 4) / scale, np.asarray(p, np.float32).reshape(-1)
+            lm = np.asarray(lm, np.float32).reshape(-1, 5, 2) / scale
             keep = p >= self.min_face_prob
             out.append((b[keep], p[keep], lm[keep]))
         return out

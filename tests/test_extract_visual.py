@@ -214,6 +214,17 @@ def test_demo_edge_cases(extractor, demo_utterances, tmp_path):
     assert not np.allclose(per_track[0], per_track[1], atol=1e-3)
 
 
+def test_detection_on_shrunk_frames_reports_frame_pixels(extractor, monkeypatch):
+    frames, _ = decode_frames("data/demo/output_repeated_splits_test/dia0_utt5.mp4", max_frames=1)  # 320×160
+    full = extractor.detect(frames)[0]
+    monkeypatch.setattr(extractor, "detect_max_side", 200)
+    small = extractor.detect(frames)[0]
+    assert len(full[0]) == len(small[0]) == 2
+    order = lambda b: np.argsort(b[:, 0])  # noqa: E731
+    np.testing.assert_allclose(small[0][order(small[0])], full[0][order(full[0])], atol=6)
+    np.testing.assert_allclose(small[2][order(small[0])], full[2][order(full[0])], atol=6)
+
+
 # ---------------------------------------------------------------- real footage
 @needs_media
 def test_real_single_face_and_no_face(extractor):
