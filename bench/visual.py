@@ -2,7 +2,7 @@
 
 Stage  = ``run_sharded(FaceExtractor)`` over an utterance table of the clips (decode, MTCNN, tracks,
          alignment, backbone, Parquet shards).
-Parts  = per clip, timed alone: ``decode_frames`` of the sampled frames + ``mtcnn.detect`` on them (one batch)
+Parts  = per clip, timed alone: ``decode_frames`` of the sampled frames + ``FaceExtractor.detect`` on them (MTCNN, one batch)
          + the backbone on the aligned face clip (its resize/normalise and forward).
 Prints both, the ratio stage / parts (goal ≤ 1.3×: the glue costs little) and sampled frames per second.
 
@@ -18,7 +18,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
