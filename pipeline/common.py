@@ -89,6 +89,7 @@ def fingerprint(utterances_path: str | Path, config: dict) -> str:
 class FeatureExtractor:
     """What a modality stage implements: ``dim``, ``name``, extra columns and ``process``.
 
+    ``metadata`` (str → str) goes into every shard's schema metadata (provenance, e.g. which weights).
     ``process(rows)`` gets a list of utterance dicts and returns one record per row: a dict with
     ``status``, ``error``, ``feature`` (np.ndarray[dim] or None) and any ``extra_fields`` values.
     It must not raise for bad media: per-item failures become ``status='error'`` records.
@@ -97,6 +98,7 @@ class FeatureExtractor:
     name: str = "feature"
     dim: int = 0
     extra_fields: list[pa.Field] = []
+    metadata: dict[str, str] = {}
 
     def process(self, rows: list[dict]) -> list[dict]:  # pragma: no cover - interface
         raise NotImplementedError
@@ -130,7 +132,7 @@ def run_sharded(
     pf = pq.ParquetFile(utterances_path)
     n_rows = pf.metadata.num_rows
     n_shards = max(1, -(-n_rows // shard_size))
-    schema = feature_schema(extractor.dim, extractor.name, extractor.extra_fields)
+    schema = feature_schema(extractor.dim, extractor.name, extractor.extra_fields, extractor.metadata)
     done = {p.name for p in out_dir.glob("part-*.parquet")}
     todo = [i for i in range(n_shards) if f"part-{i:05d}.parquet" not in done]
     if len(todo) < n_shards:

@@ -4,6 +4,7 @@ Shared by the audio and visual stages; raises ``MediaError`` with a reason a per
 """
 from __future__ import annotations
 
+import bisect
 from pathlib import Path
 
 import av
@@ -87,22 +88,119 @@ def load_audio(path: str | Path, sample_rate: int = 16000, max_duration: float |
     return signal, truncated
 
 
-def sample_frames(path: str | Path, every: int = 5, max_frames: int = 16) -> list[np.ndarray]:
-    """Every ``every``-th decoded video frame as RGB uint8 ``[H, W, 3]``, at most ``max_frames``."""
-    frames: list[np.ndarray] = []
+SAMPLING = ("every_k", "summer", "fixed")
+
+
+def frame_indices(n_frames: int, sampling: str = "every_k", every: int = 3, count: int = 8,
+                  max_frames: int = 16) -> list[int]:
+    """Which of a clip's ``n_frames`` frames to keep.
+
+    ``every_k``: frames 0, k, 2k, … (the first ``max_frames`` of them, as the walking skeleton did).
+    ``summer``: SUMMER's N_s = frames/10 keyframes (at least 1); ``fixed``: ``count`` frames. Both are
+    spread evenly (the centre of N equal segments) and capped at ``max_frames`` by spreading fewer.
+    """
+    if n_frames <= 0:
+        return []
+    if sampling == "every_k":
+        return list(range(0, n_frames, max(1, every)))[:max_frames]
+    if sampling == "summer":
+        n = max(1, n_frames // 10)
+    elif sampling == "fixed":
+        n = max(1, count)
+    else:
+        raise ValueError(f"unknown sampling {sampling!r}; expected one of {SAMPLING}")
+    n = min(n, max_frames, n_frames)
+    return sorted({int((k + 0.5) * n_frames / n) for k in range(n)})
+
+
+def _frame_table(path) -> tuple[list[int], list[int]]:
+    """Presentation timestamps of every frame and of the keyframes, from one demux pass (no decoding).
+
+    Packets before the stream's start (edit lists: decoded but never shown) are left out, so position
+    ``i`` is the ``i``-th frame a player shows.
+    """
+    pts, keys = [], []
+    # its own container: rewinding by seek after a full demux fails for some demuxers (image2)
     with _open(path) as container:
         if not container.streams.video:
             raise MediaError(f"no video stream in {path}")
         stream = container.streams.video[0]
-        stream.thread_type = "AUTO"
+        start = stream.start_time
         try:
-            for i, frame in enumerate(container.decode(stream)):
-                if i % every == 0:
-                    frames.append(frame.to_ndarray(format="rgb24"))
-                    if len(frames) >= max_frames:
-                        break
+            for p in container.demux(stream):
+                if p.size and p.pts is not None and (start is None or p.pts >= start):
+                    pts.append(p.pts)
+                    if p.is_keyframe:
+                        keys.append(p.pts)
         except av.error.FFmpegError as e:
-            raise MediaError(f"video decode failed in {path}: {e}") from e
+            raise MediaError(f"cannot read packets of {path}: {e}") from e
+    pts.sort()
+    keys.sort()
+    if pts and (not keys or keys[0] > pts[0]):
+        keys.insert(0, pts[0])  # decoding starts at the first frame whatever its flag says
+    return pts, keys
+
+
+def decode_frames(path: str | Path, sampling: str = "every_k", every: int = 3, count: int = 8,
+                  max_frames: int = 16, start_s: float | None = None,
+                  end_s: float | None = None) -> tuple[list[np.ndarray], list[int]]:
+    """The sampled frames (RGB uint8 ``[H, W, 3]``) and their indices; still images are one-frame clips.
+
+    ``start_s``/``end_s`` restrict sampling to the frames shown in ``[start_s, end_s)`` (an utterance in a
+    longer recording, e.g. IEMOCAP's dialogue videos); indices are then positions within that span.
+
+    Decodes only what is needed: the target frames' timestamps come from a demux pass; when the next
+    target lies past a keyframe that is ahead of the decoder, it seeks there instead of decoding through,
+    and only kept frames are converted to RGB (the costly part besides decoding).
+    """
+    pts, keys = _frame_table(path)
+    if start_s is not None or end_s is not None:
+        with _open(path) as container:
+            tb = float(container.streams.video[0].time_base)
+        lo, hi = start_s if start_s is not None else -np.inf, end_s if end_s is not None else np.inf
+        pts = [t for t in pts if lo <= t * tb < hi]
+    idx = frame_indices(len(pts), sampling, every, count, max_frames)
+    if not idx:
+        raise MediaError(f"no video frames in {path}")
+    with _open(path) as container:
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"
+        frames = _decode_at(container, stream, [pts[i] for i in idx], keys, path)
     if not frames:
         raise MediaError(f"no decodable video frames in {path}")
-    return frames
+    return frames, idx[: len(frames)]
+
+
+def _decode_at(container, stream, targets: list[int], keys: list[int], path) -> list[np.ndarray]:
+    """Decode the frames at sorted timestamps ``targets`` (the first frame at or after each one)."""
+    out: list[np.ndarray] = []
+    j, last = 0, None  # next target; timestamp of the last decoded frame
+    try:
+        while j < len(targets):
+            key = keys[bisect.bisect_right(keys, targets[j]) - 1]
+            if last is not None and key > last:  # a keyframe lies between us and the target: jump
+                container.seek(key, stream=stream, backward=True)
+            jumped = False
+            for frame in container.decode(stream):
+                last = frame.pts if frame.pts is not None else (last or 0) + 1
+                if last < targets[j]:
+                    continue  # decoded (needed as a reference) but not converted
+                img = frame.to_ndarray(format="rgb24")
+                while j < len(targets) and targets[j] <= last:
+                    out.append(img)
+                    j += 1
+                if j == len(targets):
+                    break
+                if keys[bisect.bisect_right(keys, targets[j]) - 1] > last:
+                    jumped = True
+                    break
+            if not jumped:
+                break  # stream exhausted (or all targets done)
+    except av.error.FFmpegError as e:
+        raise MediaError(f"video decode failed in {path}: {e}") from e
+    return out
+
+
+def sample_frames(path: str | Path, every: int = 5, max_frames: int = 16) -> list[np.ndarray]:
+    """Every ``every``-th video frame as RGB uint8 ``[H, W, 3]``, at most ``max_frames``."""
+    return decode_frames(path, "every_k", every, max_frames=max_frames)[0]

@@ -33,7 +33,8 @@ Feature tables (``extract_*`` outputs, a directory of ``part-NNNNN.parquet`` sha
     error        string   the reason for any non-``ok`` status (which file, what failed)
     feature      fixed_size_list<float32>[dim]   zeros unless status is ``ok``
     ...          modality-specific extra columns (see each stage's ``EXTRA_FIELDS``)
-The shard's schema metadata records ``feature_name`` and ``dim``.
+The shard's schema metadata records ``feature_name`` and ``dim``, plus what the extractor adds (e.g. the
+visual stage's ``weights``: ``random`` when a backbone ran untrained, its vectors then carry no meaning).
 """
 from __future__ import annotations
 
@@ -73,8 +74,9 @@ UTTERANCE_SCHEMA = pa.schema(
 FEATURE_STATUS = ("ok", "no_face", "silent", "error")
 
 
-def feature_schema(dim: int, feature_name: str, extra: list[pa.Field] | None = None) -> pa.Schema:
-    """Schema of a feature shard with a ``dim``-wide vector and optional extra columns."""
+def feature_schema(dim: int, feature_name: str, extra: list[pa.Field] | None = None,
+                   metadata: dict[str, str] | None = None) -> pa.Schema:
+    """Schema of a feature shard with a ``dim``-wide vector, optional extra columns and metadata."""
     fields = [
         pa.field("dialogue_id", pa.string()),
         pa.field("utterance_id", pa.int32()),
@@ -83,7 +85,7 @@ def feature_schema(dim: int, feature_name: str, extra: list[pa.Field] | None = N
         pa.field("feature", pa.list_(pa.float32(), dim)),
     ]
     fields += list(extra or [])
-    return pa.schema(fields, metadata={"feature_name": feature_name, "dim": str(dim)})
+    return pa.schema(fields, metadata={**(metadata or {}), "feature_name": feature_name, "dim": str(dim)})
 
 
 def validate(table: pa.Table, schema: pa.Schema) -> pa.Table:

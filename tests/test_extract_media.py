@@ -1,8 +1,8 @@
-"""Audio and visual stages on the demo clips (planted edge cases) and on real footage."""
+"""Audio and visual stages on the demo clips (planted edge cases); visual details in test_extract_visual.py."""
 import numpy as np
 import pytest
 
-from conftest import DEMO, SHARED
+from conftest import DEMO
 from pipeline.common import read_features
 from pipeline.schema import feature_matrix
 
@@ -80,35 +80,34 @@ def test_visual_demo_statuses(demo_features):
     no_face = r[("train_dia1", 5)]
     assert no_face["status"] == "no_face" and not no_face["face_found"] and no_face["n_faces"] == 0
     two = r[("test_dia0", 5)]
-    assert two["status"] == "ok" and two["n_faces"] == 2 and two["face_found"]
+    assert two["status"] == "ok" and two["n_faces"] == 2 and two["n_tracks"] == 2 and two["face_found"]
     assert r[("train_dia3", 5)]["status"] == "error"
     assert r[("test_dia1", 3)]["status"] == "error" and "not found" in r[("test_dia1", 3)]["error"]
     ok = [v for v in r.values() if v["status"] == "ok"]
     assert len(ok) == 56  # the silent clip still has a face
-    assert all(v["n_faces"] == 1 for k, v in r.items() if v["status"] == "ok" and k != ("test_dia0", 5))
+    assert all(v["n_faces"] == v["n_tracks"] == 1 for k, v in r.items() if v["status"] == "ok" and k != ("test_dia0", 5))
     assert all(v["face_frames"] == v["frames_sampled"] and v["face_prob"] > 0.9 for v in ok)
     m = feature_matrix(t)
     assert np.isfinite(m).all() and (m[[i for i, v in enumerate(t.to_pylist()) if v["status"] == "ok"]] >= 0).all()
 
 
-def test_speaker_face_prefers_large_central():
-    from pipeline.extract_visual import choose_speaker_face
+def test_decode_frames_honours_utterance_span(tmp_path):
+    """Frames of [start_s, end_s) only: a 10 fps clip whose frame i is filled with grey level 10·i."""
+    import av
 
-    boxes = np.array([[0, 0, 20, 20], [40, 40, 90, 90], [100, 0, 160, 60]], dtype=float)
-    assert choose_speaker_face(boxes, np.array([0.99, 0.99, 0.99]), 160, 160) == 1
-    # a sure face beats an unsure one of the same size and place
-    assert choose_speaker_face(boxes[[1, 1]], np.array([0.5, 0.99]), 160, 160) == 1
+    from pipeline.media import decode_frames
 
-
-media = SHARED / "media"
-
-
-@pytest.mark.skipif(not media.exists(), reason="../shared/data/media absent")
-def test_real_footage_faces():
-    from pipeline.extract_visual import FaceExtractor
-
-    ex = FaceExtractor(every=5, max_frames=12)
-    single = ex.process_one({"media_path": str(media / "single_face.mp4"), "error": None})
-    assert single["status"] == "ok" and single["face_frames"] >= 0.8 * single["frames_sampled"]
-    none = ex.process_one({"media_path": str(media / "no_face.mp4"), "error": None})
-    assert none["status"] == "no_face" and none["face_frames"] == 0
+    path = tmp_path / "ramp.mp4"
+    with av.open(str(path), "w") as c:
+        s = c.add_stream("mpeg4", rate=10)
+        s.width = s.height = 32
+        s.pix_fmt = "yuv420p"
+        for i in range(20):
+            for p in s.encode(av.VideoFrame.from_ndarray(np.full((32, 32, 3), 10 * i, np.uint8), format="rgb24")):
+                c.mux(p)
+        for p in s.encode(None):
+            c.mux(p)
+    frames, idx = decode_frames(path, "every_k", every=1, max_frames=100, start_s=0.5, end_s=1.0)
+    assert len(frames) == 5 and idx == [0, 1, 2, 3, 4]
+    levels = [int(round(f.mean() / 10)) for f in frames]
+    assert levels == [5, 6, 7, 8, 9]
