@@ -1,16 +1,30 @@
-"""Layers shared by the models.
+"""Layers shared by the models: one masked multi-head attention / transformer block used by every model.
 
-Every model takes the same batch (``models.layers.Batch`` fields):
+Every model takes the same batch:
     feats:      {modality: FloatTensor[B, T, D_m]}  per-utterance features, zero where absent
     present:    {modality: BoolTensor[B, T]}        the modality is real for this utterance
     mask:       BoolTensor[B, T]                    the utterance exists (False = dialogue padding)
     speaker:    LongTensor[B, T]                    speaker index within the dialogue
-and returns logits ``[B, T, n_classes]``.
+and returns logits ``[B, T, n_classes]`` (or a dict with ``logits`` and auxiliary ``losses``: see
+``pipeline.engine``). ``input_dims`` holds only the chosen modalities, so a model must build its
+modules from it and may not assume text, audio and visual are all there.
+
+Attention masks are boolean ``[B, Tq, Tk]``, True = may attend. Every parameter a model creates must be used
+in forward (the tests check every gradient exists), so optional parts are built only when they are used.
 """
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn as nn
+
+MODALITY_ORDER = ("t", "a", "v")
+
+
+def ordered(modalities) -> list[str]:
+    """Modalities in the canonical t, a, v order (text first: models use it as the anchor)."""
+    return sorted(modalities, key=lambda m: MODALITY_ORDER.index(m) if m in MODALITY_ORDER else len(MODALITY_ORDER))
 
 
 class ModalityProjector(nn.Module):
@@ -18,31 +32,143 @@ class ModalityProjector(nn.Module):
 
     def __init__(self, input_dims: dict[str, int], hidden: int, dropout: float = 0.1):
         super().__init__()
-        self.modalities = sorted(input_dims)
+        self.modalities = ordered(input_dims)
         self.proj = nn.ModuleDict(
             {m: nn.Sequential(nn.LayerNorm(d), nn.Linear(d, hidden), nn.GELU(), nn.Dropout(dropout))
              for m, d in input_dims.items()}
         )
 
     def forward(self, feats: dict[str, torch.Tensor], present: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        # Multiply (not only mask later) so an absent modality's values can never reach any later layer.
         return {m: self.proj[m](feats[m]) * present[m].unsqueeze(-1).to(feats[m].dtype) for m in self.modalities}
 
 
 class MLPHead(nn.Module):
-    """Two-layer classifier."""
+    """Two-layer classifier (``act`` GELU by default; DialogueTRM's Eq. 17 uses tanh)."""
 
-    def __init__(self, d_in: int, hidden: int, n_classes: int, dropout: float = 0.1):
+    def __init__(self, d_in: int, hidden: int, n_classes: int, dropout: float = 0.1, act: type[nn.Module] = nn.GELU):
         super().__init__()
-        self.net = nn.Sequential(nn.Linear(d_in, hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden, n_classes))
+        self.net = nn.Sequential(nn.Linear(d_in, hidden), act(), nn.Dropout(dropout), nn.Linear(hidden, n_classes))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
 
 
-def masked_bigru(gru: nn.GRU, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Run ``gru`` over each dialogue's real utterances only (packed), so padding never leaks in."""
+class SpeakerEmbedding(nn.Embedding):
+    """Speaker index within the dialogue → vector; indices beyond ``max_speakers`` share the last row."""
+
+    def forward(self, speaker: torch.Tensor) -> torch.Tensor:
+        return super().forward(speaker.clamp(max=self.num_embeddings - 1))
+
+
+def masked_rnn(rnn: nn.RNNBase, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Run a batch-first GRU/LSTM over each dialogue's real utterances only (packed): padding never leaks in."""
     lengths = mask.sum(1).clamp(min=1).cpu()
     packed = nn.utils.rnn.pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
-    out, _ = gru(packed)
+    out, _ = rnn(packed)
     out, _ = nn.utils.rnn.pad_packed_sequence(out, batch_first=True, total_length=x.shape[1])
     return out
+
+
+masked_bigru = masked_rnn  # the name the first models used
+
+
+def attention_mask(q_valid: torch.Tensor, k_valid: torch.Tensor, window: int | None = None) -> torch.Tensor:
+    """``[B, Tq, Tk]``: query i may attend key j when both are valid and, with ``window``, |i − j| ≤ window.
+
+    ``window=None`` is the whole dialogue (context-dependent), ``0`` the utterance itself (context-free).
+    """
+    m = q_valid.unsqueeze(2) & k_valid.unsqueeze(1)
+    if window is not None:
+        i = torch.arange(q_valid.shape[1], device=m.device)
+        j = torch.arange(k_valid.shape[1], device=m.device)
+        m = m & ((i[:, None] - j[None, :]).abs() <= window)
+    return m
+
+
+class MultiHeadAttention(nn.Module):
+    """Scaled dot-product multi-head attention (Vaswani et al. 2017, Eq. 1) with a boolean mask.
+
+    A query with no allowed key gets a zero output instead of NaN (softmax over nothing) or an average of
+    padding, so absent modalities and padded utterances contribute nothing.
+    """
+
+    def __init__(self, d: int, heads: int, dropout: float = 0.0):
+        super().__init__()
+        if d % heads:
+            raise ValueError(f"width {d} is not divisible by {heads} heads")
+        self.h, self.dh = heads, d // heads
+        self.q, self.k, self.v, self.o = (nn.Linear(d, d) for _ in range(4))
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor, kv: torch.Tensor | None = None, mask: torch.Tensor | None = None):
+        kv = x if kv is None else kv
+        (B, Tq, d), Tk = x.shape, kv.shape[1]
+        q = self.q(x).view(B, Tq, self.h, self.dh).transpose(1, 2)
+        k = self.k(kv).view(B, Tk, self.h, self.dh).transpose(1, 2)
+        v = self.v(kv).view(B, Tk, self.h, self.dh).transpose(1, 2)
+        s = q @ k.transpose(-1, -2) / math.sqrt(self.dh)
+        if mask is not None:
+            m = mask.unsqueeze(1)
+            s = s.masked_fill(~m, torch.finfo(s.dtype).min)
+            a = s.softmax(-1) * m  # rows with no allowed key become all-zero
+        else:
+            a = s.softmax(-1)
+        out = (self.drop(a) @ v).transpose(1, 2).reshape(B, Tq, d)
+        return self.o(out)
+
+
+class TransformerBlock(nn.Module):
+    """Pre-LayerNorm transformer block: x + MHA(LN x, LN kv) then x + FFN(LN x).
+
+    Self-attention by default; ``cross=True`` gives it a LayerNorm for a separate key/value stream
+    (cross-modal attention). Pre-LN keeps deep stacks trainable without warm-up.
+    """
+
+    def __init__(self, d: int, heads: int, dropout: float = 0.1, ff_mult: int = 2, cross: bool = False):
+        super().__init__()
+        self.ln1, self.ln2 = nn.LayerNorm(d), nn.LayerNorm(d)
+        self.ln_kv = nn.LayerNorm(d) if cross else None
+        self.attn = MultiHeadAttention(d, heads, dropout)
+        self.ff = nn.Sequential(nn.Linear(d, ff_mult * d), nn.GELU(), nn.Dropout(dropout), nn.Linear(ff_mult * d, d))
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None, kv: torch.Tensor | None = None):
+        h = self.ln1(x)
+        if (kv is None) != (self.ln_kv is None):
+            raise ValueError("a cross block needs kv; a self-attention block takes none")
+        x = x + self.drop(self.attn(h, h if kv is None else self.ln_kv(kv), mask))
+        return x + self.drop(self.ff(self.ln2(x)))
+
+
+class TransformerEncoder(nn.Module):
+    """A stack of self-attention ``TransformerBlock``s sharing one mask, with a final LayerNorm."""
+
+    def __init__(self, d: int, heads: int, layers: int, dropout: float = 0.1):
+        super().__init__()
+        self.blocks = nn.ModuleList(TransformerBlock(d, heads, dropout) for _ in range(layers))
+        self.norm = nn.LayerNorm(d)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        for block in self.blocks:
+            x = block(x, mask)
+        return self.norm(x)
+
+
+def pool_modalities(vectors: list[torch.Tensor], valid: list[torch.Tensor], how: str) -> torch.Tensor:
+    """Fuse per-modality ``[B, T, d]`` vectors: ``add`` | ``mean`` (over valid ones) | ``max`` | ``concat``.
+
+    Invalid (absent) vectors are left out of ``mean``/``max``; an utterance with none valid gets zeros.
+    """
+    if how == "concat":
+        return torch.cat(vectors, dim=-1)
+    x = torch.stack(vectors, dim=-2)  # [B, T, M, d]
+    ok = torch.stack(valid, dim=-1).unsqueeze(-1)  # [B, T, M, 1]
+    if how == "add":
+        return (x * ok).sum(-2)
+    if how == "mean":
+        return (x * ok).sum(-2) / ok.sum(-2).clamp(min=1)
+    if how == "max":
+        out = x.masked_fill(~ok, torch.finfo(x.dtype).min).max(-2).values
+        return out * ok.any(-2)
+    raise ValueError(f"unknown pooling {how!r}; use add, mean, max or concat")

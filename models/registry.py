@@ -21,10 +21,14 @@ def register_model(name: str):
     return wrap
 
 
-def get_model(name: str, **cfg) -> nn.Module:
+def model_class(name: str) -> Callable[..., nn.Module]:
     if name not in _MODELS:
         raise KeyError(f"unknown model {name!r}; registered: {list_models()}")
-    return _MODELS[name](**cfg)
+    return _MODELS[name]
+
+
+def get_model(name: str, **cfg) -> nn.Module:
+    return model_class(name)(**cfg)
 
 
 def list_models() -> list[str]:

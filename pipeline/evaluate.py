@@ -1,7 +1,8 @@
-"""Stage ``evaluate``: the dev-selected checkpoint on the test split → metrics, confusion matrix, predictions.
+"""Stage ``evaluate``: the dev-selected checkpoint(s) on the test split → metrics, confusion matrix, predictions.
 
 Writes (fixed paths, so ``dvc metrics diff`` / ``dvc exp show`` compare runs of any model):
-  reports/metrics.json          accuracy, weighted/macro F1, per-class P/R/F1/support, item counts
+  reports/metrics.json          accuracy, weighted/macro F1 (mean over the checkpoint's seeds) and their ``*_std``,
+                                per-seed results (``seeds``), per-class P/R/F1/support, item counts
   reports/plots/confusion.csv   one row per test utterance (actual, predicted): DVC ``confusion`` template
   reports/confusion.png         the confusion matrix (counts) as a heatmap with emotion names
   reports/confusion_normalized.png   the same, each row divided by its total (recall on the diagonal)
@@ -24,15 +25,18 @@ import torch
 from models import get_model
 from pipeline.common import atomic_write_text, setup_logging
 from pipeline.dataset import Standardizer, dialogues, load_corpus
+from pipeline.engine import predict, resolve_device
 from pipeline.metrics import classification_metrics, confusion
 from pipeline.plots import plot_confusion, plot_curves
-from pipeline.train import predict
+from pipeline.train import mean_std
 
 log = logging.getLogger("merc.evaluate")
+SUMMARY = ("accuracy", "weighted_f1", "macro_f1")
 
 
 def evaluate(checkpoint: str, utterances: str, reports: str, split: str = "test",
              feature_dirs: dict | None = None, live_plots: str | None = None) -> dict:
+    """Every seed's checkpoint on ``split``: mean ± std metrics; confusion/predictions of the dev-selected seed."""
     ckpt = torch.load(checkpoint, map_location="cpu", weights_only=False)
     labels = ckpt["labels"]
     corpus = load_corpus(utterances, ckpt["modalities"], feature_dirs)
@@ -40,16 +44,33 @@ def evaluate(checkpoint: str, utterances: str, reports: str, split: str = "test"
     data = dialogues(corpus, split, norm)
     if not data:
         raise RuntimeError(f"no labelled {split} dialogues in {utterances}")
-    model = get_model(ckpt["model"], input_dims=ckpt["input_dims"], n_classes=len(labels), **ckpt["cfg"])
-    model.load_state_dict(ckpt["state_dict"])
-    pred, y, _, keys = predict(model, data, 16, "cpu")
-    metrics = classification_metrics(y, pred, labels)
+    device = resolve_device()
+    model = get_model(ckpt["model"], input_dims=ckpt["input_dims"], n_classes=len(labels), **ckpt["cfg"]).to(device)
+    runs = ckpt.get("runs") or [{k: ckpt.get(k, 0) for k in ("seed", "state_dict", "epoch", "dev_weighted_f1")}]
+    per_seed, selected = [], None
+    for run in runs:
+        model.load_state_dict(run["state_dict"])
+        pred, y, _, keys = predict(model, data, 16, device)
+        m = classification_metrics(y, pred, labels)
+        per_seed.append({"seed": int(run["seed"]), **{k: m[k] for k in SUMMARY},
+                         "selected_epoch": int(run["epoch"]), "dev_weighted_f1": float(run["dev_weighted_f1"]),
+                         "per_class_f1": {c: v["f1"] for c, v in m["per_class"].items()}})
+        if selected is None or run["seed"] == ckpt.get("seed"):
+            selected = (m, pred, y, keys, run)
+    m, pred, y, keys, run = selected
+    metrics = {k: mean_std([s[k] for s in per_seed])[0] for k in SUMMARY}
+    metrics.update({f"{k}_std": mean_std([s[k] for s in per_seed])[1] for k in SUMMARY})
     metrics.update(
+        n=m["n"],
+        per_class=m["per_class"],  # of the dev-selected seed, as are the confusion matrix and predictions
         model=ckpt["model"],
         n_params=sum(p.numel() for p in model.parameters()),
         split=split,
-        selected_epoch=int(ckpt["epoch"]),
-        dev_weighted_f1=float(ckpt["dev_weighted_f1"]),
+        modalities="".join(ckpt["modalities"]),
+        selected_seed=int(run["seed"]),
+        selected_epoch=int(run["epoch"]),
+        dev_weighted_f1=float(run["dev_weighted_f1"]),
+        seeds=per_seed,
         items={
             "skipped_unlabelled": corpus.skipped.get(split, 0),
             # Per modality, how many of this split's utterances had no usable vector and why.
@@ -70,8 +91,8 @@ def evaluate(checkpoint: str, utterances: str, reports: str, split: str = "test"
     plot_confusion(cm, labels, out / "confusion_normalized.png", normalize=True)
     if live_plots and Path(live_plots).exists():
         plot_curves(live_plots, out / "curves.png")
-    log.info("%s %s: accuracy %.4f, weighted F1 %.4f, macro F1 %.4f", ckpt["model"], split,
-             metrics["accuracy"], metrics["weighted_f1"], metrics["macro_f1"])
+    log.info("%s %s over %d seed(s): accuracy %.4f ± %.4f, weighted F1 %.4f ± %.4f, macro F1 %.4f ± %.4f",
+             ckpt["model"], split, len(per_seed), *(metrics[k + s] for k in SUMMARY for s in ("", "_std")))
     return metrics
 
 

@@ -39,7 +39,8 @@ PARAMS_FILE = "params.yaml"
 MODALITY_ORDER = "tav"
 MODALITY_COLUMNS = ["T", "A", "V", "T+A", "T+V", "A+V", "T+A+V"]
 # Params that do not change a result (throughput knobs) and the seed, which is what we average over.
-IGNORED = {"text.batch_size", "text.shard_size", "audio.shard_size", "visual.shard_size", "train.seed", "train.seeds"}
+IGNORED = {"text.batch_size", "text.shard_size", "audio.shard_size", "audio.ssl.batch_size", "visual.shard_size",
+           "train.seed", "train.seeds"}
 
 
 class ReportError(Exception):
@@ -54,9 +55,10 @@ class Run:
     metrics: dict
 
     def seed_metrics(self) -> dict:
-        """Seed → metrics (a multi-seed run stores one dict per seed under ``per_seed``, each with ``seed``)."""
-        if self.metrics.get("per_seed"):
-            return {m.get("seed", i): m for i, m in enumerate(self.metrics["per_seed"])}
+        """Seed → metrics; a multi-seed run (``train.seeds``) stores one dict per seed under ``seeds``."""
+        seeds = self.metrics.get("seeds")
+        if isinstance(seeds, list) and seeds:
+            return {m.get("seed", i): {"n_params": self.metrics.get("n_params"), **m} for i, m in enumerate(seeds)}
         return {(self.params.get("train") or {}).get("seed"): self.metrics}
 
 
@@ -88,8 +90,9 @@ class Group:
     def per_class_f1(self) -> dict[str, float]:
         out: dict[str, list] = {}
         for m in self.by_seed().values():
-            for c, v in (m.get("per_class") or {}).items():
-                out.setdefault(c, []).append(v["f1"])
+            f1 = m.get("per_class_f1") or {c: v["f1"] for c, v in (m.get("per_class") or {}).items()}
+            for c, v in f1.items():
+                out.setdefault(c, []).append(v)
         return {c: float(np.mean(v)) for c, v in out.items()}
 
     def name(self) -> str:

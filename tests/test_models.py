@@ -1,62 +1,221 @@
+"""Every registered model (and each paper ablation) on every modality subset: shapes, gradients, masks,
+overfitting a tiny batch, determinism through the shared engine, and the engine's hooks."""
+import numpy as np
 import pytest
 import torch
 
-from models import get_model, list_models, register_model
+from models import get_model, list_models, model_class, register_model
+from pipeline.engine import Engine, EngineConfig, parse_modalities
 
-DIMS = {"a": 12, "t": 16, "v": 8}
+DIMS = {"t": 16, "a": 12, "v": 8}
+SUBSETS = ["t", "a", "v", "ta", "tv", "av", "tav"]
+TINY = {"hidden": 16}
+# Paper ablations by param (M2FNet Table 5, DialogueTRM Tables 4–5), on top of each model's defaults.
+ABLATIONS = {
+    "m2fnet": [{"fusion": "concat"}, {"context": "none"}, {"fusion": "concat", "context": "none"},
+               {"encoder_layers": 0}],
+    "dialoguetrm": [{"window": {"t": None, "a": None, "v": None}}, {"window": {"t": 0}}, {"gates": False},
+                    {"rep_transformer": False}, {"fusion": "add"}, {"fusion": "concat"}, {"fusion": "max"}],
+}
+VARIANTS = [(n, {}) for n in list_models()] + [(n, c) for n, cs in ABLATIONS.items() for c in cs]
+VARIANT_IDS = [n + "".join(f"-{k}={v}" for k, v in c.items()) for n, c in VARIANTS]
 
 
-def batch(B=3, T=5, seed=0):
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    # Tiny tensors gain nothing from intra-op threads; on a busy shared CPU they only add contention.
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def batch(mods="tav", B=3, T=5, seed=0):
     g = torch.Generator().manual_seed(seed)
     mask = torch.ones(B, T, dtype=torch.bool)
     mask[1, 3:] = False
     mask[2, 1:] = False
-    feats = {m: torch.randn(B, T, d, generator=g) for m, d in DIMS.items()}
-    present = {m: mask.clone() for m in DIMS}
-    present["v"][0, 2] = False
+    feats = {m: torch.randn(B, T, DIMS[m], generator=g) for m in mods}
+    present = {m: mask.clone() for m in mods}
     speaker = torch.randint(0, 2, (B, T), generator=g)
     label = torch.randint(0, 7, (B, T), generator=g).masked_fill(~mask, -100)
     return feats, present, mask, speaker, label
 
 
+def build(name, cfg, mods, **extra):
+    torch.manual_seed(0)
+    return get_model(name, input_dims={m: DIMS[m] for m in mods}, n_classes=7, **{**TINY, **cfg, **extra})
+
+
+def needs(name, mods) -> bool:
+    """True when the model cannot run on ``mods`` (text_mlp without text)."""
+    req = getattr(model_class(name), "required_modalities", ())
+    return not set(req) <= set(mods)
+
+
 def test_registry():
-    assert {"concat_mlp", "dialogue_gru"} <= set(list_models())
+    assert {"concat_mlp", "dialogue_gru", "text_mlp", "bc_lstm", "m2fnet", "dialoguetrm"} <= set(list_models())
     with pytest.raises(ValueError, match="already registered"):
         register_model("concat_mlp")(torch.nn.Module)
     with pytest.raises(KeyError, match="unknown model"):
         get_model("nope")
 
 
-@pytest.mark.parametrize("name", list_models())
-def test_forward_backward(name):
-    torch.manual_seed(0)
-    model = get_model(name, input_dims=DIMS, n_classes=7)
-    feats, present, mask, speaker, label = batch()
+def test_parse_modalities():
+    assert parse_modalities("tav") == ["t", "a", "v"]
+    assert parse_modalities(["v", "t"]) == ["t", "v"]  # the list form of params.yaml still works
+    assert parse_modalities("a") == ["a"]
+    for bad in ("", "tx", "tt", []):
+        with pytest.raises(ValueError, match="subset"):
+            parse_modalities(bad)
+
+
+@pytest.mark.parametrize("mods", SUBSETS)
+@pytest.mark.parametrize("name,cfg", VARIANTS, ids=VARIANT_IDS)
+def test_forward_backward(name, cfg, mods):
+    if needs(name, mods):
+        with pytest.raises(ValueError, match="needs"):
+            build(name, cfg, mods)
+        return
+    model = build(name, cfg, mods)
+    feats, present, mask, speaker, label = batch(mods)
     logits = model(feats, present, mask, speaker)
     assert logits.shape == (3, 5, 7)
-    loss = torch.nn.functional.cross_entropy(logits.reshape(-1, 7), label.reshape(-1), ignore_index=-100)
-    loss.backward()
-    grads = [p.grad for p in model.parameters() if p.requires_grad]
-    assert all(g is not None and torch.isfinite(g).all() for g in grads)
-    assert any(g.abs().sum() > 0 for g in grads)
+    torch.nn.functional.cross_entropy(logits.reshape(-1, 7), label.reshape(-1), ignore_index=-100).backward()
+    for n, p in model.named_parameters():  # every parameter is used and gets a finite gradient
+        assert p.grad is not None and torch.isfinite(p.grad).all(), n
+    assert any(p.grad.abs().sum() > 0 for p in model.parameters())
 
 
-@pytest.mark.parametrize("name", list_models())
-def test_padding_does_not_change_real_outputs(name):
-    torch.manual_seed(0)
-    model = get_model(name, input_dims=DIMS, n_classes=7).eval()
-    feats, present, mask, speaker, _ = batch()
+@pytest.mark.parametrize("mods", SUBSETS)
+@pytest.mark.parametrize("name,cfg", VARIANTS, ids=VARIANT_IDS)
+def test_padding_does_not_change_real_outputs(name, cfg, mods):
+    if needs(name, mods):
+        return
+    model = build(name, cfg, mods).eval()
+    feats, present, mask, speaker, _ = batch(mods)
     out = model(feats, present, mask, speaker)
-    feats2 = {m: f.masked_fill(~mask.unsqueeze(-1), 123.0) for m, f in feats.items()}  # garbage in padding
-    out2 = model(feats2, present, mask, speaker)
-    torch.testing.assert_close(out[mask], out2[mask])
+    # garbage in the padding, and three more padded turns: real utterances must not notice either
+    pad = lambda x, v: torch.cat([x, torch.full((*x.shape[:1], 3, *x.shape[2:]), v, dtype=x.dtype)], 1)  # noqa: E731
+    feats2 = {m: pad(f.masked_fill(~mask.unsqueeze(-1), 123.0), 55.0) for m, f in feats.items()}
+    present2 = {m: pad(p | ~mask, True) for m, p in present.items()}  # even "present" padding must not leak
+    mask2, speaker2 = pad(mask, False), pad(speaker.masked_fill(~mask, 1), 1)
+    out2 = model(feats2, present2, mask2, speaker2)
+    torch.testing.assert_close(out[mask], out2[mask2])
 
 
-@pytest.mark.parametrize("name", list_models())
-def test_absent_modality_is_ignored(name):
-    torch.manual_seed(0)
-    model = get_model(name, input_dims=DIMS, n_classes=7).eval()
-    feats, present, mask, speaker, _ = batch()
+@pytest.mark.parametrize("mods", SUBSETS)
+@pytest.mark.parametrize("name,cfg", VARIANTS, ids=VARIANT_IDS)
+def test_absent_modality_is_ignored(name, cfg, mods):
+    if needs(name, mods):
+        return
+    model = build(name, cfg, mods).eval()
+    feats, present, mask, speaker, _ = batch(mods)
+    for m in mods:
+        present[m][0, 2] = False
     out = model(feats, present, mask, speaker)
-    feats["v"][0, 2] = 99.0  # marked absent: its values must not matter
+    for m in mods:
+        feats[m][0, 2] = 99.0  # marked absent: its values must not matter
     torch.testing.assert_close(out, model(feats, present, mask, speaker))
+
+
+def test_dialoguetrm_context_window():
+    """Text window K: utterance i sees turns within K only; context-free audio ignores the other turns."""
+    model = build("dialoguetrm", {"window": {"t": 1, "a": 0}}, "ta").eval()
+    feats, present, mask, speaker, _ = batch("ta")  # dialogue 0 has all five turns
+    out = model(feats, present, mask, speaker)[0]
+    far = {m: f.clone() for m, f in feats.items()}
+    g = torch.Generator().manual_seed(9)
+    far["t"][0, 3] = torch.randn(DIMS["t"], generator=g)  # 3 turns from utterance 0: outside its text window
+    far["a"][0, 1] = torch.randn(DIMS["a"], generator=g)  # audio is context-free: only utterance 1 may change
+    out2 = model(far, present, mask, speaker)[0]
+    torch.testing.assert_close(out2[0], out[0])
+    assert (out2[2] - out[2]).abs().max() > 1e-3  # utterance 2 has turn 3 within its text window
+    assert (out2[1] - out[1]).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_overfits_tiny_batch(name):
+    model = build(name, {}, "tav", dropout=0.0)
+    feats, present, mask, speaker, label = batch("tav")
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    for _ in range(150):
+        logits = model(feats, present, mask, speaker)
+        loss = torch.nn.functional.cross_entropy(logits.reshape(-1, 7), label.reshape(-1), ignore_index=-100)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert loss.item() < 0.1
+
+
+def dialogues(n=6, seed=0, mods="tav"):
+    """Synthetic dialogues in ``pipeline.dataset.dialogues``' format, with an absent visual row."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for k in range(n):
+        T = int(rng.integers(2, 6))
+        present = {m: np.ones(T, bool) for m in mods}
+        if "v" in present:
+            present["v"][0] = False
+        out.append(dict(dialogue_id=f"d{k}", utterance_id=np.arange(T), label=rng.integers(0, 7, T),
+                        speaker=rng.integers(0, 2, T),
+                        feats={m: rng.standard_normal((T, DIMS[m])).astype(np.float32) * present[m][:, None]
+                               for m in mods},
+                        present=present))
+    return out
+
+
+CFG = EngineConfig(epochs=2, batch_size=2, lr=3e-3, patience=5)
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_engine_training_is_deterministic(name):
+    data = dialogues()
+    runs = []
+    for _ in range(2):
+        torch.manual_seed(1)
+        model = get_model(name, input_dims=DIMS, n_classes=7, **TINY)
+        init = {k: v.clone() for k, v in model.state_dict().items()}
+        runs.append((Engine(model, CFG, "cpu", torch.ones(7)).fit(data, data[:3], seed=1), model.state_dict()))
+    (ra, sa), (rb, sb) = runs
+    assert ra["history"] == rb["history"] and ra["epoch"] == rb["epoch"]
+    for k in sa:
+        torch.testing.assert_close(sa[k], sb[k], rtol=0, atol=0)
+    assert any(not torch.equal(init[k], v) for k, v in sa.items())  # it did train
+
+
+class HookedModel(torch.nn.Module):
+    """concat-MLP-like model using every engine hook; ``extra`` is trained only through its auxiliary loss."""
+
+    def __init__(self):
+        super().__init__()
+        self.lin = torch.nn.Linear(DIMS["t"], 7)
+        self.extra = torch.nn.Parameter(torch.ones(1))
+        self.calls = {"before_step": 0}
+
+    def forward(self, feats, present, mask, speaker):
+        return {"logits": self.lin(feats["t"]), "losses": {"reg": 0.1 * self.extra.pow(2).sum()}}
+
+    def aux_loss(self, out, batch):
+        assert (batch["label"][~batch["mask"]] == -100).all()  # labels reach the hook, padding marked
+        return {"mean_logit": 0.0 * out["logits"].mean()}
+
+    def before_step(self, epoch, step):
+        self.calls["before_step"] += 1
+        self.lin.weight.grad.zero_()  # a gradient-modulation hook may rewrite gradients: here, freeze lin
+
+    def epoch_logs(self):
+        return {"rho_t": 1.5}
+
+
+def test_engine_hooks():
+    model = HookedModel()
+    w0 = model.lin.weight.detach().clone()
+    res = Engine(model, EngineConfig(epochs=2, batch_size=2, lr=1e-2, weight_decay=0.0), "cpu").fit(
+        dialogues(mods="t"), dialogues(3, seed=1, mods="t"))
+    assert model.calls["before_step"] == 2 * 3  # 6 dialogues, batch 2, 2 epochs
+    torch.testing.assert_close(model.lin.weight, w0)  # before_step ran before the optimiser step
+    assert model.extra.item() < 1.0  # the auxiliary loss was optimised
+    row = res["history"][0]["train"]
+    assert {"aux_reg", "aux_mean_logit", "rho_t", "lr", "weighted_f1"} <= set(row)
+    assert row["aux_reg"] == pytest.approx(0.1, rel=0.05)

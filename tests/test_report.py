@@ -121,3 +121,15 @@ def test_curves_from_dvclive_tsv(tmp_path):
     assert plot_curves(tmp_path, tmp_path / "curves.png") == ["loss"]
     assert (tmp_path / "curves.png").stat().st_size > 1000
     assert plot_curves(tmp_path / "nothing", tmp_path / "none.png") == []
+
+
+def test_multi_seed_run_counts_each_seed(tmp_path):
+    """A run with train.seeds stores per-seed metrics under `seeds`: each is one sample."""
+    m = metrics(0.7)
+    m["seeds"] = [{"seed": 0, "weighted_f1": 0.6, "macro_f1": 0.5, "accuracy": 0.6, "per_class_f1": {"joy": 0.2}},
+                  {"seed": 1, "weighted_f1": 0.8, "macro_f1": 0.5, "accuracy": 0.6, "per_class_f1": {"joy": 0.4}}]
+    runs = runs_from_exp_show([entry("r0", "two-seeds", with_(PARAMS, train__seeds=[0, 1]), m)])
+    md = write_report(runs, PARAMS, tmp_path)
+    row = next(line for line in md["model_comparison"].splitlines() if "two-seeds" in line)
+    assert "0.7000 ± 0.1414" in row and "| 2 |" in row and "1,000" in row
+    assert "0.300" in md["per_class_f1"]  # joy: mean of the two seeds' F1

@@ -73,3 +73,21 @@ def test_text_model_learns_demo(tmp_path, demo_utterances, demo_features):
     res = train(params("concat_mlp", ("t",), epochs=25), demo_utterances, tmp_path / "m.pt", tmp_path / "l",
                 demo_features)
     assert res["best_dev_weighted_f1"] > 0.5
+
+
+def test_seeds_report_mean_and_std(tmp_path, demo_utterances, demo_features):
+    """`train.seeds`: one model per seed; evaluate reports test mean ± std over them (modalities as a string)."""
+    p = params("concat_mlp", epochs=3)
+    p["train"].update(modalities="ta", seeds=[0, 1])
+    res = train(p, demo_utterances, tmp_path / "m.pt", tmp_path / "live", demo_features)
+    saved = torch.load(tmp_path / "m.pt", weights_only=False)
+    assert [r["seed"] for r in saved["runs"]] == [0, 1] and saved["modalities"] == ["t", "a"]
+    assert saved["seed"] == res["seed"] and saved["dev_weighted_f1"] == max(r["dev_weighted_f1"] for r in saved["runs"])
+    seeds = json.loads((tmp_path / "live" / "seeds.json").read_text())
+    assert [s["seed"] for s in seeds["seeds"]] == [0, 1] and len(seeds["seeds"][0]["history"]) == 3
+    m = evaluate(tmp_path / "m.pt", demo_utterances, tmp_path / "reports", feature_dirs=demo_features)
+    per_seed = [s["weighted_f1"] for s in m["seeds"]]
+    assert [s["seed"] for s in m["seeds"]] == [0, 1]
+    assert m["weighted_f1"] == pytest.approx(np.mean(per_seed))
+    assert m["weighted_f1_std"] == pytest.approx(np.std(per_seed))
+    assert {"accuracy_std", "macro_f1_std"} <= set(m) and m["selected_seed"] == res["seed"]
