@@ -26,9 +26,8 @@ from models import get_model
 from pipeline.common import atomic_write_text, setup_logging
 from pipeline.dataset import Standardizer, dialogues, load_corpus
 from pipeline.engine import predict, resolve_device
-from pipeline.metrics import classification_metrics, confusion
+from pipeline.metrics import classification_metrics, confusion, mean_std
 from pipeline.plots import plot_confusion, plot_curves
-from pipeline.train import mean_std
 
 log = logging.getLogger("merc.evaluate")
 SUMMARY = ("accuracy", "weighted_f1", "macro_f1")

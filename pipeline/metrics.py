@@ -28,3 +28,12 @@ def classification_metrics(y_true, y_pred, labels: list[str]) -> dict:
 
 def confusion(y_true, y_pred, n_classes: int) -> np.ndarray:
     return confusion_matrix(y_true, y_pred, labels=list(range(n_classes)))
+
+
+def mean_std(values) -> tuple[float, float]:
+    """Mean and sample std (ddof=1; 0 for a single value) over seeds, as plain floats.
+
+    The one definition used for every "mean ± std over seeds" in metrics files and report tables.
+    """
+    a = np.asarray(values, dtype=np.float64)
+    return float(a.mean()), float(a.std(ddof=1)) if a.size > 1 else 0.0

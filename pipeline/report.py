@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.common import atomic_write_text, load_params, setup_logging
+from pipeline.metrics import mean_std
 from pipeline.plots import plot_grouped_bars
 
 log = logging.getLogger("merc.report")
@@ -179,7 +180,8 @@ def fmt(values: np.ndarray) -> str:
         return "–"
     if values.size == 1:
         return f"{values[0]:.4f}"
-    return f"{values.mean():.4f} ± {values.std(ddof=1):.4f}"
+    mean, std = mean_std(values)
+    return f"{mean:.4f} ± {std:.4f}"
 
 
 def n_seeds(g: Group) -> int:

@@ -24,16 +24,12 @@ from pipeline.common import atomic_write_text, load_params, setup_logging
 from pipeline.dataset import Standardizer, dialogues, load_corpus
 from pipeline.engine import (Engine, EngineConfig, class_weights, parse_modalities, predict, resolve_device,
                              seed_everything)
+from pipeline.metrics import mean_std
 from pipeline.schema import label_names
 
 log = logging.getLogger("merc.train")
 __all__ = ["train", "class_weights", "predict", "seed_everything"]  # predict/seed_everything: older imports
 
-
-def mean_std(values) -> tuple[float, float]:
-    """Mean and population std (0 for one value) as plain floats."""
-    a = np.asarray(values, dtype=np.float64)
-    return float(a.mean()), float(a.std())
 
 
 def train(params: dict, utterances: str, out: str, live_dir: str, feature_dirs: dict | None = None) -> dict:
