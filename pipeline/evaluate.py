@@ -69,7 +69,8 @@ def evaluate(checkpoint: str, utterances: str, reports: str, split: str = "test"
         selected_seed=int(run["seed"]),
         selected_epoch=int(run["epoch"]),
         dev_weighted_f1=float(run["dev_weighted_f1"]),
-        seeds=per_seed,
+        # keyed by seed, not a list: `dvc exp show --json` drops lists from metrics, and the report reads it
+        seeds={str(r["seed"]): r for r in per_seed},
         items={
             "skipped_unlabelled": corpus.skipped.get(split, 0),
             # Per modality, how many of this split's utterances had no usable vector and why.

@@ -58,6 +58,8 @@ class Run:
     def seed_metrics(self) -> dict:
         """Seed → metrics; a multi-seed run (``train.seeds``) stores one dict per seed under ``seeds``."""
         seeds = self.metrics.get("seeds")
+        if isinstance(seeds, dict) and seeds:  # evaluate writes {seed: metrics} (lists do not survive exp show)
+            seeds = list(seeds.values())
         if isinstance(seeds, list) and seeds:
             return {m.get("seed", i): {"n_params": self.metrics.get("n_params"), **m} for i, m in enumerate(seeds)}
         return {(self.params.get("train") or {}).get("seed"): self.metrics}

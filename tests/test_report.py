@@ -126,8 +126,8 @@ def test_curves_from_dvclive_tsv(tmp_path):
 def test_multi_seed_run_counts_each_seed(tmp_path):
     """A run with train.seeds stores per-seed metrics under `seeds`: each is one sample."""
     m = metrics(0.7)
-    m["seeds"] = [{"seed": 0, "weighted_f1": 0.6, "macro_f1": 0.5, "accuracy": 0.6, "per_class_f1": {"joy": 0.2}},
-                  {"seed": 1, "weighted_f1": 0.8, "macro_f1": 0.5, "accuracy": 0.6, "per_class_f1": {"joy": 0.4}}]
+    m["seeds"] = {"0": {"seed": 0, "weighted_f1": 0.6, "macro_f1": 0.5, "accuracy": 0.6, "per_class_f1": {"joy": 0.2}},
+                  "1": {"seed": 1, "weighted_f1": 0.8, "macro_f1": 0.5, "accuracy": 0.6, "per_class_f1": {"joy": 0.4}}}
     runs = runs_from_exp_show([entry("r0", "two-seeds", with_(PARAMS, train__seeds=[0, 1]), m)])
     md = write_report(runs, PARAMS, tmp_path)
     row = next(line for line in md["model_comparison"].splitlines() if "two-seeds" in line)

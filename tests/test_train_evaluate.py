@@ -86,8 +86,8 @@ def test_seeds_report_mean_and_std(tmp_path, demo_utterances, demo_features):
     seeds = json.loads((tmp_path / "live" / "seeds.json").read_text())
     assert [s["seed"] for s in seeds["seeds"]] == [0, 1] and len(seeds["seeds"][0]["history"]) == 3
     m = evaluate(tmp_path / "m.pt", demo_utterances, tmp_path / "reports", feature_dirs=demo_features)
-    per_seed = [s["weighted_f1"] for s in m["seeds"]]
-    assert [s["seed"] for s in m["seeds"]] == [0, 1]
+    per_seed = [s["weighted_f1"] for s in m["seeds"].values()]
+    assert [s["seed"] for s in m["seeds"].values()] == [0, 1] and list(m["seeds"]) == ["0", "1"]
     assert m["weighted_f1"] == pytest.approx(np.mean(per_seed))
     assert m["weighted_f1_std"] == pytest.approx(np.std(per_seed, ddof=1))  # sample std over seeds
     assert {"accuracy_std", "macro_f1_std"} <= set(m) and m["selected_seed"] == res["seed"]
