@@ -22,13 +22,11 @@ import torch
 from models import get_model
 from pipeline.common import atomic_write_text, load_params, setup_logging
 from pipeline.dataset import Standardizer, dialogues, load_corpus
-from pipeline.engine import (Engine, EngineConfig, class_weights, parse_modalities, predict, resolve_device,
-                             seed_everything)
+from pipeline.engine import Engine, EngineConfig, class_weights, parse_modalities, resolve_device, seed_everything
 from pipeline.metrics import mean_std
 from pipeline.schema import label_names
 
 log = logging.getLogger("merc.train")
-__all__ = ["train", "class_weights", "predict", "seed_everything"]  # predict/seed_everything: older imports
 
 
 

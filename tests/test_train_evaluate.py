@@ -8,7 +8,8 @@ import torch
 
 from pipeline.evaluate import evaluate
 from pipeline.schema import EMOTIONS
-from pipeline.train import class_weights, train
+from pipeline.engine import class_weights
+from pipeline.train import train
 
 
 def params(model, modalities=("t", "a", "v"), epochs=6, seed=0):
