@@ -51,6 +51,22 @@ def _batches(pairs, order, size):
                 yield sub
 
 
+def _grouped_order(lengths: np.ndarray, size: int, rng: np.random.Generator, group: int = 50) -> np.ndarray:
+    """A random order whose consecutive ``size`` items have similar lengths (less padding, same examples).
+
+    Like Hugging Face's ``group_by_length``: shuffle, cut into mega-batches of ``group`` batches, sort each
+    by length, then shuffle the batch order so long and short batches interleave across the epoch.
+    """
+    order = rng.permutation(len(lengths))
+    mega = size * group
+    batches = []
+    for s in range(0, len(order), mega):
+        chunk = order[s : s + mega]
+        chunk = chunk[np.argsort(-lengths[chunk], kind="stable")]
+        batches += [chunk[i : i + size] for i in range(0, len(chunk), size)]
+    return np.concatenate([batches[i] for i in rng.permutation(len(batches))]) if batches else order
+
+
 def finetune(utterances: str | Path, p: dict, out: str | Path, device: str | None = None) -> dict:
     f = p["finetune"]
     out = Path(out)
@@ -75,10 +91,17 @@ def finetune(utterances: str | Path, p: dict, out: str | Path, device: str | Non
         raise RuntimeError("fine-tuning needs labelled train and dev utterances with text")
     opt = torch.optim.AdamW(list(model.parameters()) + list(head.parameters()), lr=f["lr"], weight_decay=0.01)
     rng = np.random.default_rng(f["seed"])
+    n_tokens = lambda pair: sum(len(x) for x in pair if isinstance(x, str))  # noqa: E731  (chars: a cheap proxy)
+    lengths = np.asarray([n_tokens(x) for x in train_x])
+    # Linear warm-up then linear decay to 0, the usual BERT fine-tuning schedule (Devlin et al. 2019).
+    total = f["epochs"] * sum(1 for _ in _batches(train_x, np.arange(len(train_y)), f["batch_size"]))
+    warm = int(f.get("warmup", 0.1) * total)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda k: (k + 1) / max(warm, 1) if k < warm else max(0.0, (total - k) / max(total - warm, 1)))
     best, tmp = -1.0, out.with_name(out.name + ".tmp")
     for epoch in range(f["epochs"]):
         model.train()
-        order = rng.permutation(len(train_y))
+        order = _grouped_order(lengths, f["batch_size"], rng)
         for idx in tqdm(list(_batches(train_x, order, f["batch_size"])), desc=f"finetune epoch {epoch}", unit="batch"):
             enc, target = tokenize_pairs(tok, [train_x[i] for i in idx], p["max_length"])
             with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device == "cuda"):
@@ -88,6 +111,7 @@ def finetune(utterances: str | Path, p: dict, out: str | Path, device: str | Non
             loss.backward()
             nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             opt.step()
+            sched.step()
         model.eval()
         pred = np.zeros(len(dev_y), dtype=np.int64)
         with torch.inference_mode():
