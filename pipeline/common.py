@@ -104,74 +104,136 @@ class FeatureExtractor:
         raise NotImplementedError
 
 
+RUNTIME_DEFAULTS = {"backend": "local", "address": None, "concurrency": 1, "num_gpus": 0.0, "num_cpus": 1.0,
+                    "max_restarts": 2, "local_cpus": None}
+
+
 def run_sharded(
-    extractor: FeatureExtractor,
+    extractor: FeatureExtractor | Callable[[], FeatureExtractor],
     utterances_path: str | Path,
     out_dir: str | Path,
     config: dict,
     shard_size: int = 256,
     select: Callable[[dict], bool] | None = None,
+    runtime: dict | None = None,
 ) -> Path:
     """Run ``extractor`` over the utterance table in shards of ``shard_size`` rows.
 
-    Each shard is written atomically as ``part-NNNNN.parquet``; a shard that already exists with the
-    same fingerprint (input table + ``config``) is kept, so an interrupted run resumes where it stopped
-    and memory stays flat as the corpus grows. A changed fingerprint clears the directory first.
+    Shard k holds rows [k·shard_size, (k+1)·shard_size) of the table and is written atomically as
+    ``part-k`` (``part-NNNNN.parquet``); a shard that already exists with the same fingerprint (input
+    table + ``config``) is kept, so an interrupted run resumes where it stopped and memory stays flat as
+    the corpus grows. A changed fingerprint clears the directory first.
+
+    ``extractor`` is an instance or a zero-argument factory (``functools.partial``) that builds one.
+    ``runtime`` (params ``runtime``, see ``RUNTIME_DEFAULTS``) picks where the shards are computed:
+    ``backend: local`` in this process, ``backend: ray`` by Ray Data actors (``pipeline.ray_runtime``),
+    each building the extractor once from the factory. The shard plan, files and their contents are the
+    same either way, and the runtime is not part of the fingerprint: switching it keeps finished shards.
     """
+    rt = {**RUNTIME_DEFAULTS, **(runtime or {})}
+    if rt["backend"] not in ("local", "ray"):
+        raise ValueError(f"runtime.backend must be local or ray, got {rt['backend']!r}")
     out_dir = Path(out_dir)
     fp = fingerprint(utterances_path, config)
     fp_file = out_dir / "_fingerprint.json"
     if out_dir.exists():
         old = json.loads(fp_file.read_text()).get("fingerprint") if fp_file.exists() else None
         if old != fp:
-            log.info("%s: inputs or params changed, clearing %s", extractor.name, out_dir)
+            log.info("inputs or params changed, clearing %s", out_dir)
             shutil.rmtree(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(json.dumps({"fingerprint": fp, "config": config}, indent=2, sort_keys=True), fp_file)
 
-    pf = pq.ParquetFile(utterances_path)
-    n_rows = pf.metadata.num_rows
+    n_rows = pq.ParquetFile(utterances_path).metadata.num_rows
     n_shards = max(1, -(-n_rows // shard_size))
-    schema = feature_schema(extractor.dim, extractor.name, extractor.extra_fields, extractor.metadata)
     done = {p.name for p in out_dir.glob("part-*.parquet")}
-    todo = [i for i in range(n_shards) if f"part-{i:05d}.parquet" not in done]
+    todo = [i for i in range(n_shards) if shard_name(i) not in done]
     if len(todo) < n_shards:
-        log.info("%s: resuming, %d of %d shards already written", extractor.name, n_shards - len(todo), n_shards)
-    zero = np.zeros(extractor.dim, dtype=np.float32)
+        log.info("%s: resuming, %d of %d shards already written", out_dir, n_shards - len(todo), n_shards)
+    if rt["backend"] == "ray":
+        from pipeline.ray_runtime import run_shards_on_ray
+
+        counts = run_shards_on_ray(extractor, utterances_path, out_dir, todo, shard_size, select, rt)
+        log.info("%s: wrote %s on Ray (this run's statuses: %s)", out_dir.name, out_dir, counts)
+        return out_dir
+    if not isinstance(extractor, FeatureExtractor):
+        extractor = extractor()
+    pf = pq.ParquetFile(utterances_path)
     counts: dict[str, int] = {}
     with tqdm(total=n_rows, desc=f"extract {extractor.name}", unit="utt") as bar:
         bar.update(min(n_rows, (n_shards - len(todo)) * shard_size))
         for i, batch in _iter_shards(pf, shard_size):
             if i not in todo:
                 continue
-            rows = batch.to_pylist()
-            keep = [r for r in rows if select is None or select(r)]
-            records = extractor.process(keep) if keep else []
-            if len(records) != len(keep):
-                raise RuntimeError(f"{extractor.name}: {len(records)} records for {len(keep)} rows")
-            cols: dict[str, list] = {f.name: [] for f in schema}
-            for row, rec in zip(keep, records):
-                feat, status, error = rec.get("feature"), rec["status"], rec.get("error")
-                if status == "ok" and feat is None:
-                    status, error = "error", f"{extractor.name} returned no vector"
-                cols["dialogue_id"].append(row["dialogue_id"])
-                cols["utterance_id"].append(row["utterance_id"])
-                cols["status"].append(status)
-                cols["error"].append(error)
-                cols["feature"].append(np.asarray(feat, dtype=np.float32) if status == "ok" else zero)
-                for f in extractor.extra_fields:
-                    cols[f.name].append(rec.get(f.name))
-                counts[status] = counts.get(status, 0) + 1
-            table = pa.table(cols, schema=schema)
-            atomic_write_table(table, out_dir / f"part-{i:05d}.parquet")
-            bar.update(len(rows))
+            for k, v in write_shard(extractor, batch.to_pylist(), i, out_dir, select).items():
+                counts[k] = counts.get(k, 0) + v
+            bar.update(batch.num_rows)
     log.info("%s: wrote %s (this run's statuses: %s)", extractor.name, out_dir, counts)
     return out_dir
 
 
+def shard_name(k: int) -> str:
+    """Deterministic file name of shard k (no random parts: DVC and resume both rely on it)."""
+    return f"part-{k:05d}.parquet"
+
+
+def process_safely(extractor: FeatureExtractor, rows: list[dict]) -> list[dict]:
+    """``extractor.process(rows)``; if it raises, each row again on its own, so one bad clip is one error row.
+
+    Extractors already turn bad media into error records; this catches what they did not foresee (a model
+    failing on one input) without losing the shard or the job. ``BaseException`` (interrupts) still stops.
+    """
+    try:
+        return extractor.process(rows)
+    except Exception as e:  # noqa: BLE001 - isolated per row below
+        if len(rows) == 1:
+            return [dict(status="error", error=f"{extractor.name} failed: {type(e).__name__}: {e}", feature=None)]
+        log.warning("%s: a batch of %d rows failed (%s: %s); retrying row by row", extractor.name, len(rows),
+                    type(e).__name__, e)
+        return [rec for row in rows for rec in process_safely(extractor, [row])]
+
+
+def write_shard(extractor: FeatureExtractor, rows: list[dict], k: int, out_dir: str | Path,
+                select: Callable[[dict], bool] | None = None) -> dict[str, int]:
+    """Extract one shard's rows and write them atomically as ``part-k``; returns the status counts."""
+    schema = feature_schema(extractor.dim, extractor.name, extractor.extra_fields, extractor.metadata)
+    zero = np.zeros(extractor.dim, dtype=np.float32)
+    keep = [r for r in rows if select is None or select(r)]
+    records = process_safely(extractor, keep) if keep else []
+    if len(records) != len(keep):
+        raise RuntimeError(f"{extractor.name}: {len(records)} records for {len(keep)} rows")
+    cols: dict[str, list] = {f.name: [] for f in schema}
+    counts: dict[str, int] = {}
+    for row, rec in zip(keep, records):
+        feat, status, error = rec.get("feature"), rec["status"], rec.get("error")
+        if status == "ok" and feat is None:
+            status, error = "error", f"{extractor.name} returned no vector"
+        cols["dialogue_id"].append(row["dialogue_id"])
+        cols["utterance_id"].append(row["utterance_id"])
+        cols["status"].append(status)
+        cols["error"].append(error)
+        cols["feature"].append(np.asarray(feat, dtype=np.float32) if status == "ok" else zero)
+        for f in extractor.extra_fields:
+            cols[f.name].append(rec.get(f.name))
+        counts[status] = counts.get(status, 0) + 1
+    atomic_write_table(pa.table(cols, schema=schema), Path(out_dir) / shard_name(k))
+    return counts
+
+
 def _iter_shards(pf: pq.ParquetFile, shard_size: int) -> Iterable[tuple[int, pa.Table]]:
-    for i, batch in enumerate(pf.iter_batches(batch_size=shard_size)):
-        yield i, pa.Table.from_batches([batch])
+    """Shard k = rows [k·shard_size, (k+1)·shard_size), streamed (batches stop at row-group ends: regroup)."""
+    buf: list[pa.RecordBatch] = []
+    n, k = 0, 0
+    for batch in pf.iter_batches(batch_size=shard_size):
+        buf.append(batch)
+        n += batch.num_rows
+        while n >= shard_size:
+            t = pa.Table.from_batches(buf)
+            yield k, t.slice(0, shard_size)
+            rest = t.slice(shard_size)
+            buf, n, k = rest.to_batches(), rest.num_rows, k + 1
+    if n or k == 0:
+        yield k, pa.Table.from_batches(buf, schema=pf.schema_arrow)
 
 
 def key_index(table: pa.Table) -> dict[tuple[str, int], int]:

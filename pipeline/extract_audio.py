@@ -24,6 +24,7 @@ Run: ``python -m pipeline.extract_audio`` (reads ``audio`` from params.yaml).
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 
 import numpy as np
@@ -211,7 +212,8 @@ def main() -> None:
     ap.add_argument("--out", default="data/features/audio")
     args = ap.parse_args()
     p = load_params("audio")
-    run_sharded(build_extractor(p), args.utterances, args.out, config=relevant_config(p), shard_size=p["shard_size"])
+    run_sharded(functools.partial(build_extractor, p), args.utterances, args.out, config=relevant_config(p),
+                shard_size=p["shard_size"], runtime=load_params().get("runtime"))
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ Run: ``python -m pipeline.extract_text`` (reads ``text`` from params.yaml).
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 from pathlib import Path
 
@@ -98,9 +99,11 @@ def main() -> None:
         model = p["finetune"]["out"]  # the encoder the finetune_text stage trained (dev-selected)
         # its weights, not only its params, decide whether finished shards are still valid
         config["encoder_digest"] = file_digest(Path(model) / "model.safetensors")
-    ex = TextExtractor(model, p["pooling"], p["max_length"], p["batch_size"], p["layers"], p["context"],
-                       p["window"], p["budget"], p["future"], index)
-    run_sharded(ex, args.utterances, args.out, config=config, shard_size=p["shard_size"])
+    # a factory, not an instance: under runtime ray each actor loads the encoder itself
+    ex = functools.partial(TextExtractor, model, p["pooling"], p["max_length"], p["batch_size"], p["layers"],
+                           p["context"], p["window"], p["budget"], p["future"], index)
+    run_sharded(ex, args.utterances, args.out, config=config, shard_size=p["shard_size"],
+                runtime=load_params().get("runtime"))
 
 
 if __name__ == "__main__":

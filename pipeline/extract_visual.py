@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -329,7 +330,8 @@ def main() -> None:
     ap.add_argument("--out", default="data/features/visual")
     args = ap.parse_args()
     p = load_params("visual")
-    run_sharded(FaceExtractor.from_params(p), args.utterances, args.out, config=p, shard_size=p["shard_size"])
+    run_sharded(functools.partial(FaceExtractor.from_params, p), args.utterances, args.out, config=p,
+                shard_size=p["shard_size"], runtime=load_params().get("runtime"))
 
 
 if __name__ == "__main__":
