@@ -14,16 +14,27 @@ Optional hooks, so models with extra objectives plug in without a second trainin
   * ``before_step(epoch=, step=)``: after backward, before clipping and the optimiser step — gradient
     modulation (e.g. Ada2I's 1 − tanh(α·ρ)) edits ``p.grad`` here.
   * ``epoch_logs() -> {name: float}``: extra per-epoch values logged as ``train/<name>`` (e.g. ρ per modality).
+
+Multi-GPU / multi-process (``torchrun --nproc-per-node N``): ``init_distributed`` reads torchrun's environment
+and starts the process group (NCCL on CUDA, gloo on CPU); the Engine then wraps the model in
+DistributedDataParallel, gives each rank its share of the epoch's seeded dialogue permutation
+(DistributedSampler semantics: the same permutation on every rank, padded to a multiple of N, rank r takes
+every N-th), splits ``batch_size`` (the global batch) over the ranks, and gathers train and dev metrics so
+every rank takes the same dev-based decisions (lr cut, early stop, best epoch). Hooks are called on the bare
+model; ``before_step`` sees the all-reduced gradients, and what it changes is averaged over the ranks again so
+the replicas stay identical. Writing (DVCLive, checkpoint) is the caller's job on rank 0 (``is_main``).
 """
 from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import random
 from dataclasses import dataclass, fields
 
 import numpy as np
 import torch
+import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
 from tqdm import tqdm
@@ -54,6 +65,50 @@ def seed_everything(seed: int) -> None:
 
 def resolve_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def world() -> tuple[int, int]:
+    """(rank, world size) of this process: (0, 1) unless a process group is running."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def is_main() -> bool:
+    """Rank 0 (or the only process): the one that logs and writes outputs."""
+    return world()[0] == 0
+
+
+def init_distributed() -> tuple[int, int]:
+    """Start the process group when launched by torchrun (``WORLD_SIZE`` > 1); returns (rank, world size).
+
+    NCCL when CUDA is there (each rank on GPU ``LOCAL_RANK``, so ``"cuda"`` means that GPU), gloo on CPU.
+    """
+    n = int(os.environ.get("WORLD_SIZE", "1"))
+    if n > 1 and not dist.is_initialized():
+        cuda = torch.cuda.is_available()
+        if cuda:
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        dist.init_process_group("nccl" if cuda else "gloo")
+        log.info("rank %d of %d (%s)", dist.get_rank(), n, dist.get_backend())
+    return world()
+
+
+def rank_share(n: int, rank: int, size: int) -> np.ndarray:
+    """Positions of an epoch's permutation that ``rank`` trains on: padded to a multiple of ``size`` by
+    wrapping around (as torch's DistributedSampler), then every ``size``-th; every rank gets as many."""
+    if size == 1:
+        return np.arange(n)
+    total = -(-n // size) * size
+    return (np.arange(total) % n)[rank::size]
+
+
+def _gather(obj, size: int) -> list:
+    if size == 1:
+        return [obj]
+    out = [None] * size
+    dist.all_gather_object(out, obj)
+    return out
 
 
 def class_weights(labels: np.ndarray, n_classes: int) -> torch.Tensor:
@@ -119,6 +174,15 @@ class Engine:
                  weight: torch.Tensor | None = None, labels: list[str] = EMOTIONS):
         self.device = device or resolve_device()
         self.model, self.cfg, self.labels = model.to(self.device), cfg, labels
+        self.rank, self.world_size = world()
+        self.net = model  # what training calls: the bare model, or its DDP wrapper
+        if self.world_size > 1:
+            from torch.nn.parallel import DistributedDataParallel
+
+            # find_unused_parameters: a model may leave an absent modality's branch out of the graph
+            self.net = DistributedDataParallel(model, device_ids=[torch.cuda.current_device()]
+                                               if self.device.startswith("cuda") else None,
+                                               find_unused_parameters=True)
         self.weight = weight.to(self.device) if weight is not None and cfg.weighted_loss else None
         self.opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.sched = torch.optim.lr_scheduler.ReduceLROnPlateau(self.opt, mode="max", factor=cfg.lr_factor,
@@ -129,16 +193,22 @@ class Engine:
                                weight=self.weight, ignore_index=-100)
 
     def train_epoch(self, data: list[dict], rng: np.random.Generator, epoch: int = 0) -> dict:
-        """One pass over ``data`` in a seeded random order; metrics come from the training batches themselves."""
+        """One pass over ``data`` in a seeded random order; metrics come from the training batches themselves.
+
+        Under DDP each rank takes its share of the same permutation, in batches of ``batch_size / N``."""
         model, cfg = self.model, self.cfg
         model.train()
         order = rng.permutation(len(data))
+        batch_size = cfg.batch_size
+        if self.world_size > 1:
+            order = order[rank_share(len(order), self.rank, self.world_size)]
+            batch_size = max(1, cfg.batch_size // self.world_size)
         sums: dict[str, float] = {}
         preds, labels, n_total = [], [], 0
-        for step, s in enumerate(range(0, len(order), cfg.batch_size)):
-            b = collate([data[i] for i in order[s : s + cfg.batch_size]], self.device)
+        for step, s in enumerate(range(0, len(order), batch_size)):
+            b = collate([data[i] for i in order[s : s + batch_size]], self.device)
             with _autocast(self.device, cfg.amp):
-                out = model(b["feats"], b["present"], b["mask"], b["speaker"])
+                out = self.net(b["feats"], b["present"], b["mask"], b["speaker"])
                 logits, aux = split_output(out)
                 if hasattr(model, "aux_loss"):
                     aux.update(model.aux_loss(out, b))
@@ -148,6 +218,8 @@ class Engine:
             loss.backward()
             if hasattr(model, "before_step"):
                 model.before_step(epoch=epoch, step=step)
+                if self.world_size > 1:
+                    self._average_grads()  # a hook using rank-local statistics must not split the replicas
             nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
             self.opt.step()
             n = int(b["mask"].sum())
@@ -156,15 +228,40 @@ class Engine:
                 sums[k] = sums.get(k, 0.0) + float(v.detach()) * n
             preds.append(logits.detach()[b["mask"]].argmax(-1).cpu())
             labels.append(b["label"][b["mask"]].cpu())
-        m = classification_metrics(torch.cat(labels).numpy(), torch.cat(preds).numpy(), self.labels)
+        y, pred = torch.cat(labels).numpy(), torch.cat(preds).numpy()
+        if self.world_size > 1:  # the epoch's metrics over all ranks' batches
+            parts = _gather((sums, n_total, y, pred), self.world_size)
+            sums = {k: sum(p[0].get(k, 0.0) for p in parts) for k in parts[0][0]}
+            n_total = sum(p[1] for p in parts)
+            y, pred = np.concatenate([p[2] for p in parts]), np.concatenate([p[3] for p in parts])
+        m = classification_metrics(y, pred, self.labels)
         out = {k: v / max(n_total, 1) for k, v in sums.items()}
         out.update({k: m[k] for k in ("accuracy", "weighted_f1", "macro_f1")}, lr=self.opt.param_groups[0]["lr"])
         if hasattr(model, "epoch_logs"):
             out.update(model.epoch_logs())
         return out
 
+    def _average_grads(self) -> None:
+        for p in self.model.parameters():
+            if p.grad is not None:
+                dist.all_reduce(p.grad)
+                p.grad /= self.world_size
+
     def evaluate(self, data: list[dict]) -> dict:
+        """Dev/test metrics; under DDP each rank predicts every N-th dialogue and all ranks get all logits."""
+        if self.world_size > 1:
+            share = data[self.rank :: self.world_size]
+            mine = predict(self.model, share, self.cfg.batch_size, self.device, self.cfg.amp)[1:3] if share \
+                else (np.zeros(0, np.int64), torch.zeros(0, len(self.labels)))  # fewer dialogues than ranks
+            parts = _gather(mine, self.world_size)
+            y = np.concatenate([p[0] for p in parts])
+            logits = torch.cat([p[1] for p in parts])
+            pred = logits.argmax(-1).numpy()
+            return self._metrics(y, pred, logits)
         pred, y, logits, _ = predict(self.model, data, self.cfg.batch_size, self.device, self.cfg.amp)
+        return self._metrics(y, pred, logits)
+
+    def _metrics(self, y: np.ndarray, pred: np.ndarray, logits: torch.Tensor) -> dict:
         m = classification_metrics(y, pred, self.labels)
         weight = None if self.weight is None else self.weight.cpu()
         loss = F.cross_entropy(logits, torch.from_numpy(y), weight=weight)  # same loss as training: comparable
@@ -175,7 +272,7 @@ class Engine:
         rng = np.random.default_rng(seed)
         best = {"dev_weighted_f1": -1.0, "epoch": -1, "state_dict": None}
         history, bad = [], 0
-        for epoch in tqdm(range(self.cfg.epochs), desc=desc, unit="epoch", leave=False):
+        for epoch in tqdm(range(self.cfg.epochs), desc=desc, unit="epoch", leave=False, disable=self.rank > 0):
             row = {"train": self.train_epoch(train_d, rng, epoch), "dev": self.evaluate(dev_d)}
             history.append(row)
             if live is not None:
@@ -197,5 +294,5 @@ class Engine:
         return {**best, "epochs_run": len(history), "history": history}
 
 
-__all__ = ["Engine", "EngineConfig", "class_weights", "parse_modalities", "predict", "resolve_device",
-           "seed_everything", "split_output"]
+__all__ = ["Engine", "EngineConfig", "class_weights", "init_distributed", "is_main", "parse_modalities", "predict",
+           "rank_share", "resolve_device", "seed_everything", "split_output", "world"]

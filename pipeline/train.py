@@ -7,10 +7,14 @@ DVCLive (``reports/train``, ``dvcyaml=False``) logs the first seed's per-epoch c
 mean ± std over seeds; ``reports/train/seeds.json`` holds every seed's best epoch, dev F1 and history.
 
 Run: ``python -m pipeline.train`` (reads ``model``, ``model_params.<model>`` and ``train`` from params.yaml).
+Several GPUs (or CPU processes): ``torchrun --nproc-per-node N -m pipeline.train`` trains with DDP
+(``pipeline.engine``); ``train.batch_size`` stays the global batch, and only rank 0 writes DVCLive, the
+checkpoint and seeds.json. Every rank returns the same result.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -22,7 +26,8 @@ import torch
 from models import get_model
 from pipeline.common import atomic_write_text, load_params, setup_logging
 from pipeline.dataset import Standardizer, dialogues, load_corpus
-from pipeline.engine import Engine, EngineConfig, class_weights, parse_modalities, resolve_device, seed_everything
+from pipeline.engine import (Engine, EngineConfig, class_weights, init_distributed, parse_modalities, resolve_device,
+                             seed_everything)
 from pipeline.metrics import mean_std
 from pipeline.schema import label_names
 
@@ -36,6 +41,7 @@ def train(params: dict, utterances: str, out: str, live_dir: str, feature_dirs: 
     mods = parse_modalities(tp["modalities"])
     seeds = [int(s) for s in (tp.get("seeds") or [tp["seed"]])]
     ecfg = EngineConfig.from_params(tp)
+    rank, n_ranks = init_distributed()  # (0, 1) unless launched by torchrun
     device = resolve_device()
     corpus = load_corpus(utterances, mods, feature_dirs)
     norm = Standardizer().fit(corpus, corpus.split_rows("train"))
@@ -48,30 +54,37 @@ def train(params: dict, utterances: str, out: str, live_dir: str, feature_dirs: 
     from dvclive import Live
 
     runs = []
-    with Live(str(live_dir), dvcyaml=False, save_dvc_exp=False, report=None) as live:
+    main = rank == 0
+    with Live(str(live_dir), dvcyaml=False, save_dvc_exp=False, report=None) if main else \
+            contextlib.nullcontext() as live:
         for k, seed in enumerate(seeds):
             seed_everything(seed)  # before the model is built: same seed, same initial weights
             model = get_model(name, input_dims=corpus.dims, n_classes=len(labels), **cfg)
             n_params = sum(p.numel() for p in model.parameters())
-            log.info("model %s (%s params) on %s, modalities %s, seed %d", name, f"{n_params:,}", device,
-                     "".join(mods), seed)
+            log.info("model %s (%s params) on %s%s, modalities %s, seed %d", name, f"{n_params:,}", device,
+                     f" x{n_ranks} ranks" if n_ranks > 1 else "", "".join(mods), seed)
             res = Engine(model, ecfg, device, weight, labels).fit(train_d, dev_d, seed=seed, live=live if k == 0 else None,
                                                           desc=f"train {name} seed {seed}")
             runs.append({"seed": seed, **res})
             log.info("seed %d: best dev weighted F1 %.4f at epoch %d", seed, res["dev_weighted_f1"], res["epoch"])
         dev_mean, dev_std = mean_std([r["dev_weighted_f1"] for r in runs])
-        live.log_param("n_params", n_params)
-        live.summary["best"] = {"dev_weighted_f1": runs[0]["dev_weighted_f1"], "epoch": runs[0]["epoch"]}
-        live.summary["seeds"] = {"n": len(seeds), "dev_weighted_f1_mean": dev_mean, "dev_weighted_f1_std": dev_std}
+        if main:
+            live.log_param("n_params", n_params)
+            live.summary["best"] = {"dev_weighted_f1": runs[0]["dev_weighted_f1"], "epoch": runs[0]["epoch"]}
+            live.summary["seeds"] = {"n": len(seeds), "dev_weighted_f1_mean": dev_mean,
+                                     "dev_weighted_f1_std": dev_std}
     best = max(runs, key=lambda r: r["dev_weighted_f1"])  # earliest seed on ties
+    result = {"best_dev_weighted_f1": best["dev_weighted_f1"], "best_epoch": best["epoch"], "seed": best["seed"],
+              "dev_weighted_f1_mean": dev_mean, "dev_weighted_f1_std": dev_std}
+    if not main:  # replicas are identical: rank 0 writes
+        return result
     save_checkpoint(out, name, cfg, corpus.dims, mods, norm, runs, best, labels)
     summary = {"model": name, "modalities": "".join(mods), "n_params": n_params,
                "dev_weighted_f1_mean": dev_mean, "dev_weighted_f1_std": dev_std, "selected_seed": best["seed"],
                "seeds": [{k: r[k] for k in ("seed", "dev_weighted_f1", "epoch", "epochs_run", "history")}
                          for r in runs]}
     atomic_write_text(json.dumps(summary, indent=1) + "\n", Path(live_dir) / "seeds.json")
-    return {"best_dev_weighted_f1": best["dev_weighted_f1"], "best_epoch": best["epoch"], "seed": best["seed"],
-            "dev_weighted_f1_mean": dev_mean, "dev_weighted_f1_std": dev_std}
+    return result
 
 
 def save_checkpoint(out, name, cfg, dims, mods, norm, runs, best, labels) -> None:
@@ -93,6 +106,11 @@ def main() -> None:
     ap.add_argument("--live", default="reports/train")
     args = ap.parse_args()
     result = train(load_params(), args.utterances, args.out, args.live)
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        dist.barrier()  # rank 0's files are written before any rank exits
+        dist.destroy_process_group()
     log.info("selected seed %d: dev weighted F1 %.4f at epoch %d (mean over seeds %.4f ± %.4f)", result["seed"],
              result["best_dev_weighted_f1"], result["best_epoch"], result["dev_weighted_f1_mean"],
              result["dev_weighted_f1_std"])
