@@ -17,6 +17,7 @@ on storage every node mounts at the same path (actors write the shards themselve
 """
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -105,8 +106,10 @@ def run_shards_on_ray(extractor: FeatureExtractor | Callable[[], FeatureExtracto
                                        select=select, cwd=os.getcwd()),
             concurrency=int(rt.get("concurrency") or 1), num_gpus=float(rt.get("num_gpus") or 0),
             num_cpus=float(rt.get("num_cpus") or 1),
-            # Ray Data's default is endless restarts; a clip that kills its actor every time must end the run.
-            max_restarts=retries, **({"max_task_retries": retries} if retries else {}),
+            # Ray Data's default is endless restarts: a clip that kills its actor every time must end the run.
+            # In-order execution per actor: shards finish in plan order (a crash leaves a clean prefix).
+            ray_remote_args_fn=functools.partial(dict, max_restarts=retries, max_task_retries=retries,
+                                                 allow_out_of_order_execution=False),
         )
         with tqdm(total=len(todo), desc=f"extract {out_dir.name} (ray)", unit="shard") as bar:
             for row in ds.iter_rows():
