@@ -108,6 +108,13 @@ RUNTIME_DEFAULTS = {"backend": "local", "address": None, "concurrency": 1, "num_
                     "max_restarts": 2, "local_cpus": None}
 
 
+def stage_runtime(stage: str, params: dict | None = None) -> dict:
+    """The ``runtime`` params for one extract stage: the shared keys, overridden by ``runtime.stages.<stage>``
+    (e.g. openSMILE needs no GPU while the text encoder does)."""
+    rt = dict((params if params is not None else load_params()).get("runtime") or {})
+    return {**{k: v for k, v in rt.items() if k != "stages"}, **((rt.get("stages") or {}).get(stage) or {})}
+
+
 def run_sharded(
     extractor: FeatureExtractor | Callable[[], FeatureExtractor],
     utterances_path: str | Path,

@@ -31,7 +31,7 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from pipeline.common import FeatureExtractor, load_params, run_sharded, setup_logging
+from pipeline.common import FeatureExtractor, load_params, run_sharded, setup_logging, stage_runtime
 from pipeline.media import MediaError, load_audio
 
 log = logging.getLogger("merc.extract_audio")
@@ -213,7 +213,7 @@ def main() -> None:
     args = ap.parse_args()
     p = load_params("audio")
     run_sharded(functools.partial(build_extractor, p), args.utterances, args.out, config=relevant_config(p),
-                shard_size=p["shard_size"], runtime=load_params().get("runtime"))
+                shard_size=p["shard_size"], runtime=stage_runtime("audio"))
 
 
 if __name__ == "__main__":

@@ -17,7 +17,8 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from pipeline.common import FeatureExtractor, file_digest, load_params, run_sharded, setup_logging
+from pipeline.common import (FeatureExtractor, file_digest, load_params, run_sharded, setup_logging,
+                             stage_runtime)
 from pipeline.text_context import DialogueIndex, build_pair
 from pipeline.textenc import encode_batch, load_encoder, tokenize_pairs
 
@@ -103,7 +104,7 @@ def main() -> None:
     ex = functools.partial(TextExtractor, model, p["pooling"], p["max_length"], p["batch_size"], p["layers"],
                            p["context"], p["window"], p["budget"], p["future"], index)
     run_sharded(ex, args.utterances, args.out, config=config, shard_size=p["shard_size"],
-                runtime=load_params().get("runtime"))
+                runtime=stage_runtime("text"))
 
 
 if __name__ == "__main__":

@@ -37,7 +37,7 @@ import pyarrow as pa
 import torch
 import torch.nn.functional as F
 
-from pipeline.common import FeatureExtractor, load_params, run_sharded, setup_logging
+from pipeline.common import FeatureExtractor, load_params, run_sharded, setup_logging, stage_runtime
 from pipeline.media import MediaError, decode_frames
 
 log = logging.getLogger("merc.extract_visual")
@@ -331,7 +331,7 @@ def main() -> None:
     args = ap.parse_args()
     p = load_params("visual")
     run_sharded(functools.partial(FaceExtractor.from_params, p), args.utterances, args.out, config=p,
-                shard_size=p["shard_size"], runtime=load_params().get("runtime"))
+                shard_size=p["shard_size"], runtime=stage_runtime("visual"))
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ import functools
 import json
 import logging
 import os
+import warnings
 from pathlib import Path
 from typing import Callable
 
@@ -99,18 +100,21 @@ def run_shards_on_ray(extractor: FeatureExtractor | Callable[[], FeatureExtracto
         retries = int(rt.get("max_restarts") or 0)
         # One shard number per block and per batch: the unit of work, of retry and of output is the shard.
         ds = ray.data.from_items([{"shard": k} for k in todo], override_num_blocks=len(todo))
-        ds = ds.map_batches(
-            ShardWriter, batch_size=1, batch_format="numpy",
-            fn_constructor_kwargs=dict(extractor=extractor, utterances_path=str(Path(utterances_path).resolve()),
-                                       out_dir=str(Path(out_dir).resolve()), shard_size=shard_size,
-                                       select=select, cwd=os.getcwd()),
-            concurrency=int(rt.get("concurrency") or 1), num_gpus=float(rt.get("num_gpus") or 0),
-            num_cpus=float(rt.get("num_cpus") or 1),
-            # Ray Data's default is endless restarts: a clip that kills its actor every time must end the run.
-            # In-order execution per actor: shards finish in plan order (a crash leaves a clean prefix).
-            ray_remote_args_fn=functools.partial(dict, max_restarts=retries, max_task_retries=retries,
-                                                 allow_out_of_order_execution=False),
-        )
+        with warnings.catch_warnings():
+            # ray 2.60 marks ray_remote_args_fn deprecated but offers no other way to bound actor restarts
+            warnings.simplefilter("ignore", DeprecationWarning)
+            ds = ds.map_batches(
+                ShardWriter, batch_size=1, batch_format="numpy",
+                fn_constructor_kwargs=dict(extractor=extractor, utterances_path=str(Path(utterances_path).resolve()),
+                                           out_dir=str(Path(out_dir).resolve()), shard_size=shard_size,
+                                           select=select, cwd=os.getcwd()),
+                compute=ray.data.ActorPoolStrategy(size=int(rt.get("concurrency") or 1)),
+                num_gpus=float(rt.get("num_gpus") or 0), num_cpus=float(rt.get("num_cpus") or 1),
+                # Ray Data's default is endless restarts: a clip that kills its actor every time must end the
+                # run. In-order execution per actor: shards finish in plan order (a crash leaves a clean prefix).
+                ray_remote_args_fn=functools.partial(dict, max_restarts=retries, max_task_retries=retries,
+                                                     allow_out_of_order_execution=False),
+            )
         with tqdm(total=len(todo), desc=f"extract {out_dir.name} (ray)", unit="shard") as bar:
             for row in ds.iter_rows():
                 for k, v in json.loads(row["counts"]).items():
@@ -120,3 +124,4 @@ def run_shards_on_ray(extractor: FeatureExtractor | Callable[[], FeatureExtracto
         if started:
             ray.shutdown()
     return counts
+

@@ -79,13 +79,18 @@ def assert_tables_equal(a: pa.Table, b: pa.Table, atol: float = 1e-5) -> None:
     assert a.schema.equals(b.schema, check_metadata=True)
     key = [("dialogue_id", "ascending"), ("utterance_id", "ascending")]
     a, b = a.sort_by(key), b.sort_by(key)
-    for name in a.column_names:
-        x, y = a.column(name).to_pylist(), b.column(name).to_pylist()
-        if name == "feature" or isinstance(x[0], (float, list)):
+    for field in a.schema:
+        x, y = a.column(field.name).to_pylist(), b.column(field.name).to_pylist()
+        t = field.type
+        while pa.types.is_list(t) or pa.types.is_fixed_size_list(t):
+            t = t.value_type
+        if pa.types.is_floating(t):
+            assert [v is None for v in x] == [v is None for v in y], field.name
+            x, y = [v for v in x if v is not None], [v for v in y if v is not None]
             np.testing.assert_allclose(np.asarray(x, np.float64), np.asarray(y, np.float64), atol=atol,
-                                       err_msg=name)
+                                       err_msg=field.name)
         else:
-            assert x == y, name
+            assert x == y, field.name
 
 
 def shard_files(out: Path) -> list[str]:
@@ -113,6 +118,15 @@ def test_demo_tables_equal_local(m, demo_utterances, demo_features, tmp_path):
     for f in out.glob("part-*.parquet"):  # bounded rows per file, same rows in each file
         assert pq.read_table(f).column("utterance_id").to_pylist() == \
             pq.read_table(demo_features[m] / f.name).column("utterance_id").to_pylist()
+
+
+def test_stage_runtime_overrides_per_stage():
+    from pipeline.common import stage_runtime
+
+    p = {"runtime": {"backend": "ray", "num_gpus": 1, "stages": {"audio": {"num_gpus": 0, "concurrency": 8}}}}
+    assert stage_runtime("audio", p) == {"backend": "ray", "num_gpus": 0, "concurrency": 8}
+    assert stage_runtime("text", p) == {"backend": "ray", "num_gpus": 1}
+    assert stage_runtime("text", {}) == {}
 
 
 def test_dead_actor_keeps_finished_shards_and_rerun_does_only_the_rest(table, tmp_path):
