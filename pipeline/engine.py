@@ -238,7 +238,11 @@ class Engine:
         out = {k: v / max(n_total, 1) for k, v in sums.items()}
         out.update({k: m[k] for k in ("accuracy", "weighted_f1", "macro_f1")}, lr=self.opt.param_groups[0]["lr"])
         if hasattr(model, "epoch_logs"):
-            out.update(model.epoch_logs())
+            logs = model.epoch_logs()
+            if self.world_size > 1:  # rank-local statistics (e.g. per-modality ρ): their mean over ranks
+                parts = _gather(logs, self.world_size)
+                logs = {k: float(np.mean([p[k] for p in parts if k in p])) for k in logs}
+            out.update(logs)
         return out
 
     def _average_grads(self) -> None:
