@@ -69,8 +69,11 @@ def factory(stage: str):
 def timed_run(stage: str, table: Path, out: Path, shard_size: int, runtime: dict | None) -> float:
     from pipeline.common import run_sharded
 
+    from pipeline.extract_audio import AudioDecoder
+
     t = time.perf_counter()
-    run_sharded(factory(stage), table, out, config={"stage": stage}, shard_size=shard_size, runtime=runtime)
+    run_sharded(factory(stage), table, out, config={"stage": stage}, shard_size=shard_size, runtime=runtime,
+                decoder=AudioDecoder if stage == "audio" else None)  # as the stages do
     return time.perf_counter() - t
 
 
@@ -153,7 +156,7 @@ def main() -> None:
         start = time.perf_counter() - t
         remote = {}
         for c in sorted({1, args.concurrency}):
-            rt = {"backend": "ray", "concurrency": c, "num_cpus": 1, "num_gpus": 0}
+            rt = {"backend": "ray", "concurrency": c, "num_cpus": 1, "num_gpus": 0, "decode_concurrency": 1}
             remote[c] = timed_run(args.stage, table, d / f"ray{c}", args.shard_size, rt)
         ray.shutdown()
         # the machine may be shared: the better of two local runs, one before and one after Ray

@@ -151,12 +151,14 @@ def run_sharded(
     fp = fingerprint(utterances_path, config)
     fp_file = out_dir / "_fingerprint.json"
     if out_dir.exists():
-        old = json.loads(fp_file.read_text()).get("fingerprint") if fp_file.exists() else None
-        if old != fp:
-            log.info("inputs or params changed, clearing %s", out_dir)
+        old = json.loads(fp_file.read_text()) if fp_file.exists() else {}
+        # another shard size is another plan: shards of the old one would overlap the new ones
+        if old.get("fingerprint") != fp or old.get("shard_size", shard_size) != shard_size:
+            log.info("inputs, params or shard size changed, clearing %s", out_dir)
             shutil.rmtree(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(json.dumps({"fingerprint": fp, "config": config}, indent=2, sort_keys=True), fp_file)
+    atomic_write_text(json.dumps({"fingerprint": fp, "config": config, "shard_size": shard_size}, indent=2,
+                                 sort_keys=True), fp_file)
 
     n_rows = pq.ParquetFile(utterances_path).metadata.num_rows
     n_shards = max(1, -(-n_rows // shard_size))
@@ -251,19 +253,9 @@ def write_shard(extractor: FeatureExtractor, rows: list[dict], k: int, out_dir: 
 
 
 def _iter_shards(pf: pq.ParquetFile, shard_size: int) -> Iterable[tuple[int, pa.Table]]:
-    """Shard k = rows [k·shard_size, (k+1)·shard_size), streamed (batches stop at row-group ends: regroup)."""
-    buf: list[pa.RecordBatch] = []
-    n, k = 0, 0
-    for batch in pf.iter_batches(batch_size=shard_size):
-        buf.append(batch)
-        n += batch.num_rows
-        while n >= shard_size:
-            t = pa.Table.from_batches(buf)
-            yield k, t.slice(0, shard_size)
-            rest = t.slice(shard_size)
-            buf, n, k = rest.to_batches(), rest.num_rows, k + 1
-    if n or k == 0:
-        yield k, pa.Table.from_batches(buf, schema=pf.schema_arrow)
+    # pyarrow fills each batch across row-group ends: batch k is exactly rows [k·size, (k+1)·size)
+    for i, batch in enumerate(pf.iter_batches(batch_size=shard_size)):
+        yield i, pa.Table.from_batches([batch])
 
 
 def key_index(table: pa.Table) -> dict[tuple[str, int], int]:

@@ -60,3 +60,24 @@ def test_changed_config_recomputes_everything(tmp_path, table):
     ex = Counting()
     run_sharded(ex, table, out, config={"a": 2}, shard_size=4)
     assert ex.calls == list(range(10))
+
+
+def test_changed_shard_size_starts_over(tmp_path, table):
+    """Shard k is rows [k·size, (k+1)·size): old shards of another size would overlap the new plan."""
+    out = tmp_path / "feat"
+    run_sharded(Counting(), table, out, config={"a": 1}, shard_size=4)
+    (out / "part-00002.parquet").unlink()  # an interrupted run
+    ex = Counting()
+    run_sharded(ex, table, out, config={"a": 1}, shard_size=3)
+    assert ex.calls == list(range(10))
+    assert read_features(out).column("utterance_id").to_pylist() == list(range(10))
+
+
+def test_shards_follow_the_row_plan_across_row_groups(tmp_path, table):
+    """Shard k = rows [k·size, (k+1)·size) even when the table's row groups cut elsewhere (Ray uses the same plan)."""
+    small = tmp_path / "groups.parquet"
+    pq.write_table(pq.read_table(table), small, row_group_size=4)
+    out = run_sharded(Counting(), small, tmp_path / "feat", config={}, shard_size=3)
+    parts = sorted(out.glob("part-*.parquet"))
+    assert [pq.read_table(p).column("utterance_id").to_pylist() for p in parts] == \
+        [[0, 1, 2], [3, 4, 5], [6, 7, 8], [9]]
