@@ -47,7 +47,9 @@ def init_ray(rt: dict) -> bool:
     address = rt.get("address") or os.environ.get("RAY_ADDRESS")
     if address:
         log.info("connecting to the Ray cluster at %s", address)
-        ray.init(address=address)
+        # Ship this checkout's `pipeline` package to the cluster's workers (the nodes need the pinned
+        # requirements installed, as here); merged with a `ray job submit` job's own runtime env.
+        ray.init(address=address, runtime_env={"py_modules": [str(ROOT / "pipeline")]})
         return False
     # Local workers import `pipeline` (and the stage's extractor classes) from this checkout.
     path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)
