@@ -253,5 +253,6 @@ class SoftmaxModalityFusion(nn.Module):
     def forward(self, vectors: list[torch.Tensor], valid: list[torch.Tensor]) -> torch.Tensor:
         x = torch.stack(vectors, dim=-2)  # [B, T, M, d]
         ok = torch.stack(valid, dim=-1).unsqueeze(-1)  # [B, T, M, 1]
-        s = self.fc(x).masked_fill(~ok, torch.finfo(x.dtype).min)
+        s = self.fc(x)
+        s = s.masked_fill(~ok, torch.finfo(s.dtype).min)  # s's own dtype: bf16 under autocast
         return (s.softmax(-2) * ok * x).sum(-2)

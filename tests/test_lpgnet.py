@@ -264,3 +264,18 @@ def test_engine_runs_lpgnet_with_class_weights():
     assert {"aux_kl", "aux_uni_ce", "aux_task_extra"} <= set(row)
     assert row["aux_task_extra"] == pytest.approx(0.5 * row["loss"], rel=1e-5)
     assert all(np.isfinite(v) for r in res["history"] for split in r.values() for v in split.values())
+
+
+@pytest.mark.parametrize("mods", ["ta", "tav"])
+def test_bf16_autocast_keeps_padding_finite(mods):
+    """The engine trains under bf16 autocast on CUDA; CPU autocast stands in here: fully padded utterances
+    (no valid modality) and absent modalities must not turn the masked softmax / BatchNorm / KL into NaN."""
+    model = build(mods)
+    feats, present, mask, speaker, label = batch(mods)
+    present[mods[-1]][0, 1] = False
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(feats, present, mask, speaker)
+        loss, _ = total_loss(model, out, label, mask)
+    assert out["logits"].dtype == torch.bfloat16 and torch.isfinite(out["logits"]).all()
+    loss.backward()
+    assert torch.isfinite(loss) and all(torch.isfinite(p.grad).all() for p in model.parameters())
