@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from models import get_model, list_models, model_class, register_model
-from pipeline.engine import Engine, EngineConfig, parse_modalities
+from pipeline.engine import Engine, EngineConfig, parse_modalities, split_output
 
 DIMS = {"t": 16, "a": 12, "v": 8}
 SUBSETS = ["t", "a", "v", "ta", "tv", "av", "tav"]
@@ -79,9 +79,13 @@ def test_forward_backward(name, cfg, mods):
         return
     model = build(name, cfg, mods)
     feats, present, mask, speaker, label = batch(mods)
-    logits = model(feats, present, mask, speaker)
+    out = model(feats, present, mask, speaker)
+    logits, aux = split_output(out)
     assert logits.shape == (3, 5, 7)
-    torch.nn.functional.cross_entropy(logits.reshape(-1, 7), label.reshape(-1), ignore_index=-100).backward()
+    if hasattr(model, "aux_loss"):  # the loss the engine optimises: task CE + the model's auxiliary terms
+        aux.update(model.aux_loss(out, {"label": label, "mask": mask}))
+    loss = torch.nn.functional.cross_entropy(logits.reshape(-1, 7), label.reshape(-1), ignore_index=-100)
+    (loss + sum(aux.values())).backward()
     for n, p in model.named_parameters():  # every parameter is used and gets a finite gradient
         assert p.grad is not None and torch.isfinite(p.grad).all(), n
     assert any(p.grad.abs().sum() > 0 for p in model.parameters())
@@ -140,7 +144,7 @@ def test_overfits_tiny_batch(name):
     feats, present, mask, speaker, label = batch("tav")
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
     for _ in range(150):
-        logits = model(feats, present, mask, speaker)
+        logits, _ = split_output(model(feats, present, mask, speaker))
         loss = torch.nn.functional.cross_entropy(logits.reshape(-1, 7), label.reshape(-1), ignore_index=-100)
         opt.zero_grad()
         loss.backward()
