@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from models import get_model, list_models, model_class, register_model
-from pipeline.engine import Engine, EngineConfig, parse_modalities
+from pipeline.engine import Engine, EngineConfig, parse_modalities, split_output
 
 DIMS = {"t": 16, "a": 12, "v": 8}
 SUBSETS = ["t", "a", "v", "ta", "tv", "av", "tav"]
@@ -16,6 +16,8 @@ ABLATIONS = {
                {"encoder_layers": 0}],
     "dialoguetrm": [{"window": {"t": None, "a": None, "v": None}}, {"window": {"t": 0}}, {"gates": False},
                     {"rep_transformer": False}, {"fusion": "add"}, {"fusion": "concat"}, {"fusion": "max"}],
+    "ada2i": [{"afw": False}, {"amw": False}, {"modulation": False}, {"afw": False, "amw": False},
+              {"feature_target": "output"}, {"encoder_dim": {"a": 8}}],
 }
 VARIANTS = [(n, {}) for n in list_models()] + [(n, c) for n, cs in ABLATIONS.items() for c in cs]
 VARIANT_IDS = [n + "".join(f"-{k}={v}" for k, v in c.items()) for n, c in VARIANTS]
@@ -79,9 +81,10 @@ def test_forward_backward(name, cfg, mods):
         return
     model = build(name, cfg, mods)
     feats, present, mask, speaker, label = batch(mods)
-    logits = model(feats, present, mask, speaker)
+    logits, aux = split_output(model(feats, present, mask, speaker))  # the engine's contract: a dict may carry losses
     assert logits.shape == (3, 5, 7)
-    torch.nn.functional.cross_entropy(logits.reshape(-1, 7), label.reshape(-1), ignore_index=-100).backward()
+    loss = torch.nn.functional.cross_entropy(logits.reshape(-1, 7), label.reshape(-1), ignore_index=-100)
+    (loss + sum(aux.values())).backward()
     for n, p in model.named_parameters():  # every parameter is used and gets a finite gradient
         assert p.grad is not None and torch.isfinite(p.grad).all(), n
     assert any(p.grad.abs().sum() > 0 for p in model.parameters())
@@ -94,13 +97,13 @@ def test_padding_does_not_change_real_outputs(name, cfg, mods):
         return
     model = build(name, cfg, mods).eval()
     feats, present, mask, speaker, _ = batch(mods)
-    out = model(feats, present, mask, speaker)
+    out = split_output(model(feats, present, mask, speaker))[0]
     # garbage in the padding, and three more padded turns: real utterances must not notice either
     pad = lambda x, v: torch.cat([x, torch.full((*x.shape[:1], 3, *x.shape[2:]), v, dtype=x.dtype)], 1)  # noqa: E731
     feats2 = {m: pad(f.masked_fill(~mask.unsqueeze(-1), 123.0), 55.0) for m, f in feats.items()}
     present2 = {m: pad(p | ~mask, True) for m, p in present.items()}  # even "present" padding must not leak
     mask2, speaker2 = pad(mask, False), pad(speaker.masked_fill(~mask, 1), 1)
-    out2 = model(feats2, present2, mask2, speaker2)
+    out2 = split_output(model(feats2, present2, mask2, speaker2))[0]
     torch.testing.assert_close(out[mask], out2[mask2])
 
 
@@ -113,10 +116,10 @@ def test_absent_modality_is_ignored(name, cfg, mods):
     feats, present, mask, speaker, _ = batch(mods)
     for m in mods:
         present[m][0, 2] = False
-    out = model(feats, present, mask, speaker)
+    out = split_output(model(feats, present, mask, speaker))[0]
     for m in mods:
         feats[m][0, 2] = 99.0  # marked absent: its values must not matter
-    torch.testing.assert_close(out, model(feats, present, mask, speaker))
+    torch.testing.assert_close(out, split_output(model(feats, present, mask, speaker))[0])
 
 
 def test_dialoguetrm_context_window():
@@ -140,7 +143,7 @@ def test_overfits_tiny_batch(name):
     feats, present, mask, speaker, label = batch("tav")
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
     for _ in range(150):
-        logits = model(feats, present, mask, speaker)
+        logits = split_output(model(feats, present, mask, speaker))[0]
         loss = torch.nn.functional.cross_entropy(logits.reshape(-1, 7), label.reshape(-1), ignore_index=-100)
         opt.zero_grad()
         loss.backward()
