@@ -135,7 +135,7 @@ class AFWLayer(nn.Module):
             y = w * h[m] + self.beta * h[m]  # Eq. 7
             if with_loss:  # Eq. 11–12 over the valid rows only
                 target = w if self.feature_target == "attention" else y
-                diff = (self.mapping[m](h[m]) - target).abs().sum(-1)
+                diff = (self.mapping[m](h[m]) - target).float().abs().sum(-1)  # fp32 sum under bf16 autocast
                 err = err + (diff * valid[m].to(diff.dtype)).sum()
                 n += int(valid[m].sum()) * w.shape[-1]
             out[m] = self.drop(y)
