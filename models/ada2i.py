@@ -6,7 +6,9 @@ Pipeline (equation numbers are the paper's):
      linear map to ``hidden``. ``encoder_dim`` first projects a (too) wide feature to a set width — the
      default is the official MELD input widths (audio 300-d, visual 342-d), so a 6373-d ComParE vector
      does not get a 6373-wide transformer. ``heads: null`` takes the official rule (the first divisor of the
-     width in 5..14, else 1); ``ff_dim`` is the FFN width (PyTorch's 2048 in the official encoder).
+     width in 5..14, else 1); ``ff_dim`` is the FFN width (PyTorch's 2048 in the official encoder). The
+     block is the shared pre-LN ``TransformerEncoder`` (GELU, final LayerNorm; the official one is PyTorch's
+     post-LN ReLU layer — same parameter count up to the final LayerNorm).
   2. AFW, Adaptive Feature Weighting (``afw_layers`` stacked layers over all modalities):
        * Eq. 3–5, tensor-ring cores: per modality m, a query core G_q = (W_q1 h) ⊗ (W_q2 h) and a key core
          G_k = (W_k1 h) ⊗ (W_k2 h) (rank-``rank`` mode-1 Khatri–Rao, i.e. outer, products; [R, R] per
@@ -32,7 +34,7 @@ Pipeline (equation numbers are the paper's):
          with missing rows compare fairly), and the disparity ratio ρ_m = s_m / min_m' s_m' (Eq. 17);
        * ``before_step`` (after backward) multiplies the gradients of modality m's encoder by
          k_m = 1 − tanh(α · ρ_m) when ρ_m > 1, else 1 (Eq. 18; exactly the official code: no shift by 1, so the
-         weakest modality keeps its gradient and every other one is damped by at least 1 − tanh(α)), then adds
+         weakest modality keeps its gradient and every other one is scaled by at most 1 − tanh(α)), then adds
          Gaussian noise N(0, σ²), σ = std of that (modulated) gradient + 1e-8, to every modality's encoder
          gradients (Eq. 19; official ``--normalize``). Active from epoch ``start_mod`` to ``end_mod``
          (1-based, official MELD: from epoch 4), with ≥ 2 modalities only.
@@ -44,7 +46,7 @@ Pipeline (equation numbers are the paper's):
 Our additions for the shared data contract: padded utterances and absent modalities are masked everywhere
 (encoder attention, AFW pooling, L_feature and the scores; the official code pools over padding).
 
-Ablations (paper Tables 4–5 / our switches): ``afw: false`` (without AFW), ``amw: false`` (without AMW),
+Ablations (the paper's w/o AFW, w/o AMW, w/o modulation): ``afw: false`` (without AFW), ``amw: false`` (without AMW),
 ``modulation: false`` (without the modulation and its noise; ρ is still logged), ``noise: false``; modality
 pairs (Table 3) by ``train.modalities``.
 
