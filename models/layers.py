@@ -137,10 +137,11 @@ class MultiHeadAttention(nn.Module):
 
 
 class FeedForward(nn.Sequential):
-    """Position-wise feed-forward network Linear → GELU → Dropout → Linear (width ``ff_mult · d``)."""
+    """Position-wise feed-forward network Linear → GELU → Dropout → Linear (width ``ff_dim`` or ``ff_mult · d``)."""
 
-    def __init__(self, d: int, ff_mult: int = 2, dropout: float = 0.1):
-        super().__init__(nn.Linear(d, ff_mult * d), nn.GELU(), nn.Dropout(dropout), nn.Linear(ff_mult * d, d))
+    def __init__(self, d: int, ff_mult: int = 2, dropout: float = 0.1, ff_dim: int | None = None):
+        f = ff_dim or ff_mult * d
+        super().__init__(nn.Linear(d, f), nn.GELU(), nn.Dropout(dropout), nn.Linear(f, d))
 
 
 class TransformerBlock(nn.Module):
@@ -150,12 +151,13 @@ class TransformerBlock(nn.Module):
     (cross-modal attention). Pre-LN keeps deep stacks trainable without warm-up.
     """
 
-    def __init__(self, d: int, heads: int, dropout: float = 0.1, ff_mult: int = 2, cross: bool = False):
+    def __init__(self, d: int, heads: int, dropout: float = 0.1, ff_mult: int = 2, cross: bool = False,
+                 ff_dim: int | None = None):
         super().__init__()
         self.ln1, self.ln2 = nn.LayerNorm(d), nn.LayerNorm(d)
         self.ln_kv = nn.LayerNorm(d) if cross else None
         self.attn = MultiHeadAttention(d, heads, dropout)
-        self.ff = FeedForward(d, ff_mult, dropout)
+        self.ff = FeedForward(d, ff_mult, dropout, ff_dim)  # ff_dim (e.g. PyTorch's 2048) overrides the multiple
         self.drop = nn.Dropout(dropout)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None, kv: torch.Tensor | None = None):
@@ -169,9 +171,9 @@ class TransformerBlock(nn.Module):
 class TransformerEncoder(nn.Module):
     """A stack of self-attention ``TransformerBlock``s sharing one mask, with a final LayerNorm."""
 
-    def __init__(self, d: int, heads: int, layers: int, dropout: float = 0.1):
+    def __init__(self, d: int, heads: int, layers: int, dropout: float = 0.1, ff_dim: int | None = None):
         super().__init__()
-        self.blocks = nn.ModuleList(TransformerBlock(d, heads, dropout) for _ in range(layers))
+        self.blocks = nn.ModuleList(TransformerBlock(d, heads, dropout, ff_dim=ff_dim) for _ in range(layers))
         self.norm = nn.LayerNorm(d)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:

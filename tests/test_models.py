@@ -16,6 +16,8 @@ ABLATIONS = {
                {"encoder_layers": 0}],
     "dialoguetrm": [{"window": {"t": None, "a": None, "v": None}}, {"window": {"t": 0}}, {"gates": False},
                     {"rep_transformer": False}, {"fusion": "add"}, {"fusion": "concat"}, {"fusion": "max"}],
+    "ada2i": [{"afw": False}, {"amw": False}, {"modulation": False}, {"afw": False, "amw": False},
+              {"feature_target": "output"}, {"encoder_dim": {"a": 8}}],
 }
 VARIANTS = [(n, {}) for n in list_models()] + [(n, c) for n, cs in ABLATIONS.items() for c in cs]
 VARIANT_IDS = [n + "".join(f"-{k}={v}" for k, v in c.items()) for n, c in VARIANTS]
@@ -98,13 +100,13 @@ def test_padding_does_not_change_real_outputs(name, cfg, mods):
         return
     model = build(name, cfg, mods).eval()
     feats, present, mask, speaker, _ = batch(mods)
-    out = model(feats, present, mask, speaker)
+    out = split_output(model(feats, present, mask, speaker))[0]
     # garbage in the padding, and three more padded turns: real utterances must not notice either
     pad = lambda x, v: torch.cat([x, torch.full((*x.shape[:1], 3, *x.shape[2:]), v, dtype=x.dtype)], 1)  # noqa: E731
     feats2 = {m: pad(f.masked_fill(~mask.unsqueeze(-1), 123.0), 55.0) for m, f in feats.items()}
     present2 = {m: pad(p | ~mask, True) for m, p in present.items()}  # even "present" padding must not leak
     mask2, speaker2 = pad(mask, False), pad(speaker.masked_fill(~mask, 1), 1)
-    out2 = model(feats2, present2, mask2, speaker2)
+    out2 = split_output(model(feats2, present2, mask2, speaker2))[0]
     torch.testing.assert_close(out[mask], out2[mask2])
 
 
@@ -117,10 +119,10 @@ def test_absent_modality_is_ignored(name, cfg, mods):
     feats, present, mask, speaker, _ = batch(mods)
     for m in mods:
         present[m][0, 2] = False
-    out = model(feats, present, mask, speaker)
+    out = split_output(model(feats, present, mask, speaker))[0]
     for m in mods:
         feats[m][0, 2] = 99.0  # marked absent: its values must not matter
-    torch.testing.assert_close(out, model(feats, present, mask, speaker))
+    torch.testing.assert_close(out, split_output(model(feats, present, mask, speaker))[0])
 
 
 def test_dialoguetrm_context_window():
