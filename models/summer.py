@@ -310,8 +310,8 @@ class Summer(nn.Module):
         return logits
 
     def aux_loss(self, out, batch) -> dict[str, torch.Tensor]:
-        """Eq. 11–15 on the real utterances: κ_kl·KL + κ_ce·CE (teacher classifier on h_S) + κ_mse·MSE(h_S, h_T),
-        and the label-smoothing term of the task loss."""
+        """Eq. 11–15 on the real utterances: κ_kl·KL + κ_ce·CE (teacher classifier on h_S)
+        + κ_mse·MSE(h_S, h_T), and the label-smoothing term of the task loss."""
         c, self._cache = self._cache, {}
         if not c or c["logits"] is not out:
             raise RuntimeError("summer.aux_loss needs the output of the forward call just before it (training mode)")

@@ -34,7 +34,7 @@ def train_teacher(tcfg: dict, utterances: str, out: str, metrics: str, feature_d
     """Train the ``tcfg["modality"]`` teacher; save it to ``out`` and its dev scores to ``metrics``."""
     mods = parse_modalities(tcfg.get("modality", "t"))
     if len(mods) != 1:
-        raise ValueError(f"the SUMMER teacher is unimodal: teacher.modality is one of t, a, v; got {tcfg['modality']!r}")
+        raise ValueError(f"the SUMMER teacher is unimodal: teacher.modality is t, a or v; got {tcfg['modality']!r}")
     m = mods[0]
     arch = {k: tcfg[k] for k in TEACHER_ARCH if k in tcfg}
     seed = int(tcfg.get("seed", 0))

@@ -223,8 +223,12 @@ def test_teacher_is_loaded_and_stays_frozen_through_engine_training(tmp_path):
     model.train()
     assert model.training and not model.teacher.training
     assert not any(m.training for m in model.teacher.modules())  # its dropout is off too
+    seen = []  # the teacher's mode and grad state every time it runs inside the engine's training steps
+    model.teacher.encoder.register_forward_hook(
+        lambda mod, args, out: seen.append((mod.training, out.requires_grad, torch.is_grad_enabled())))
     res = Engine(model, EngineConfig(epochs=2, batch_size=2, lr=1e-2), "cpu", torch.ones(7)).fit(
         dialogues(), dialogues(3, seed=1), seed=0)
+    assert seen and not any(training or needs_grad or grad_on for training, needs_grad, grad_on in seen)
     assert {"aux_ikd_kl", "aux_ikd_ce", "aux_ikd_mse", "aux_smooth", "tau_t"} <= set(res["history"][0]["train"])
     model.train()  # as the engine does each epoch
     assert not model.teacher.training
