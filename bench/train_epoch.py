@@ -72,8 +72,10 @@ def main() -> None:
     rows = []
     for name in args.models or list_models():
         seed_everything(0)
-        model = get_model(name, input_dims={m: DIMS[m] for m in mods}, n_classes=len(EMOTIONS),
-                          **(params["model_params"].get(name) or {}))
+        mcfg = dict(params["model_params"].get(name) or {})
+        if mcfg.get("teacher_path"):  # a trained teacher fits real feature widths; an untrained one times the same
+            mcfg["teacher_path"] = None
+        model = get_model(name, input_dims={m: DIMS[m] for m in mods}, n_classes=len(EMOTIONS), **mcfg)
         engine = Engine(model, cfg, weight=weight)
         t0 = time.perf_counter()
         engine.train_epoch(train_d, np.random.default_rng(0), epoch=args.epoch)
