@@ -57,22 +57,12 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from models.layers import (ModalityProjector, SpeakerEmbedding, TransformerBlock, TransformerEncoder,
-                           attention_mask, masked_rnn, ordered)
+                           attention_mask, masked_rnn, ordered, sinusoidal_positions)
 from models.registry import register_model
 
 log = logging.getLogger("merc.models.summer")
 
 TEACHER_ARCH = ("hidden", "heads", "layers", "dropout", "max_speakers")  # the teacher-block keys that shape it
-
-
-def sinusoid_positions(T: int, d: int, device=None, dtype=torch.float32) -> torch.Tensor:
-    """Absolute position encoding ``[T, d]`` of the turns (Vaswani et al. 2017), the PE term of Eq. 1."""
-    pos = torch.arange(T, device=device, dtype=torch.float32)[:, None]
-    freq = torch.exp(torch.arange(0, d, 2, device=device, dtype=torch.float32) * (-math.log(10000.0) / d))
-    pe = torch.zeros(T, d, device=device)
-    pe[:, 0::2] = torch.sin(pos * freq)
-    pe[:, 1::2] = torch.cos(pos * freq[: d // 2])
-    return pe.to(dtype)
 
 
 class UtteranceEmbedding(nn.Module):
@@ -87,7 +77,7 @@ class UtteranceEmbedding(nn.Module):
     def forward(self, feats, present, speaker) -> dict[str, torch.Tensor]:
         z = self.proj(feats, present)
         any_z = next(iter(z.values()))
-        ctx = self.speaker(speaker) + sinusoid_positions(any_z.shape[1], any_z.shape[2], any_z.device, any_z.dtype)
+        ctx = self.speaker(speaker) + sinusoidal_positions(any_z.shape[1], any_z.shape[2], any_z.device, any_z.dtype)
         return {m: x + ctx for m, x in z.items()}
 
 
