@@ -5,6 +5,8 @@ import math
 import numpy as np
 import pytest
 import torch
+
+from modelkit import one_thread, toy_batch, toy_dialogues  # noqa: F401  (one_thread: autouse)
 import torch.nn.functional as F
 
 from models import get_model
@@ -16,29 +18,13 @@ SUBSETS = ["t", "a", "v", "ta", "tv", "av", "tav"]
 TINY = dict(hidden=16, rank=3, ff_dim=32)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def build(mods="tav", **cfg):
     torch.manual_seed(0)
     return get_model("ada2i", input_dims={m: DIMS[m] for m in mods}, n_classes=7, **{**TINY, **cfg})
 
 
 def batch(mods="tav", B=3, T=5, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    mask = torch.ones(B, T, dtype=torch.bool)
-    mask[1, 3:] = False
-    mask[2, 1:] = False
-    feats = {m: torch.randn(B, T, DIMS[m], generator=g) for m in mods}
-    present = {m: mask.clone() for m in mods}
-    speaker = torch.zeros(B, T, dtype=torch.long)
-    label = torch.randint(0, 7, (B, T), generator=g).masked_fill(~mask, -100)
-    return feats, present, mask, speaker, label
+    return toy_batch(DIMS, mods, B, T, seed, speakers=False)
 
 
 def train_step(model, b, epoch=0):
@@ -238,19 +224,7 @@ def test_overfits_tiny_batch_with_modulation():
 
 
 def dialogues(n=6, seed=0, mods="tav"):
-    rng = np.random.default_rng(seed)
-    out = []
-    for k in range(n):
-        T = int(rng.integers(2, 6))
-        present = {m: np.ones(T, bool) for m in mods}
-        if "v" in present:
-            present["v"][0] = False
-        out.append(dict(dialogue_id=f"d{k}", utterance_id=np.arange(T), label=rng.integers(0, 7, T),
-                        speaker=rng.integers(0, 2, T),
-                        feats={m: rng.standard_normal((T, DIMS[m])).astype(np.float32) * present[m][:, None]
-                               for m in mods},
-                        present=present))
-    return out
+    return toy_dialogues(DIMS, n, seed, mods)
 
 
 @pytest.mark.parametrize("mods", ["ta", "tav"])

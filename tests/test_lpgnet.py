@@ -3,6 +3,8 @@ weighting through the engine hooks, ablation switches, padding safety and the ma
 import numpy as np
 import pytest
 import torch
+
+from modelkit import one_thread, toy_batch, toy_dialogues  # noqa: F401  (one_thread: autouse)
 import torch.nn.functional as F
 
 from models import get_model
@@ -16,23 +18,8 @@ ABLATIONS = [{"inter": False}, {"intra": False}, {"ffn": False}, {"dual_gate": F
              {"positions": False}, {"distill": False}, {"lambda_task": 1.0}]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def batch(mods="ta", B=3, T=5, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    mask = torch.ones(B, T, dtype=torch.bool)
-    mask[1, 3:] = False
-    mask[2, 2:] = False
-    feats = {m: torch.randn(B, T, DIMS[m], generator=g) for m in mods}
-    present = {m: mask.clone() for m in mods}
-    label = torch.randint(0, 7, (B, T), generator=g).masked_fill(~mask, -100)
-    return feats, present, mask, torch.zeros(B, T, dtype=torch.long), label
+    return toy_batch(DIMS, mods, B, T, seed, short=2, speakers=False)
 
 
 def build(mods="ta", **cfg):
@@ -243,16 +230,7 @@ def test_softmax_fusion_ignores_absent_modalities():
 
 
 def dialogues(n=6, seed=0, mods="ta"):
-    rng = np.random.default_rng(seed)
-    out = []
-    for k in range(n):
-        T = int(rng.integers(1, 6))
-        present = {m: np.ones(T, bool) for m in mods}
-        out.append(dict(dialogue_id=f"d{k}", utterance_id=np.arange(T), label=rng.integers(0, 7, T),
-                        speaker=rng.integers(0, 2, T),
-                        feats={m: rng.standard_normal((T, DIMS[m])).astype(np.float32) for m in mods},
-                        present=present))
-    return out
+    return toy_dialogues(DIMS, n, seed, mods, min_len=1, absent_v=False)
 
 
 def test_engine_runs_lpgnet_with_class_weights():

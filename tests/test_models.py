@@ -4,6 +4,8 @@ import numpy as np
 import pytest
 import torch
 
+from modelkit import one_thread, toy_batch, toy_dialogues  # noqa: F401  (one_thread: autouse)
+
 from models import get_model, list_models, model_class, register_model
 from pipeline.engine import Engine, EngineConfig, parse_modalities, split_output
 
@@ -23,25 +25,8 @@ VARIANTS = [(n, {}) for n in list_models()] + [(n, c) for n, cs in ABLATIONS.ite
 VARIANT_IDS = [n + "".join(f"-{k}={v}" for k, v in c.items()) for n, c in VARIANTS]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny tensors gain nothing from intra-op threads; on a busy shared CPU they only add contention.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def batch(mods="tav", B=3, T=5, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    mask = torch.ones(B, T, dtype=torch.bool)
-    mask[1, 3:] = False
-    mask[2, 1:] = False
-    feats = {m: torch.randn(B, T, DIMS[m], generator=g) for m in mods}
-    present = {m: mask.clone() for m in mods}
-    speaker = torch.randint(0, 2, (B, T), generator=g)
-    label = torch.randint(0, 7, (B, T), generator=g).masked_fill(~mask, -100)
-    return feats, present, mask, speaker, label
+    return toy_batch(DIMS, mods, B, T, seed)
 
 
 def build(name, cfg, mods, **extra):
@@ -155,20 +140,7 @@ def test_overfits_tiny_batch(name):
 
 
 def dialogues(n=6, seed=0, mods="tav"):
-    """Synthetic dialogues in ``pipeline.dataset.dialogues``' format, with an absent visual row."""
-    rng = np.random.default_rng(seed)
-    out = []
-    for k in range(n):
-        T = int(rng.integers(2, 6))
-        present = {m: np.ones(T, bool) for m in mods}
-        if "v" in present:
-            present["v"][0] = False
-        out.append(dict(dialogue_id=f"d{k}", utterance_id=np.arange(T), label=rng.integers(0, 7, T),
-                        speaker=rng.integers(0, 2, T),
-                        feats={m: rng.standard_normal((T, DIMS[m])).astype(np.float32) * present[m][:, None]
-                               for m in mods},
-                        present=present))
-    return out
+    return toy_dialogues(DIMS, n, seed, mods)
 
 
 CFG = EngineConfig(epochs=2, batch_size=2, lr=3e-3, patience=5)

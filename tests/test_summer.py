@@ -5,6 +5,8 @@ import json
 import numpy as np
 import pytest
 import torch
+
+from modelkit import one_thread, toy_batch, toy_dialogues  # noqa: F401  (one_thread: autouse)
 import torch.nn.functional as F
 
 from models import get_model
@@ -21,24 +23,8 @@ VARIANTS = [{}, {"moe": "plain"}, {"fusion": "self_attention"}, {"ikd": False},
 VIDS = ["default" if not c else ",".join(f"{k}={v}" for k, v in c.items()) for c in VARIANTS]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def batch(mods="tav", B=3, T=5, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    mask = torch.ones(B, T, dtype=torch.bool)
-    mask[1, 3:] = False
-    mask[2, 1:] = False
-    feats = {m: torch.randn(B, T, DIMS[m], generator=g) for m in mods}
-    present = {m: mask.clone() for m in mods}
-    speaker = torch.randint(0, 2, (B, T), generator=g)
-    label = torch.randint(0, 7, (B, T), generator=g).masked_fill(~mask, -100)
-    return feats, present, mask, speaker, label
+    return toy_batch(DIMS, mods, B, T, seed)
 
 
 def build(mods="tav", **cfg):
@@ -200,16 +186,7 @@ def tiny_teacher(tmp_path, modality="t", hidden=16):
 
 
 def dialogues(n=6, seed=0, mods="tav"):
-    rng = np.random.default_rng(seed)
-    out = []
-    for k in range(n):
-        T = int(rng.integers(2, 6))
-        present = {m: np.ones(T, bool) for m in mods}
-        out.append(dict(dialogue_id=f"d{k}", utterance_id=np.arange(T), label=rng.integers(0, 7, T),
-                        speaker=rng.integers(0, 2, T),
-                        feats={m: rng.standard_normal((T, DIMS[m])).astype(np.float32) for m in mods},
-                        present=present))
-    return out
+    return toy_dialogues(DIMS, n, seed, mods, absent_v=False)
 
 
 def test_teacher_is_loaded_and_stays_frozen_through_engine_training(tmp_path):
