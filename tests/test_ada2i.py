@@ -2,7 +2,6 @@
 every modality subset, ablations, padding and the per-epoch ρ logs."""
 import math
 
-import numpy as np
 import pytest
 import torch
 

@@ -1,6 +1,5 @@
 """Every registered model (and each paper ablation) on every modality subset: shapes, gradients, masks,
 overfitting a tiny batch, determinism through the shared engine, and the engine's hooks."""
-import numpy as np
 import pytest
 import torch
 
