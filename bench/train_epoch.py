@@ -4,7 +4,8 @@ MELD's train split: 1038 dialogues, 9989 utterances (1–24 per dialogue, mean �
 Features: text 768-d (RoBERTa-base size), audio 6373-d (openSMILE ComParE_2016), visual 512-d. Each model uses its
 ``model_params`` from params.yaml and the engine settings of ``train`` (batch size, weighted loss, …).
 
-Run: ``python bench/train_epoch.py [--models m2fnet dialoguetrm] [--threads 2] [--json out.json]``
+Run: ``python bench/train_epoch.py [--models m2fnet dialoguetrm] [--threads 2] [--json out.json] [--epoch 3]``
+(``--epoch 3`` times an epoch with Ada2I's gradient modulation on: it starts at the 4th epoch).
 """
 from __future__ import annotations
 
@@ -55,6 +56,8 @@ def main() -> None:
     ap.add_argument("--dialogues", type=int, default=1038)
     ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     ap.add_argument("--json", default=None, help="also write the rows here")
+    ap.add_argument("--epoch", type=int, default=0,
+                    help="epoch index the timed epoch reports to the model's hooks (e.g. 3: Ada2I's modulation is on)")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -69,11 +72,13 @@ def main() -> None:
     rows = []
     for name in args.models or list_models():
         seed_everything(0)
-        model = get_model(name, input_dims={m: DIMS[m] for m in mods}, n_classes=len(EMOTIONS),
-                          **(params["model_params"].get(name) or {}))
+        mcfg = dict(params["model_params"].get(name) or {})
+        if mcfg.get("teacher_path"):  # a trained teacher fits real feature widths; an untrained one times the same
+            mcfg["teacher_path"] = None
+        model = get_model(name, input_dims={m: DIMS[m] for m in mods}, n_classes=len(EMOTIONS), **mcfg)
         engine = Engine(model, cfg, weight=weight)
         t0 = time.perf_counter()
-        engine.train_epoch(train_d, np.random.default_rng(0))
+        engine.train_epoch(train_d, np.random.default_rng(0), epoch=args.epoch)
         t1 = time.perf_counter()
         engine.evaluate(dev_d)
         t2 = time.perf_counter()

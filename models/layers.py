@@ -27,16 +27,34 @@ def ordered(modalities) -> list[str]:
     return sorted(modalities, key=lambda m: MODALITY_ORDER.index(m) if m in MODALITY_ORDER else len(MODALITY_ORDER))
 
 
-class ModalityProjector(nn.Module):
-    """Per-modality LayerNorm → Linear → GELU → Dropout into a shared width, absent modalities zeroed."""
+class PointwiseConv1d(nn.Conv1d):
+    """Conv1d with kernel size 1 over the utterances of ``[B, T, D]`` sequences (channels last in and out).
 
-    def __init__(self, input_dims: dict[str, int], hidden: int, dropout: float = 0.1):
+    A per-utterance linear map, written as the papers that use "1D convolution" projections (SDT, LPGNet) do.
+    """
+
+    def __init__(self, d_in: int, d_out: int, bias: bool = True):
+        super().__init__(d_in, d_out, kernel_size=1, bias=bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x.transpose(1, 2)).transpose(1, 2)
+
+
+class ModalityProjector(nn.Module):
+    """Per-modality projection into a shared width, absent modalities zeroed.
+
+    ``kind="mlp"``: LayerNorm → Linear → GELU → Dropout; ``kind="conv1d"``: a bias-free kernel-1 Conv1d →
+    Dropout (the temporal-convolution input layer of SDT / LPGNet).
+    """
+
+    def __init__(self, input_dims: dict[str, int], hidden: int, dropout: float = 0.1, kind: str = "mlp"):
         super().__init__()
+        if kind not in ("mlp", "conv1d"):
+            raise ValueError(f"projector kind is mlp|conv1d; got {kind!r}")
         self.modalities = ordered(input_dims)
-        self.proj = nn.ModuleDict(
-            {m: nn.Sequential(nn.LayerNorm(d), nn.Linear(d, hidden), nn.GELU(), nn.Dropout(dropout))
-             for m, d in input_dims.items()}
-        )
+        make = {"mlp": lambda d: nn.Sequential(nn.LayerNorm(d), nn.Linear(d, hidden), nn.GELU(), nn.Dropout(dropout)),
+                "conv1d": lambda d: nn.Sequential(PointwiseConv1d(d, hidden, bias=False), nn.Dropout(dropout))}[kind]
+        self.proj = nn.ModuleDict({m: make(d) for m, d in input_dims.items()})
 
     def forward(self, feats: dict[str, torch.Tensor], present: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         # Multiply (not only mask later) so an absent modality's values can never reach any later layer.
@@ -118,6 +136,14 @@ class MultiHeadAttention(nn.Module):
         return self.o(out)
 
 
+class FeedForward(nn.Sequential):
+    """Position-wise feed-forward network Linear → GELU → Dropout → Linear (width ``ff_dim`` or ``ff_mult · d``)."""
+
+    def __init__(self, d: int, ff_mult: int = 2, dropout: float = 0.1, ff_dim: int | None = None):
+        f = ff_dim or ff_mult * d
+        super().__init__(nn.Linear(d, f), nn.GELU(), nn.Dropout(dropout), nn.Linear(f, d))
+
+
 class TransformerBlock(nn.Module):
     """Pre-LayerNorm transformer block: x + MHA(LN x, LN kv) then x + FFN(LN x).
 
@@ -125,12 +151,13 @@ class TransformerBlock(nn.Module):
     (cross-modal attention). Pre-LN keeps deep stacks trainable without warm-up.
     """
 
-    def __init__(self, d: int, heads: int, dropout: float = 0.1, ff_mult: int = 2, cross: bool = False):
+    def __init__(self, d: int, heads: int, dropout: float = 0.1, ff_mult: int = 2, cross: bool = False,
+                 ff_dim: int | None = None):
         super().__init__()
         self.ln1, self.ln2 = nn.LayerNorm(d), nn.LayerNorm(d)
         self.ln_kv = nn.LayerNorm(d) if cross else None
         self.attn = MultiHeadAttention(d, heads, dropout)
-        self.ff = nn.Sequential(nn.Linear(d, ff_mult * d), nn.GELU(), nn.Dropout(dropout), nn.Linear(ff_mult * d, d))
+        self.ff = FeedForward(d, ff_mult, dropout, ff_dim)  # ff_dim (e.g. PyTorch's 2048) overrides the multiple
         self.drop = nn.Dropout(dropout)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None, kv: torch.Tensor | None = None):
@@ -144,9 +171,9 @@ class TransformerBlock(nn.Module):
 class TransformerEncoder(nn.Module):
     """A stack of self-attention ``TransformerBlock``s sharing one mask, with a final LayerNorm."""
 
-    def __init__(self, d: int, heads: int, layers: int, dropout: float = 0.1):
+    def __init__(self, d: int, heads: int, layers: int, dropout: float = 0.1, ff_dim: int | None = None):
         super().__init__()
-        self.blocks = nn.ModuleList(TransformerBlock(d, heads, dropout) for _ in range(layers))
+        self.blocks = nn.ModuleList(TransformerBlock(d, heads, dropout, ff_dim=ff_dim) for _ in range(layers))
         self.norm = nn.LayerNorm(d)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -172,3 +199,62 @@ def pool_modalities(vectors: list[torch.Tensor], valid: list[torch.Tensor], how:
         out = x.masked_fill(~ok, torch.finfo(x.dtype).min).max(-2).values
         return out * ok.any(-2)
     raise ValueError(f"unknown pooling {how!r}; use add, mean, max or concat")
+
+
+def sinusoidal_positions(T: int, d: int, device=None, dtype=torch.float32) -> torch.Tensor:
+    """``[T, d]`` sine/cosine position encoding (Vaswani et al. 2017, Sec. 3.5); utterance index = position."""
+    pos = torch.arange(T, device=device, dtype=torch.float32).unsqueeze(1)
+    freq = torch.exp(torch.arange(0, d, 2, device=device, dtype=torch.float32) * (-math.log(10000.0) / d))
+    pe = torch.zeros(T, d, device=device)
+    pe[:, 0::2] = torch.sin(pos * freq)
+    pe[:, 1::2] = torch.cos(pos * freq)[:, : d // 2]
+    return pe.to(dtype)
+
+
+class MaskedBatchNorm1d(nn.BatchNorm1d):
+    """BatchNorm over the channels of ``[B, T, d]`` whose statistics come from the valid positions only.
+
+    Padding and absent modalities would otherwise enter the batch mean/variance (and make real outputs depend
+    on how much padding a batch has). Invalid positions come out as zeros. A training batch with a single valid
+    position cannot give a variance: it is normalised with the running statistics instead.
+    """
+
+    def forward(self, x: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        v = x[valid]
+        if v.shape[0] == 0:
+            return torch.zeros_like(x)
+        if self.training and v.shape[0] < 2:
+            y = nn.functional.batch_norm(v, self.running_mean, self.running_var, self.weight, self.bias,
+                                         False, 0.0, self.eps)
+        else:
+            y = super().forward(v)
+        return x.new_zeros(x.shape, dtype=y.dtype).index_put((valid,), y)
+
+
+class UnimodalGate(nn.Module):
+    """Feature-wise self gate x ⊙ σ(W x) (SDT's unimodal-level gated fusion; LPGNet's first gate)."""
+
+    def __init__(self, d: int):
+        super().__init__()
+        self.fc = nn.Linear(d, d, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * torch.sigmoid(self.fc(x))
+
+
+class SoftmaxModalityFusion(nn.Module):
+    """Σ_m α_m ⊙ x_m with α = softmax over modalities of W x_m, per feature (SDT's multimodal-level gate).
+
+    Absent modalities get no weight; an utterance with none valid gets zeros.
+    """
+
+    def __init__(self, d: int):
+        super().__init__()
+        self.fc = nn.Linear(d, d, bias=False)
+
+    def forward(self, vectors: list[torch.Tensor], valid: list[torch.Tensor]) -> torch.Tensor:
+        x = torch.stack(vectors, dim=-2)  # [B, T, M, d]
+        ok = torch.stack(valid, dim=-1).unsqueeze(-1)  # [B, T, M, 1]
+        s = self.fc(x)
+        s = s.masked_fill(~ok, torch.finfo(s.dtype).min)  # s's own dtype: bf16 under autocast
+        return (s.softmax(-2) * ok * x).sum(-2)

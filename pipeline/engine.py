@@ -10,7 +10,8 @@ Optional hooks, so models with extra objectives plug in without a second trainin
   * ``forward`` may return a dict ``{"logits": ..., "losses": {name: scalar}}``; the losses (already weighted by
     the model) are added to the task loss in training and logged per epoch as ``train/aux_<name>``.
   * ``aux_loss(out, batch) -> {name: scalar}``: the same, for losses that need the labels (``batch["label"]``,
-    padding = -100), e.g. distillation or modality-disparity terms. Called in training only.
+    padding = -100), e.g. distillation or modality-disparity terms. Called in training only; the task loss's
+    class weights reach it as ``batch["class_weight"]`` (None when unweighted), so extra CE terms can match it.
   * ``before_step(epoch=, step=)``: after backward, before clipping and the optimiser step — gradient
     modulation (e.g. Ada2I's 1 − tanh(α·ρ)) edits ``p.grad`` here.
   * ``epoch_logs() -> {name: float}``: extra per-epoch values logged as ``train/<name>`` (e.g. ρ per modality).
@@ -207,6 +208,7 @@ class Engine:
         preds, labels, n_total = [], [], 0
         for step, s in enumerate(range(0, len(order), batch_size)):
             b = collate([data[i] for i in order[s : s + batch_size]], self.device)
+            b["class_weight"] = self.weight
             with _autocast(self.device, cfg.amp):
                 out = self.net(b["feats"], b["present"], b["mask"], b["speaker"])
                 logits, aux = split_output(out)

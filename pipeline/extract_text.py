@@ -83,6 +83,18 @@ class TextExtractor(FeatureExtractor):
         return records
 
 
+def encoder_and_config(p: dict) -> tuple[str, dict]:
+    """The encoder to load and the config that decides whether finished shards are still valid."""
+    model, config = p["model"], {k: v for k, v in p.items() if k not in ("batch_size", "shard_size")}
+    if not p["finetune"]["enabled"]:
+        config["finetune"] = {"enabled": False}  # fine-tuning knobs cannot change frozen vectors: keep the shards
+    else:
+        model = p["finetune"]["out"]  # the encoder the finetune_text stage trained (dev-selected)
+        # its weights, not only its params, decide whether finished shards are still valid
+        config["encoder_digest"] = file_digest(Path(model) / "model.safetensors")
+    return model, config
+
+
 def main() -> None:
     setup_logging()
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -95,11 +107,7 @@ def main() -> None:
     # the context of a turn may sit in another shard: index the whole table's text columns once
     index = DialogueIndex.from_table(pq.read_table(args.utterances, columns=["dialogue_id", "utterance_id",
                                                                              "speaker", "text"]))
-    model, config = p["model"], {k: v for k, v in p.items() if k not in ("batch_size", "shard_size")}
-    if p["finetune"]["enabled"]:
-        model = p["finetune"]["out"]  # the encoder the finetune_text stage trained (dev-selected)
-        # its weights, not only its params, decide whether finished shards are still valid
-        config["encoder_digest"] = file_digest(Path(model) / "model.safetensors")
+    model, config = encoder_and_config(p)
     # a factory, not an instance: under runtime ray each actor loads the encoder itself
     ex = functools.partial(TextExtractor, model, p["pooling"], p["max_length"], p["batch_size"], p["layers"],
                            p["context"], p["window"], p["budget"], p["future"], index)

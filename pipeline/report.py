@@ -41,7 +41,7 @@ MODALITY_ORDER = "tav"
 MODALITY_COLUMNS = ["T", "A", "V", "T+A", "T+V", "A+V", "T+A+V"]
 # Params that do not change a result (throughput knobs) and the seed, which is what we average over.
 IGNORED = {"text.batch_size", "text.shard_size", "audio.shard_size", "audio.ssl.batch_size", "visual.shard_size",
-           "train.seed", "train.seeds"}
+           "train.seed", "train.seeds", "text.finetune.seed"}
 
 
 class ReportError(Exception):
@@ -56,13 +56,19 @@ class Run:
     metrics: dict
 
     def seed_metrics(self) -> dict:
-        """Seed → metrics; a multi-seed run (``train.seeds``) stores one dict per seed under ``seeds``."""
+        """Seed → metrics; a multi-seed run (``train.seeds``) stores one dict per seed under ``seeds``.
+
+        With a fine-tuned text encoder the seed is the pair (``text.finetune.seed``, train seed): runs that
+        fine-tune under different seeds are independent samples of the same configuration.
+        """
+        ft = (self.params.get("text") or {}).get("finetune") or {}
+        tag = (lambda s: (ft.get("seed"), s)) if ft.get("enabled") else (lambda s: s)  # noqa: E731
         seeds = self.metrics.get("seeds")
         if isinstance(seeds, dict) and seeds:  # evaluate writes {seed: metrics} (lists do not survive exp show)
             seeds = list(seeds.values())
         if isinstance(seeds, list) and seeds:
-            return {m.get("seed", i): {"n_params": self.metrics.get("n_params"), **m} for i, m in enumerate(seeds)}
-        return {(self.params.get("train") or {}).get("seed"): self.metrics}
+            return {tag(m.get("seed", i)): {"n_params": self.metrics.get("n_params"), **m} for i, m in enumerate(seeds)}
+        return {tag((self.params.get("train") or {}).get("seed")): self.metrics}
 
 
 @dataclass

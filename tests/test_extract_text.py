@@ -87,3 +87,23 @@ def test_text_on_demo(demo_features, demo_utterances):
     m = feature_matrix(t)
     assert m.shape == (59, 384) and m.dtype == np.float32 and np.isfinite(m).all()
     assert min(t.column("n_tokens").to_pylist()) >= 3
+
+
+def test_frozen_shards_ignore_finetune_knobs(tmp_path):
+    """Fine-tuning settings change nothing while it is off; once on, the encoder's weights are in the config."""
+    from safetensors.torch import save_file
+    import torch
+
+    from pipeline.extract_text import encoder_and_config
+
+    p = dict(model="m", pooling="mean", layers=1, batch_size=8, shard_size=4,
+             finetune=dict(enabled=False, out=str(tmp_path), epochs=3, lr=1e-5, seed=0))
+    m1, c1 = encoder_and_config(p)
+    _, c2 = encoder_and_config({**p, "finetune": {**p["finetune"], "epochs": 9, "lr": 5e-5}})
+    assert m1 == "m" and c1 == c2 and "batch_size" not in c1
+    save_file({"w": torch.zeros(2)}, str(tmp_path / "model.safetensors"))
+    on = {**p, "finetune": {**p["finetune"], "enabled": True}}
+    m3, c3 = encoder_and_config(on)
+    save_file({"w": torch.ones(2)}, str(tmp_path / "model.safetensors"))
+    _, c4 = encoder_and_config(on)
+    assert m3 == str(tmp_path) and c3 != c1 and c3["encoder_digest"] != c4["encoder_digest"]

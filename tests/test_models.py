@@ -1,11 +1,12 @@
 """Every registered model (and each paper ablation) on every modality subset: shapes, gradients, masks,
 overfitting a tiny batch, determinism through the shared engine, and the engine's hooks."""
-import numpy as np
 import pytest
 import torch
 
+from modelkit import one_thread, toy_batch, toy_dialogues  # noqa: F401  (one_thread: autouse)
+
 from models import get_model, list_models, model_class, register_model
-from pipeline.engine import Engine, EngineConfig, parse_modalities
+from pipeline.engine import Engine, EngineConfig, parse_modalities, split_output
 
 DIMS = {"t": 16, "a": 12, "v": 8}
 SUBSETS = ["t", "a", "v", "ta", "tv", "av", "tav"]
@@ -16,30 +17,15 @@ ABLATIONS = {
                {"encoder_layers": 0}],
     "dialoguetrm": [{"window": {"t": None, "a": None, "v": None}}, {"window": {"t": 0}}, {"gates": False},
                     {"rep_transformer": False}, {"fusion": "add"}, {"fusion": "concat"}, {"fusion": "max"}],
+    "ada2i": [{"afw": False}, {"amw": False}, {"modulation": False}, {"afw": False, "amw": False},
+              {"feature_target": "output"}, {"encoder_dim": {"a": 8}}],
 }
 VARIANTS = [(n, {}) for n in list_models()] + [(n, c) for n, cs in ABLATIONS.items() for c in cs]
 VARIANT_IDS = [n + "".join(f"-{k}={v}" for k, v in c.items()) for n, c in VARIANTS]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny tensors gain nothing from intra-op threads; on a busy shared CPU they only add contention.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def batch(mods="tav", B=3, T=5, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    mask = torch.ones(B, T, dtype=torch.bool)
-    mask[1, 3:] = False
-    mask[2, 1:] = False
-    feats = {m: torch.randn(B, T, DIMS[m], generator=g) for m in mods}
-    present = {m: mask.clone() for m in mods}
-    speaker = torch.randint(0, 2, (B, T), generator=g)
-    label = torch.randint(0, 7, (B, T), generator=g).masked_fill(~mask, -100)
-    return feats, present, mask, speaker, label
+    return toy_batch(DIMS, mods, B, T, seed)
 
 
 def build(name, cfg, mods, **extra):
@@ -79,9 +65,13 @@ def test_forward_backward(name, cfg, mods):
         return
     model = build(name, cfg, mods)
     feats, present, mask, speaker, label = batch(mods)
-    logits = model(feats, present, mask, speaker)
+    out = model(feats, present, mask, speaker)
+    logits, aux = split_output(out)
     assert logits.shape == (3, 5, 7)
-    torch.nn.functional.cross_entropy(logits.reshape(-1, 7), label.reshape(-1), ignore_index=-100).backward()
+    if hasattr(model, "aux_loss"):  # the loss the engine optimises: task CE + the model's auxiliary terms
+        aux.update(model.aux_loss(out, {"label": label, "mask": mask}))
+    loss = torch.nn.functional.cross_entropy(logits.reshape(-1, 7), label.reshape(-1), ignore_index=-100)
+    (loss + sum(aux.values())).backward()
     for n, p in model.named_parameters():  # every parameter is used and gets a finite gradient
         assert p.grad is not None and torch.isfinite(p.grad).all(), n
     assert any(p.grad.abs().sum() > 0 for p in model.parameters())
@@ -94,13 +84,13 @@ def test_padding_does_not_change_real_outputs(name, cfg, mods):
         return
     model = build(name, cfg, mods).eval()
     feats, present, mask, speaker, _ = batch(mods)
-    out = model(feats, present, mask, speaker)
+    out = split_output(model(feats, present, mask, speaker))[0]
     # garbage in the padding, and three more padded turns: real utterances must not notice either
     pad = lambda x, v: torch.cat([x, torch.full((*x.shape[:1], 3, *x.shape[2:]), v, dtype=x.dtype)], 1)  # noqa: E731
     feats2 = {m: pad(f.masked_fill(~mask.unsqueeze(-1), 123.0), 55.0) for m, f in feats.items()}
     present2 = {m: pad(p | ~mask, True) for m, p in present.items()}  # even "present" padding must not leak
     mask2, speaker2 = pad(mask, False), pad(speaker.masked_fill(~mask, 1), 1)
-    out2 = model(feats2, present2, mask2, speaker2)
+    out2 = split_output(model(feats2, present2, mask2, speaker2))[0]
     torch.testing.assert_close(out[mask], out2[mask2])
 
 
@@ -113,10 +103,10 @@ def test_absent_modality_is_ignored(name, cfg, mods):
     feats, present, mask, speaker, _ = batch(mods)
     for m in mods:
         present[m][0, 2] = False
-    out = model(feats, present, mask, speaker)
+    out = split_output(model(feats, present, mask, speaker))[0]
     for m in mods:
         feats[m][0, 2] = 99.0  # marked absent: its values must not matter
-    torch.testing.assert_close(out, model(feats, present, mask, speaker))
+    torch.testing.assert_close(out, split_output(model(feats, present, mask, speaker))[0])
 
 
 def test_dialoguetrm_context_window():
@@ -140,7 +130,7 @@ def test_overfits_tiny_batch(name):
     feats, present, mask, speaker, label = batch("tav")
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
     for _ in range(150):
-        logits = model(feats, present, mask, speaker)
+        logits, _ = split_output(model(feats, present, mask, speaker))
         loss = torch.nn.functional.cross_entropy(logits.reshape(-1, 7), label.reshape(-1), ignore_index=-100)
         opt.zero_grad()
         loss.backward()
@@ -149,20 +139,7 @@ def test_overfits_tiny_batch(name):
 
 
 def dialogues(n=6, seed=0, mods="tav"):
-    """Synthetic dialogues in ``pipeline.dataset.dialogues``' format, with an absent visual row."""
-    rng = np.random.default_rng(seed)
-    out = []
-    for k in range(n):
-        T = int(rng.integers(2, 6))
-        present = {m: np.ones(T, bool) for m in mods}
-        if "v" in present:
-            present["v"][0] = False
-        out.append(dict(dialogue_id=f"d{k}", utterance_id=np.arange(T), label=rng.integers(0, 7, T),
-                        speaker=rng.integers(0, 2, T),
-                        feats={m: rng.standard_normal((T, DIMS[m])).astype(np.float32) * present[m][:, None]
-                               for m in mods},
-                        present=present))
-    return out
+    return toy_dialogues(DIMS, n, seed, mods)
 
 
 CFG = EngineConfig(epochs=2, batch_size=2, lr=3e-3, patience=5)

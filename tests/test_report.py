@@ -133,3 +133,13 @@ def test_multi_seed_run_counts_each_seed(tmp_path):
     row = next(line for line in md["model_comparison"].splitlines() if "two-seeds" in line)
     assert "0.7000 ± 0.1414" in row and "| 2 |" in row and "1,000" in row
     assert "0.300" in md["per_class_f1"]  # joy: mean of the two seeds' F1
+
+
+def test_finetune_seeds_are_samples_of_one_configuration(tmp_path):
+    """Fine-tuned encoders under seeds 0/1/2 (train seed 0 each) are three samples in one row, not one."""
+    ft = with_(PARAMS, text__finetune={"enabled": True, "seed": 0})
+    runs = runs_from_exp_show([entry(f"f{s}", f"ft-s{s}", with_(ft, text__finetune={"enabled": True, "seed": s}),
+                                     metrics(w)) for s, w in [(0, 0.6), (1, 0.7), (2, 0.8)]])
+    md = write_report(runs, ft, tmp_path)
+    row = next(line for line in md["model_comparison"].splitlines() if "ft-s0" in line)
+    assert "0.7000 ± 0.1000" in row and "| 3 |" in row and "ft-s2" in row

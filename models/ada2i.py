@@ -1,0 +1,244 @@
+"""Ada2I — Nguyen, Le, Mai and Le, "Ada2I: Enhancing Modality Balance for Multimodal Conversational Emotion
+Recognition", ACM Multimedia 2024 (arXiv:2408.12895); official code: github.com/leson502/ADA2I.
+
+Pipeline (equation numbers are the paper's):
+  1. Per-modality encoders: a transformer over the utterances of the dialogue at the feature's width, then a
+     linear map to ``hidden``. ``encoder_dim`` first projects a (too) wide feature to a set width — the
+     default is the official MELD input widths (audio 300-d, visual 342-d), so a 6373-d ComParE vector
+     does not get a 6373-wide transformer. ``heads: null`` takes the official rule (the first divisor of the
+     width in 5..14, else 1); ``ff_dim`` is the FFN width (PyTorch's 2048 in the official encoder). The
+     block is the shared pre-LN ``TransformerEncoder`` (GELU, final LayerNorm; the official one is PyTorch's
+     post-LN ReLU layer — same parameter count up to the final LayerNorm).
+  2. AFW, Adaptive Feature Weighting (``afw_layers`` stacked layers over all modalities):
+       * Eq. 3–5, tensor-ring cores: per modality m, a query core G_q = (W_q1 h) ⊗ (W_q2 h) and a key core
+         G_k = (W_k1 h) ⊗ (W_k2 h) (rank-``rank`` mode-1 Khatri–Rao, i.e. outer, products; [R, R] per
+         utterance) and their Hadamard product G_m = G_q ∘ G_k.
+       * Eq. 6, attention pooling: P_m = mean of G_m over the dialogue's valid utterances; the inter-modal
+         contraction A_m = G_m · Π_{l≠m} P_l (matrix products in t, a, v order) → a linear map R² → hidden gives
+         the feature weights w_m.
+       * Eq. 7, feature-aware attention: h'_m = w_m ∘ h_m + β h_m, then dropout.
+       * Eq. 11–12, attention mapping network: ŵ_m = f_m(h_m) (one linear layer) and the L1 feature loss
+         L_feature = |ŵ − w|_1 (mean), summed over layers, added with weight 1 (training only; returned as the
+         ``feature`` loss). ``feature_target: output`` regresses h'_m before dropout instead of w_m: that is
+         what the official code ends up computing (its ``_att = att`` aliases the list it then overwrites).
+  3. AMW, Adaptive Modality Weighting (Eq. 8): the classifier W = [W_t | W_a | W_v] split per modality,
+     logits = Σ_m norm(h_m) · norm(W_m)ᵀ + b, features L2-normalised over the hidden axis and each modality's
+     weights over the class axis (as in the official code; no temperature). L_modal (Eq. 13) is the
+     cross-entropy of these logits — the model's output, so it is the engine's task loss (the official code
+     optimises exactly this cross-entropy plus L_feature). ``amw: false``: logits = W [h_t; h_a; h_v] + b.
+  4. Training (Eq. 16–19), through the engine hooks — no second loop:
+       * ``forward`` stashes each modality's unimodal logits W_m h_m + b/M (detached; the official score
+         uses this un-normalised partition of the classifier even with AMW on);
+       * ``aux_loss`` (it has the labels) scores each modality, s_m = mean over labelled utterances where m
+         is present of softmax(W_m h_m + b/M)_y (Eq. 16; the official sum, divided by the count so modalities
+         with missing rows compare fairly), and the disparity ratio ρ_m = s_m / min_m' s_m' (Eq. 17);
+       * ``before_step`` (after backward) multiplies the gradients of modality m's encoder by
+         k_m = 1 − tanh(α · ρ_m) when ρ_m > 1, else 1 (Eq. 18; exactly the official code: no shift by 1, so the
+         weakest modality keeps its gradient and every other one is scaled by at most 1 − tanh(α)), then adds
+         Gaussian noise N(0, σ²), σ = std of that (modulated) gradient + 1e-8, to every modality's encoder
+         gradients (Eq. 19; official ``--normalize``). Active from epoch ``start_mod`` to ``end_mod``
+         (1-based, official MELD: from epoch 4), with ≥ 2 modalities only.
+       * ``epoch_logs`` reports the epoch mean of ρ_t, ρ_a, ρ_v (the paper's Fig. 4; DVCLive writes
+         ``reports/train/plots/metrics/train/rho_<m>.tsv``).
+     Difference from the official loop: the engine clips gradients after this hook, the official code
+     before it.
+
+Our additions for the shared data contract: padded utterances and absent modalities are masked everywhere
+(encoder attention, AFW pooling, L_feature and the scores; the official code pools over padding).
+
+Ablations (the paper's w/o AFW, w/o AMW, w/o modulation): ``afw: false`` (without AFW), ``amw: false`` (without AMW),
+``modulation: false`` (without the modulation and its noise; ρ is still logged), ``noise: false``; modality
+pairs (Table 3) by ``train.modalities``.
+
+Official MELD settings (``run.sh``) → params.yaml ``model_params.ada2i``: hidden 200, tensor rank 6, α 0.42,
+β 0.55, 2 AFW layers, 2 encoder layers, dropout 0.5, modulation with noise from epoch 4. Their training
+settings are ``train`` params here: lr 1.3e-4, batch 10, 50 epochs, early stop 20 (Adam, clip-norm 2).
+Size: 20.6 M parameters on the MELD-sized bench features (t/a/v 768/6373/512, of which 1.9 M is the 6373→300
+audio projection); the official model on its 768/300/342-d MELD features has 18.6 M.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from models.layers import TransformerEncoder, attention_mask, ordered
+from models.registry import register_model
+
+
+def official_heads(d: int) -> int:
+    """The official encoder's head count: the first divisor of ``d`` in 5..14, else 1."""
+    return next((h for h in range(5, 15) if d % h == 0), 1)
+
+
+def masked_mean(x: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """Mean of ``x [B, T, ...]`` over the valid steps of each row (zeros when none is valid)."""
+    w = valid.to(x.dtype).view(*valid.shape, *([1] * (x.dim() - 2)))
+    return (x * w).sum(1) / w.sum(1).clamp(min=1)
+
+
+def disparity_ratio(scores: dict[str, float]) -> dict[str, float]:
+    """Eq. 17: ρ_m = s_m / min_m' s_m' (the weakest modality has ρ = 1)."""
+    low = max(min(scores.values()), 1e-12)
+    return {m: s / low for m, s in scores.items()}
+
+
+def modulation_coefficients(rho: dict[str, float], alpha: float) -> dict[str, float]:
+    """Eq. 18 as in the official code: k_m = 1 − tanh(α · ρ_m) if ρ_m > 1, else 1."""
+    return {m: 1.0 - math.tanh(alpha * r) if r > 1 else 1.0 for m, r in rho.items()}
+
+
+class ModalityEncoder(nn.Module):
+    """Per-modality dialogue encoder: [projection →] transformer over the utterances → linear to ``hidden``."""
+
+    def __init__(self, d_in: int, d_enc: int | None, hidden: int, heads: int | None, layers: int, ff_dim: int | None,
+                 dropout: float):
+        super().__init__()
+        d = d_enc or d_in
+        self.inp = nn.Linear(d_in, d) if d != d_in else nn.Identity()
+        self.encoder = TransformerEncoder(d, heads or official_heads(d), layers, dropout, ff_dim=ff_dim)
+        self.out = nn.Linear(d, hidden)
+
+    def forward(self, x: torch.Tensor, valid: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        keep = valid.unsqueeze(-1).to(x.dtype)
+        x = self.encoder(self.inp(x * keep), attention_mask(mask, valid))  # absent rows are neither read nor kept
+        return self.out(x) * keep
+
+
+class AFWLayer(nn.Module):
+    """One Adaptive Feature Weighting layer over all modalities (Eq. 3–7) with its mapping network (Eq. 11–12)."""
+
+    def __init__(self, modalities: list[str], d: int, rank: int, beta: float, dropout: float, feature_target: str):
+        super().__init__()
+        self.modalities, self.beta, self.feature_target = modalities, beta, feature_target
+
+        def cores():
+            return nn.ModuleDict({m: nn.Linear(d, rank) for m in modalities})
+
+        self.q1, self.q2, self.k1, self.k2 = cores(), cores(), cores(), cores()
+        self.weights = nn.ModuleDict({m: nn.Linear(rank * rank, d) for m in modalities})
+        self.mapping = nn.ModuleDict({m: nn.Linear(d, d) for m in modalities})  # Eq. 11 (training only)
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, h: dict[str, torch.Tensor], valid: dict[str, torch.Tensor], with_loss: bool):
+        # Eq. 3–5: query and key cores (outer products of two rank-R projections), their Hadamard product.
+        g = {m: (self.q1[m](x).unsqueeze(-1) * self.q2[m](x).unsqueeze(-2))
+             * (self.k1[m](x).unsqueeze(-1) * self.k2[m](x).unsqueeze(-2)) for m, x in h.items()}
+        pooled = {m: masked_mean(g[m], valid[m]).unsqueeze(1) for m in g}  # Eq. 6: [B, 1, R, R]
+        out, err, n = {}, 0.0, 0
+        for m in self.modalities:
+            a = g[m]
+            for l in self.modalities:  # the ring: contract with every other modality's pooled core
+                if l != m:
+                    a = a @ pooled[l]
+            w = self.weights[m](a.flatten(-2))
+            y = w * h[m] + self.beta * h[m]  # Eq. 7
+            if with_loss:  # Eq. 11–12 over the valid rows only
+                target = w if self.feature_target == "attention" else y
+                diff = (self.mapping[m](h[m]) - target).float().abs().sum(-1)  # fp32 sum under bf16 autocast
+                err = err + (diff * valid[m].to(diff.dtype)).sum()
+                n += int(valid[m].sum()) * w.shape[-1]
+            out[m] = self.drop(y)
+        return out, (err / max(n, 1) if with_loss else None)
+
+
+@register_model("ada2i")
+class Ada2I(nn.Module):
+    def __init__(self, input_dims: dict[str, int], n_classes: int, hidden: int = 200,
+                 encoder_dim: int | dict | None = None, heads: int | None = None, encoder_layers: int = 2,
+                 ff_dim: int | None = 2048, afw: bool = True, afw_layers: int = 2, rank: int = 6, beta: float = 0.55,
+                 feature_target: str = "attention", amw: bool = True, modulation: bool = True, alpha: float = 0.42,
+                 start_mod: int = 4, end_mod: int | None = None, noise: bool = True, dropout: float = 0.5):
+        super().__init__()
+        if feature_target not in ("attention", "output"):
+            raise ValueError(f"ada2i: feature_target is attention|output; got {feature_target!r}")
+        self.modalities = mods = ordered(input_dims)
+        dims = encoder_dim if isinstance(encoder_dim, dict) else {m: encoder_dim for m in mods}
+        self.encoders = nn.ModuleDict({m: ModalityEncoder(input_dims[m], dims.get(m), hidden, heads, encoder_layers,
+                                                          ff_dim, dropout) for m in mods})
+        self.afw = nn.ModuleList(AFWLayer(mods, hidden, rank, beta, dropout, feature_target)
+                                 for _ in range(afw_layers if afw else 0))
+        self.fc = nn.Linear(hidden * len(mods), n_classes)  # W = [W_t | W_a | W_v]: one block per modality
+        self.hidden, self.amw = hidden, amw
+        self.modulation, self.alpha, self.noise = modulation, alpha, noise
+        self.start_mod, self.end_mod = start_mod, end_mod
+        self._uni = None      # per step: {m: (unimodal logits, valid)} from forward, read by aux_loss
+        self._coef = None     # per step: {m: k_m} from aux_loss, applied by before_step
+        self._rho_sum: dict[str, list[float]] = {}  # per epoch: {m: [sum ρ_m, steps]}
+
+    def _partition(self, m: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """Modality m's block W_m of the classifier and its bias share b / M."""
+        j = self.modalities.index(m)
+        return self.fc.weight[:, j * self.hidden:(j + 1) * self.hidden], self.fc.bias / len(self.modalities)
+
+    def forward(self, feats, present, mask, speaker):
+        mods = self.modalities
+        valid = {m: present[m] & mask for m in mods}
+        h = {m: self.encoders[m](feats[m], valid[m], mask) for m in mods}
+        losses, feature = {}, 0.0
+        for layer in self.afw:
+            h, err = layer(h, valid, with_loss=self.training)
+            if err is not None:
+                feature = feature + err
+        if self.training and len(self.afw):
+            losses["feature"] = feature
+        if self.amw:  # Eq. 8: features normalised per utterance, each modality's weights over the class axis
+            logits = sum(F.normalize(h[m], dim=-1) @ F.normalize(self._partition(m)[0], dim=0).T for m in mods)
+            logits = logits + self.fc.bias
+        else:
+            logits = self.fc(torch.cat([h[m] for m in mods], dim=-1))
+        if self.training and len(mods) >= 2:
+            with torch.no_grad():
+                self._uni = {m: (h[m] @ w.T + b, valid[m]) for m in mods for w, b in [self._partition(m)]}
+        return {"logits": logits, "losses": losses}
+
+    @torch.no_grad()
+    def aux_loss(self, out, batch) -> dict:
+        """Eq. 16–17 on this training batch: per-modality scores → disparity ratios → coefficients (no loss)."""
+        uni, self._uni = self._uni, None
+        if uni is None:
+            return {}
+        label = batch["label"]
+        labelled = label >= 0  # padding is -100
+        scores = {}
+        for m, (logit, valid) in uni.items():
+            sel = valid & labelled
+            if sel.any():
+                p = logit[sel].float().softmax(-1).gather(1, label[sel].unsqueeze(1))
+                scores[m] = float(p.mean())
+        if len(scores) >= 2:
+            rho = disparity_ratio(scores)
+            self._coef = modulation_coefficients(rho, self.alpha)
+            for m, r in rho.items():
+                acc = self._rho_sum.setdefault(m, [0.0, 0])
+                acc[0] += r
+                acc[1] += 1
+        return {}
+
+    def modulating(self, epoch: int) -> bool:
+        """Whether epoch ``epoch`` (0-based, as the engine counts) is in the official 1-based [start, end]."""
+        e = epoch + 1
+        return self.modulation and e >= self.start_mod and (self.end_mod is None or e <= self.end_mod)
+
+    @torch.no_grad()
+    def before_step(self, epoch: int, step: int) -> None:
+        """Eq. 18–19: scale each modality encoder's gradients by k_m, then add N(0, (std + 1e-8)²) noise."""
+        coef, self._coef = self._coef, None
+        if not coef or not self.modulating(epoch):
+            return
+        for m, k in coef.items():
+            for p in self.encoders[m].parameters():
+                if p.grad is None:
+                    continue
+                p.grad.mul_(k)
+                if self.noise and p.grad.numel() > 1:  # a one-element gradient has no std
+                    # in place: on CPU drawing the normals (~12 ns each) is this hook's whole cost
+                    p.grad.add_(torch.randn_like(p.grad).mul_(p.grad.std() + 1e-8))
+
+    def epoch_logs(self) -> dict:
+        """Epoch mean of ρ_m per modality (Fig. 4), then reset."""
+        out = {f"rho_{m}": s / n for m, (s, n) in self._rho_sum.items() if n}
+        self._rho_sum = {}
+        return out

@@ -1,0 +1,93 @@
+"""Stage ``train_teacher``: SUMMER's phase 1 — the unimodal teacher (``summer_teacher``) trained by the shared engine.
+
+Reads only ``model_params.summer.teacher`` (modality, architecture, its own engine settings), so switching
+``model`` or the student's settings leaves this stage cached. Train split to fit, dev to select the epoch; the
+test split is never read. Writes the frozen-to-be teacher (``data/teacher/teacher.pt``: modality, architecture,
+input width, labels, normaliser, best-on-dev weights) and ``reports/teacher/metrics.json`` (its dev scores).
+The student (``models.summer``) loads it from ``model_params.summer.teacher_path``.
+
+Run: ``python -m pipeline.train_teacher``.
+"""
+from __future__ import annotations
+
+import argparse
+import inspect
+import json
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from models import get_model
+from models.summer import TEACHER_ARCH, SummerTeacher
+from pipeline.common import atomic_write_text, load_params, setup_logging
+from pipeline.dataset import Standardizer, dialogues, load_corpus
+from pipeline.engine import Engine, EngineConfig, class_weights, parse_modalities, resolve_device, seed_everything
+from pipeline.schema import label_names
+
+log = logging.getLogger("merc.train_teacher")
+
+
+def train_teacher(tcfg: dict, utterances: str, out: str, metrics: str, feature_dirs: dict | None = None) -> dict:
+    """Train the ``tcfg["modality"]`` teacher; save it to ``out`` and its dev scores to ``metrics``."""
+    mods = parse_modalities(tcfg.get("modality", "t"))
+    if len(mods) != 1:
+        raise ValueError(f"the SUMMER teacher is unimodal: teacher.modality is t, a or v; got {tcfg['modality']!r}")
+    m = mods[0]
+    arch = {k: tcfg[k] for k in TEACHER_ARCH if k in tcfg}
+    seed = int(tcfg.get("seed", 0))
+    corpus = load_corpus(utterances, mods, feature_dirs)
+    norm = Standardizer().fit(corpus, corpus.split_rows("train"))  # per modality: the student's text stats too
+    train_d, dev_d = dialogues(corpus, "train", norm), dialogues(corpus, "dev", norm)
+    if not train_d or not dev_d:
+        raise RuntimeError("train_teacher needs labelled train and dev dialogues: check the prepare stage's output")
+    labels = label_names(corpus.utterances.schema)
+    weight = class_weights(np.concatenate([d["label"] for d in train_d]), len(labels))
+    seed_everything(seed)
+    model = get_model("summer_teacher", input_dims=corpus.dims, n_classes=len(labels), modality=m, **arch)
+    device = resolve_device()
+    log.info("teacher (%s) with %s params on %s", m, f"{sum(p.numel() for p in model.parameters()):,}", device)
+    res = Engine(model, EngineConfig.from_params(tcfg), device, weight, labels).fit(train_d, dev_d, seed=seed,
+                                                                                    desc=f"teacher {m}")
+    save_teacher(out, m, {k: arch.get(k, v) for k, v in teacher_defaults().items()}, corpus.dims, labels, norm,
+                 res, seed)
+    best = res["history"][res["epoch"]]["dev"]
+    summary = {"modality": m, "epoch": res["epoch"], "epochs_run": res["epochs_run"],
+               **{f"dev_{k}": v for k, v in best.items()}}
+    atomic_write_text(json.dumps(summary, indent=1) + "\n", metrics)
+    log.info("teacher %s: best dev weighted F1 %.4f at epoch %d", m, res["dev_weighted_f1"], res["epoch"])
+    return summary
+
+
+def teacher_defaults() -> dict:
+    """The architecture keys of ``summer_teacher`` with their defaults (the student rebuilds exactly this shape)."""
+    sig = inspect.signature(SummerTeacher).parameters
+    return {k: sig[k].default for k in TEACHER_ARCH}
+
+
+def save_teacher(out, modality: str, arch: dict, dims: dict, labels: list[str], norm: Standardizer, res: dict,
+                 seed: int = 0) -> None:
+    """The teacher checkpoint ``models.summer.Summer`` loads: modality, full architecture, widths, best weights."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp")
+    torch.save({"model": "summer_teacher", "modality": modality, "arch": arch, "input_dims": dims, "labels": labels,
+                "norm": norm.state(), "state_dict": res["state_dict"], "epoch": res["epoch"],
+                "dev_weighted_f1": res["dev_weighted_f1"], "seed": seed}, tmp)
+    os.replace(tmp, out)
+
+
+def main() -> None:
+    setup_logging()
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--utterances", default="data/prepared/utterances.parquet")
+    ap.add_argument("--out", default="data/teacher/teacher.pt")
+    ap.add_argument("--metrics", default="reports/teacher/metrics.json")
+    args = ap.parse_args()
+    train_teacher(load_params()["model_params"]["summer"]["teacher"], args.utterances, args.out, args.metrics)
+
+
+if __name__ == "__main__":
+    main()

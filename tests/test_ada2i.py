@@ -1,0 +1,240 @@
+"""Ada2I: AFW / AMW maths, disparity ratio and gradient modulation (Eq. 16–19) through the engine hooks,
+every modality subset, ablations, padding and the per-epoch ρ logs."""
+import math
+
+import pytest
+import torch
+
+from modelkit import one_thread, toy_batch, toy_dialogues  # noqa: F401  (one_thread: autouse)
+import torch.nn.functional as F
+
+from models import get_model
+from models.ada2i import disparity_ratio, modulation_coefficients, official_heads
+from pipeline.engine import Engine, EngineConfig
+
+DIMS = {"t": 16, "a": 12, "v": 8}
+SUBSETS = ["t", "a", "v", "ta", "tv", "av", "tav"]
+TINY = dict(hidden=16, rank=3, ff_dim=32)
+
+
+def build(mods="tav", **cfg):
+    torch.manual_seed(0)
+    return get_model("ada2i", input_dims={m: DIMS[m] for m in mods}, n_classes=7, **{**TINY, **cfg})
+
+
+def batch(mods="tav", B=3, T=5, seed=0):
+    return toy_batch(DIMS, mods, B, T, seed, speakers=False)
+
+
+def train_step(model, b, epoch=0):
+    """One engine-order step without the optimiser: forward, aux_loss, backward, before_step."""
+    feats, present, mask, speaker, label = b
+    out = model(feats, present, mask, speaker)
+    aux = {**out["losses"], **model.aux_loss(out, {"label": label, "mask": mask})}
+    loss = F.cross_entropy(out["logits"].reshape(-1, 7), label.reshape(-1), ignore_index=-100) + sum(aux.values())
+    model.zero_grad(set_to_none=True)
+    loss.backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters()}
+    coef = dict(model._coef or {})
+    model.before_step(epoch=epoch, step=0)
+    return loss, grads, coef
+
+
+def test_official_head_rule():
+    assert [official_heads(d) for d in (768, 300, 342, 88, 256, 13, 17)] == [6, 5, 6, 8, 8, 13, 1]
+
+
+def test_coefficient_hand_computed():
+    rho = disparity_ratio({"t": 0.6, "a": 0.3, "v": 0.2})
+    assert rho == pytest.approx({"t": 3.0, "a": 1.5, "v": 1.0})
+    k = modulation_coefficients(rho, alpha=0.42)
+    # 1 − tanh(0.42·3) = 1 − tanh(1.26), 1 − tanh(0.63); the weakest modality (ρ = 1) keeps its gradient
+    assert k == pytest.approx({"t": 0.148944, "a": 0.441951, "v": 1.0}, abs=1e-5)
+    assert modulation_coefficients({"t": 1.0, "a": 1.0}, 0.5) == {"t": 1.0, "a": 1.0}
+
+
+def test_scores_from_unimodal_logits():
+    """aux_loss: s_m = mean softmax probability of the label → ρ → k, from hand-made unimodal logits."""
+    model = build()
+    mask = torch.ones(2, 3, dtype=torch.bool)
+    mask[1, 2] = False
+    label = torch.tensor([[0, 3, 6], [2, 5, -100]])
+    p_label = {"t": math.log(18.0), "a": math.log(6.0), "v": 0.0}  # p(label) = 0.75, 0.5, 1/7 over 7 classes
+    uni = {}
+    for m, x in p_label.items():
+        logit = torch.zeros(2, 3, 7)
+        logit.scatter_(2, label.clamp(min=0).unsqueeze(-1), x)
+        logit[1, 2] = 50.0  # padding: must not count
+        uni[m] = (logit, mask.clone())
+    model._uni = uni
+    model.aux_loss(None, {"label": label, "mask": mask})
+    rho = {"t": 0.75 * 7, "a": 0.5 * 7, "v": 1.0}
+    assert model._coef == pytest.approx({m: 1 - math.tanh(0.42 * r) if r > 1 else 1.0 for m, r in rho.items()})
+    assert model.epoch_logs() == pytest.approx({f"rho_{m}": r for m, r in rho.items()})
+    assert model.epoch_logs() == {}  # reset after each epoch
+
+
+@pytest.mark.parametrize("mods", SUBSETS)
+def test_forward_backward_every_subset(mods):
+    model = build(mods, start_mod=1)
+    loss, grads, coef = train_step(model, batch(mods))
+    assert torch.isfinite(loss)
+    for n, p in model.named_parameters():
+        assert p.grad is not None and torch.isfinite(p.grad).all(), n
+    logs = model.epoch_logs()
+    if len(mods) == 1:  # no disparity with one modality: nothing modulated, nothing logged
+        assert coef == {} and logs == {}
+        for n, p in model.named_parameters():
+            torch.testing.assert_close(p.grad, grads[n], rtol=0, atol=0)
+    else:
+        assert set(coef) == set(mods) and min(coef.values()) <= 1.0
+        assert set(logs) == {f"rho_{m}" for m in mods} and min(logs.values()) == pytest.approx(1.0)
+
+
+def test_dominant_encoder_gradients_scaled():
+    model = build(start_mod=1, noise=False)
+    _, grads, coef = train_step(model, batch())
+    dominant = min(coef, key=coef.get)
+    assert coef[dominant] < 1.0
+    for n, p in model.named_parameters():
+        m = n.split(".")[1] if n.startswith("encoders.") else None
+        k = coef[m] if m else 1.0  # only the modality encoders are modulated
+        torch.testing.assert_close(p.grad, grads[n] * k, rtol=1e-6, atol=0)
+    weakest = max(coef, key=coef.get)
+    assert coef[weakest] == 1.0
+
+
+def test_modulation_window_and_noise():
+    b = batch()
+    model = build(start_mod=3, end_mod=4, noise=False)
+    for epoch, on in [(0, False), (1, False), (2, True), (3, True), (4, False)]:  # 1-based epochs 3..4
+        _, grads, coef = train_step(model, b, epoch=epoch)
+        assert min(coef.values()) < 1.0  # some modality dominates: the check is not vacuous
+        params = dict(model.named_parameters())
+        for m, k in coef.items():
+            name = f"encoders.{m}.encoder.blocks.0.ff.0.weight"
+            torch.testing.assert_close(params[name].grad, grads[name] * (k if on else 1.0))
+    noisy = build(start_mod=1, noise=True)
+    _, grads, coef = train_step(noisy, b)
+    name = "encoders.a.encoder.blocks.0.ff.0.weight"
+    g = dict(noisy.named_parameters())[name].grad
+    scaled = grads[name] * coef["a"]
+    noise = g - scaled
+    assert noise.abs().max() > 0
+    # Eq. 19: σ = std of the modulated gradient (+1e-8)
+    assert noise.std().item() == pytest.approx(scaled.std().item(), rel=0.15)
+    for n, p in noisy.named_parameters():  # noise only on the modality encoders
+        if not n.startswith("encoders."):
+            torch.testing.assert_close(p.grad, grads[n], rtol=0, atol=0)
+
+
+def test_afw_layer_matches_tensor_ring_equations():
+    """Eq. 3–7 for two modalities, recomputed with explicit einsums."""
+    model = build("ta", dropout=0.0).eval()
+    layer = model.afw[0]
+    g = torch.Generator().manual_seed(3)
+    h = {m: torch.randn(2, 4, 16, generator=g) for m in ("t", "a")}
+    valid = {m: torch.ones(2, 4, dtype=torch.bool) for m in ("t", "a")}
+    valid["a"][1, 3] = False
+    out, _ = layer(h, valid, with_loss=False)
+
+    def core(m):
+        x = h[m]
+        q = torch.einsum("bti,btj->btij", layer.q1[m](x), layer.q2[m](x))
+        k = torch.einsum("bti,btj->btij", layer.k1[m](x), layer.k2[m](x))
+        return q * k
+
+    G = {m: core(m) for m in h}
+    P = {m: torch.einsum("btij,bt->bij", G[m], valid[m].float()) / valid[m].sum(1).float()[:, None, None]
+         for m in h}
+    for m, other in (("t", "a"), ("a", "t")):
+        A = torch.einsum("btij,bjk->btik", G[m], P[other])
+        w = layer.weights[m](A.reshape(2, 4, -1))
+        torch.testing.assert_close(out[m], w * h[m] + 0.55 * h[m])
+
+
+def test_feature_loss_targets():
+    b = batch()
+    losses = {}
+    for target in ("attention", "output"):
+        model = build(feature_target=target)
+        out = model(*b[:4])
+        assert set(out["losses"]) == {"feature"} and out["losses"]["feature"].item() > 0
+        losses[target] = out["losses"]["feature"].item()
+        assert model.eval()(*b[:4])["losses"] == {}  # training only
+    assert losses["attention"] != losses["output"]
+    assert "feature" not in build(afw=False)(*b[:4])["losses"]
+
+
+def test_amw_normalises_weights_and_features():
+    """Eq. 8: AMW logits ignore the scale of each hidden unit's class weights and of each modality's features."""
+    b = batch(seed=1)
+    for amw in (True, False):
+        model = build(amw=amw).eval()
+        out = model(*b[:4])["logits"]
+        with torch.no_grad():
+            model.fc.weight[:, 3] *= 5.0
+        changed = (model(*b[:4])["logits"] - out).abs().max()
+        assert (changed < 1e-5) if amw else (changed > 1e-3)
+    model = build(amw=False).eval()
+    feats, present, mask, speaker, _ = b
+    logits = model(feats, present, mask, speaker)["logits"]
+    assert logits.shape == (3, 5, 7)
+
+
+@pytest.mark.parametrize("cfg", [{"afw": False}, {"amw": False}, {"modulation": False}, {"noise": False},
+                                 {"afw": False, "amw": False, "modulation": False}])
+def test_ablations_build_and_run(cfg):
+    model = build(start_mod=1, **cfg)
+    assert len(model.afw) == (0 if cfg.get("afw") is False else 2)
+    _, grads, coef = train_step(model, batch())
+    assert coef  # ρ is measured in every variant
+    if cfg.get("modulation") is False:  # ... but never applied
+        for n, p in model.named_parameters():
+            torch.testing.assert_close(p.grad, grads[n], rtol=0, atol=0)
+    assert set(model.epoch_logs()) == {"rho_t", "rho_a", "rho_v"}
+
+
+def test_padded_batch_finite():
+    """Padding, an utterance with every modality absent and a dialogue without audio: finite loss and gradients."""
+    feats, present, mask, speaker, label = batch(B=4, T=6)
+    for m in present:
+        present[m][0, 1] = False
+    present["a"][3] = False
+    feats = {m: f.masked_fill(~present[m].unsqueeze(-1), 1e4) for m, f in feats.items()}
+    model = build(start_mod=1)
+    loss, _, coef = train_step(model, (feats, present, mask, speaker, label))
+    assert torch.isfinite(loss) and coef
+    for n, p in model.named_parameters():
+        assert torch.isfinite(p.grad).all(), n
+
+
+def test_overfits_tiny_batch_with_modulation():
+    """Full training step as the engine runs it (hooks on, modulation + noise from epoch 1)."""
+    model = build(start_mod=1, dropout=0.0)
+    b = batch()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    for _ in range(100):
+        loss, _, _ = train_step(model, b)
+        opt.step()
+    out = model.eval()(*b[:4])["logits"]
+    acc = (out.argmax(-1) == b[4])[b[2]].float().mean()
+    assert acc == 1.0 and loss.item() < 0.5
+
+
+def dialogues(n=6, seed=0, mods="tav"):
+    return toy_dialogues(DIMS, n, seed, mods)
+
+
+@pytest.mark.parametrize("mods", ["ta", "tav"])
+def test_engine_logs_rho_per_epoch(mods):
+    torch.manual_seed(0)
+    model = get_model("ada2i", input_dims={m: DIMS[m] for m in mods}, n_classes=7, start_mod=2, **TINY)
+    res = Engine(model, EngineConfig(epochs=3, batch_size=2, lr=3e-3, patience=5), "cpu", torch.ones(7)).fit(
+        dialogues(mods=mods), dialogues(3, seed=1, mods=mods))
+    for row in res["history"]:
+        train = row["train"]
+        rho = {k: v for k, v in train.items() if k.startswith("rho_")}
+        assert set(rho) == {f"rho_{m}" for m in mods}
+        assert all(math.isfinite(v) and v >= 1.0 for v in rho.values())
+        assert train["aux_feature"] > 0
