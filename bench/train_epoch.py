@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import resource
 import sys
 import time
 from pathlib import Path
@@ -56,11 +57,15 @@ def main() -> None:
     ap.add_argument("--dialogues", type=int, default=1038)
     ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     ap.add_argument("--json", default=None, help="also write the rows here")
+    ap.add_argument("--dims", default=None,
+                    help="feature widths, e.g. t=768,a=300,v=342 (Ada2I's official MELD features); default t=768,a=6373,v=512")
     ap.add_argument("--epoch", type=int, default=0,
                     help="epoch index the timed epoch reports to the model's hooks (e.g. 3: Ada2I's modulation is on)")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.dims:
+        DIMS.update({k: int(v) for k, v in (kv.split("=") for kv in args.dims.split(","))})
     params = load_params()
     mods = parse_modalities(args.modalities)
     cfg = EngineConfig.from_params(params["train"])
@@ -83,10 +88,13 @@ def main() -> None:
         engine.evaluate(dev_d)
         t2 = time.perf_counter()
         rows.append({"model": name, "params": sum(p.numel() for p in model.parameters()),
-                     "train_s_per_epoch": round(t1 - t0, 2), "dev_eval_s": round(t2 - t1, 2)})
+                     "train_s_per_epoch": round(t1 - t0, 2), "dev_eval_s": round(t2 - t1, 2),
+                     # ru_maxrss is the process peak so far (KiB on Linux): per model when run one model at a time
+                     "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2)})
         log.info("%s: %.1f s/epoch", name, t1 - t0)
-    table = ["| model | params | train s/epoch | dev eval s |", "|---|---:|---:|---:|"]
-    table += [f"| {r['model']} | {r['params']:,} | {r['train_s_per_epoch']:.1f} | {r['dev_eval_s']:.1f} |" for r in rows]
+    table = ["| model | params | train s/epoch | dev eval s | peak RSS GB (process, so far) |", "|---|---:|---:|---:|---:|"]
+    table += [f"| {r['model']} | {r['params']:,} | {r['train_s_per_epoch']:.1f} | {r['dev_eval_s']:.1f} | "
+              f"{r['peak_rss_gb']:.2f} |" for r in rows]
     log.info("epoch time on MELD-sized random features\n%s", "\n".join(table))
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=1) + "\n")
