@@ -43,3 +43,15 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+def overfit(model, loss_fn, steps=150, lr=1e-2):
+    """Adam on one batch: ``loss_fn()`` → (loss, extras); returns the last extras with the model in eval mode."""
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    for _ in range(steps):
+        loss, extras = loss_fn()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    model.eval()
+    return extras

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from modelkit import one_thread, toy_batch, toy_dialogues  # noqa: F401  (one_thread: autouse)
+from modelkit import one_thread, overfit, toy_batch, toy_dialogues  # noqa: F401  (one_thread: autouse)
 import torch.nn.functional as F
 
 from models import get_model
@@ -127,14 +127,7 @@ def test_intra_and_inter_both_off_is_an_error():
 def test_overfits_tiny_batch_with_the_full_objective():
     model = build("ta", dropout=0.0)
     feats, present, mask, speaker, label = batch("ta")
-    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
-    for _ in range(150):
-        out = model(feats, present, mask, speaker)
-        loss, aux = total_loss(model, out, label, mask)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    model.eval()
+    aux = overfit(model, lambda: total_loss(model, model(feats, present, mask, speaker), label, mask))
     logits = model(feats, present, mask, speaker)
     assert (logits[mask].argmax(-1) == label[mask]).all()
     assert aux["uni_ce"] < 0.5 and aux["kl"] < 0.5

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from modelkit import one_thread, toy_batch, toy_dialogues  # noqa: F401  (one_thread: autouse)
+from modelkit import one_thread, overfit, toy_batch, toy_dialogues  # noqa: F401  (one_thread: autouse)
 import torch.nn.functional as F
 
 from models import get_model
@@ -78,13 +78,7 @@ def test_padding_and_absent_modalities_do_not_leak(cfg):
 def test_overfits_tiny_batch_with_ikd():
     model = build("tav", dropout=0.0)
     feats, present, mask, speaker, label = batch("tav")
-    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
-    for _ in range(150):
-        loss, _ = full_loss(model, feats, present, mask, speaker, label)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    model.eval()
+    overfit(model, lambda: full_loss(model, feats, present, mask, speaker, label))
     logits = model(feats, present, mask, speaker)
     assert (logits[mask].argmax(-1) == label[mask]).all()
     # label smoothing (ε = 0.1, 7 classes) caps confidence: its optimum has CE = −log(0.9 + 0.1/7) ≈ 0.09
