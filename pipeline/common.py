@@ -58,6 +58,17 @@ def atomic_write_text(text: str, path: str | Path) -> None:
     os.replace(tmp, path)
 
 
+def atomic_torch_save(obj, path: str | Path) -> None:
+    """``torch.save`` to a temp file, then rename: a killed run never leaves a half-written checkpoint."""
+    import torch  # only the training stages pay for the import
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
 def file_digest(path: str | Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:

@@ -17,14 +17,13 @@ import argparse
 import contextlib
 import json
 import logging
-import os
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from models import get_model
-from pipeline.common import atomic_write_text, load_params, setup_logging
+from pipeline.common import atomic_torch_save, atomic_write_text, load_params, setup_logging
 from pipeline.dataset import Standardizer, dialogues, load_corpus
 from pipeline.engine import (Engine, EngineConfig, class_weights, init_distributed, parse_modalities, resolve_device,
                              seed_everything)
@@ -88,14 +87,11 @@ def train(params: dict, utterances: str, out: str, live_dir: str, feature_dirs: 
 
 
 def save_checkpoint(out, name, cfg, dims, mods, norm, runs, best, labels) -> None:
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    torch.save({"model": name, "cfg": cfg, "input_dims": dims, "modalities": mods, "norm": norm.state(),
-                "labels": labels, "seed": best["seed"], "state_dict": best["state_dict"], "epoch": best["epoch"],
-                "dev_weighted_f1": best["dev_weighted_f1"],
-                "runs": [{k: r[k] for k in ("seed", "state_dict", "epoch", "dev_weighted_f1")} for r in runs]}, tmp)
-    os.replace(tmp, out)
+    atomic_torch_save({"model": name, "cfg": cfg, "input_dims": dims, "modalities": mods, "norm": norm.state(),
+                       "labels": labels, "seed": best["seed"], "state_dict": best["state_dict"],
+                       "epoch": best["epoch"], "dev_weighted_f1": best["dev_weighted_f1"],
+                       "runs": [{k: r[k] for k in ("seed", "state_dict", "epoch", "dev_weighted_f1")} for r in runs]},
+                      out)
 
 
 def main() -> None:

@@ -14,15 +14,13 @@ import argparse
 import inspect
 import json
 import logging
-import os
-from pathlib import Path
 
 import numpy as np
 import torch
 
 from models import get_model
 from models.summer import TEACHER_ARCH, SummerTeacher
-from pipeline.common import atomic_write_text, load_params, setup_logging
+from pipeline.common import atomic_torch_save, atomic_write_text, load_params, setup_logging
 from pipeline.dataset import Standardizer, dialogues, load_corpus
 from pipeline.engine import Engine, EngineConfig, class_weights, parse_modalities, resolve_device, seed_everything
 from pipeline.schema import label_names
@@ -70,13 +68,9 @@ def teacher_defaults() -> dict:
 def save_teacher(out, modality: str, arch: dict, dims: dict, labels: list[str], norm: Standardizer, res: dict,
                  seed: int = 0) -> None:
     """The teacher checkpoint ``models.summer.Summer`` loads: modality, full architecture, widths, best weights."""
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    torch.save({"model": "summer_teacher", "modality": modality, "arch": arch, "input_dims": dims, "labels": labels,
-                "norm": norm.state(), "state_dict": res["state_dict"], "epoch": res["epoch"],
-                "dev_weighted_f1": res["dev_weighted_f1"], "seed": seed}, tmp)
-    os.replace(tmp, out)
+    atomic_torch_save({"model": "summer_teacher", "modality": modality, "arch": arch, "input_dims": dims,
+                       "labels": labels, "norm": norm.state(), "state_dict": res["state_dict"], "epoch": res["epoch"],
+                       "dev_weighted_f1": res["dev_weighted_f1"], "seed": seed}, out)
 
 
 def main() -> None:

@@ -81,3 +81,15 @@ def test_shards_follow_the_row_plan_across_row_groups(tmp_path, table):
     parts = sorted(out.glob("part-*.parquet"))
     assert [pq.read_table(p).column("utterance_id").to_pylist() for p in parts] == \
         [[0, 1, 2], [3, 4, 5], [6, 7, 8], [9]]
+
+
+def test_atomic_torch_save_leaves_no_temp_file(tmp_path):
+    import torch
+
+    from pipeline.common import atomic_torch_save
+
+    out = tmp_path / "sub" / "model.pt"
+    atomic_torch_save({"w": torch.arange(3)}, out)
+    atomic_torch_save({"w": torch.arange(4)}, out)  # replaces, never appends
+    assert torch.load(out)["w"].tolist() == [0, 1, 2, 3]
+    assert [p.name for p in out.parent.iterdir()] == ["model.pt"]
