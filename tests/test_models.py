@@ -3,7 +3,7 @@ overfitting a tiny batch, determinism through the shared engine, and the engine'
 import pytest
 import torch
 
-from modelkit import one_thread, toy_batch, toy_dialogues  # noqa: F401  (one_thread: autouse)
+from modelkit import one_thread, overfit, toy_batch, toy_dialogues  # noqa: F401  (one_thread: autouse)
 
 from models import get_model, list_models, model_class, register_model
 from pipeline.engine import Engine, EngineConfig, parse_modalities, split_output
@@ -128,14 +128,13 @@ def test_dialoguetrm_context_window():
 def test_overfits_tiny_batch(name):
     model = build(name, {}, "tav", dropout=0.0)
     feats, present, mask, speaker, label = batch("tav")
-    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
-    for _ in range(150):
+
+    def step():
         logits, _ = split_output(model(feats, present, mask, speaker))
         loss = torch.nn.functional.cross_entropy(logits.reshape(-1, 7), label.reshape(-1), ignore_index=-100)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    assert loss.item() < 0.1
+        return loss, loss.detach()
+
+    assert overfit(model, step).item() < 0.1
 
 
 def dialogues(n=6, seed=0, mods="tav"):
