@@ -32,6 +32,7 @@ import pyarrow as pa
 import torch
 
 from pipeline.common import FeatureExtractor, load_params, run_sharded, setup_logging, stage_runtime
+from pipeline.imported import imported_or
 from pipeline.media import MediaError, load_audio
 
 log = logging.getLogger("merc.extract_audio")
@@ -231,9 +232,11 @@ def main() -> None:
     args = ap.parse_args()
     p = load_params("audio")
     # under runtime ray, clips are decoded by CPU workers (AudioDecoder) and streamed to the model's actors
-    run_sharded(functools.partial(build_extractor, p), args.utterances, args.out, config=relevant_config(p),
+    ex, config = imported_or(args.utterances, "a", functools.partial(build_extractor, p), relevant_config(p))
+    run_sharded(ex, args.utterances, args.out, config=config,
                 shard_size=p["shard_size"], runtime=stage_runtime("audio"),
-                decoder=functools.partial(AudioDecoder, p["max_duration_s"], p["silence_rms"]))
+                decoder=None if "imported" in config else functools.partial(AudioDecoder, p["max_duration_s"],
+                                                                            p["silence_rms"]))
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ import pyarrow as pa
 import torch
 
 from pipeline.common import (FeatureExtractor, file_digest, load_params, run_sharded, setup_logging,
+from pipeline.imported import imported_or
                              stage_runtime)
 from pipeline.text_context import DialogueIndex, build_pair
 from pipeline.textenc import encode_batch, load_encoder, tokenize_pairs
@@ -111,6 +112,7 @@ def main() -> None:
     # a factory, not an instance: under runtime ray each actor loads the encoder itself
     ex = functools.partial(TextExtractor, model, p["pooling"], p["max_length"], p["batch_size"], p["layers"],
                            p["context"], p["window"], p["budget"], p["future"], index)
+    ex, config = imported_or(args.utterances, "t", ex, config)  # a feature pickle's vectors, when imported
     run_sharded(ex, args.utterances, args.out, config=config, shard_size=p["shard_size"],
                 runtime=stage_runtime("text"))
 

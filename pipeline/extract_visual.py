@@ -38,6 +38,7 @@ import torch
 import torch.nn.functional as F
 
 from pipeline.common import FeatureExtractor, load_params, run_sharded, setup_logging, stage_runtime
+from pipeline.imported import imported_or
 from pipeline.media import MediaError, decode_frames
 
 log = logging.getLogger("merc.extract_visual")
@@ -330,8 +331,9 @@ def main() -> None:
     ap.add_argument("--out", default="data/features/visual")
     args = ap.parse_args()
     p = load_params("visual")
-    run_sharded(functools.partial(FaceExtractor.from_params, p), args.utterances, args.out, config=p,
-                shard_size=p["shard_size"], runtime=stage_runtime("visual"))
+    ex, config = imported_or(args.utterances, "v", functools.partial(FaceExtractor.from_params, p), p)
+    run_sharded(ex, args.utterances, args.out, config=config, shard_size=p["shard_size"],
+                runtime=stage_runtime("visual"))
 
 
 if __name__ == "__main__":

@@ -7,6 +7,8 @@ Adapters (``pipeline/adapters``), chosen by ``prepare.dataset``:
     adapter (without the official-size check); it lets the whole pipeline run offline from a fresh clone.
   * ``iemocap``: ``IEMOCAP_full_release`` (Sessions 1-5), 6- or 4-class protocol, Session 5 as test.
   * ``manifest``: a CSV/Parquet listing any corpus's utterances (see the README).
+  * ``features``: a pre-extracted feature pickle (DialogueRNN/MMGCN or Ada2I layout, read by a restricted
+    unpickler); the extract stages then serve its vectors (``pipeline.imported``).
 
 The table's schema metadata records the label set (``labels``) and provenance (adapter, root, params,
 counts). Run: ``python -m pipeline.prepare`` (reads ``prepare`` from params.yaml).
@@ -21,13 +23,14 @@ from pathlib import Path
 import pandas as pd
 import pyarrow as pa
 
-from pipeline.adapters import _probe, iemocap, manifest, meld
+from pipeline.adapters import _probe, features, iemocap, manifest, meld
 from pipeline.common import atomic_write_table, load_params, setup_logging
 from pipeline.schema import KEY, SPLITS, UTTERANCE_SCHEMA, validate
 
 log = logging.getLogger("merc.prepare")
 
-ADAPTERS = {"meld": meld.load, "demo": meld.load, "iemocap": iemocap.load, "manifest": manifest.load}
+ADAPTERS = {"meld": meld.load, "demo": meld.load, "iemocap": iemocap.load, "manifest": manifest.load,
+            "features": features.load}
 # Every ``prepare`` parameter and its default; params.yaml may leave out any but dataset and root.
 DEFAULTS = dict(
     target="emotion",       # meld/demo: emotion | sentiment
@@ -38,7 +41,9 @@ DEFAULTS = dict(
     iemocap_classes=6,      # iemocap: 6 | 4
     dev_fraction=0.2,       # iemocap: share of training dialogues held out as dev
     seed=0,                 # iemocap: seed of that draw
-    labels=None,            # manifest: the label set (None: sorted unique labels)
+    labels=None,            # manifest: the label set (None: sorted unique labels); features: class names in index order
+    features_format="auto",  # features: auto | dialoguernn | ada2i (pipeline/adapters/features.py)
+    features_label_key=None,  # features: which label set of a pickle that has several (Ada2I's MOSEI: 2class | 7class)
 )
 
 
