@@ -18,8 +18,8 @@ import pyarrow as pa
 import torch
 
 from pipeline.common import (FeatureExtractor, file_digest, load_params, run_sharded, setup_logging,
-from pipeline.imported import imported_or
                              stage_runtime)
+from pipeline.imported import imported_or
 from pipeline.text_context import DialogueIndex, build_pair
 from pipeline.textenc import encode_batch, load_encoder, tokenize_pairs
 
