@@ -6,6 +6,7 @@ Adapters (``pipeline/adapters``), chosen by ``prepare.dataset``:
   * ``demo``: the embedded demo corpus in ``data/demo``, laid out exactly like MELD.Raw and read by the MELD
     adapter (without the official-size check); it lets the whole pipeline run offline from a fresh clone.
   * ``iemocap``: ``IEMOCAP_full_release`` (Sessions 1-5), 6- or 4-class protocol, Session 5 as test.
+  * ``mosei``: CMU-MOSEI's raw release (segment transcripts, videos, label.csv or the SDK's .csd + folds).
   * ``manifest``: a CSV/Parquet listing any corpus's utterances (see the README).
   * ``features``: a pre-extracted feature pickle (DialogueRNN/MMGCN or Ada2I layout, read by a restricted
     unpickler); the extract stages then serve its vectors (``pipeline.imported``).
@@ -23,17 +24,17 @@ from pathlib import Path
 import pandas as pd
 import pyarrow as pa
 
-from pipeline.adapters import _probe, features, iemocap, manifest, meld
+from pipeline.adapters import _probe, features, iemocap, manifest, meld, mosei
 from pipeline.common import atomic_write_table, load_params, setup_logging
 from pipeline.schema import KEY, SPLITS, UTTERANCE_SCHEMA, validate
 
 log = logging.getLogger("merc.prepare")
 
 ADAPTERS = {"meld": meld.load, "demo": meld.load, "iemocap": iemocap.load, "manifest": manifest.load,
-            "features": features.load}
+            "features": features.load, "mosei": mosei.load}
 # Every ``prepare`` parameter and its default; params.yaml may leave out any but dataset and root.
 DEFAULTS = dict(
-    target="emotion",       # meld/demo: emotion | sentiment
+    target="emotion",       # meld/demo: emotion | sentiment; mosei: sentiment2 | sentiment7
     check_counts="warn",    # meld: warn | strict | off
     max_excess_s=10.0,      # meld: clip longer than its CSV span by more than this → long_media
     max_clip_s=60.0,        # meld: clip longer than this → long_media (whatever the CSV says)
