@@ -32,7 +32,8 @@ Optional hooks, so models with extra objectives plug in without a second trainin
     padding = -100), e.g. distillation or modality-disparity terms. Called in training only; the task loss's
     class weights reach it as ``batch["class_weight"]`` (None when unweighted), so extra CE terms can match it.
   * ``before_step(epoch=, step=)``: after backward, before the optimiser step and (unless
-    ``clip_before_hooks``) before clipping — gradient modulation (e.g. Ada2I's 1 − tanh(α·ρ)) edits ``p.grad`` here.
+    ``clip_before_hooks``) before clipping — gradient modulation (e.g. Ada2I's 1 − tanh(α·ρ)) edits ``p.grad``
+    here.
   * ``epoch_logs() -> {name: float}``: extra per-epoch values logged as ``train/<name>`` (e.g. ρ per modality).
 
 Multi-GPU / multi-process (``torchrun --nproc-per-node N``): ``init_distributed`` reads torchrun's environment
