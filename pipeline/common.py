@@ -5,6 +5,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -29,10 +30,23 @@ def setup_logging() -> None:
     )
 
 
+class ParamsLoader(yaml.SafeLoader):
+    """PyYAML's safe loader reading floats as YAML 1.2 (and DVC's ruamel) do: ``1e-05`` is a float, not a string.
+
+    ``dvc exp run -S train.lr=6e-06`` writes ``lr: 6e-06``; YAML 1.1 would hand the stages the string '6e-06'."""
+
+
+ParamsLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*\.[0-9_]*(?:[eE][-+]?[0-9]+)?|[0-9][0-9_]*[eE][-+]?[0-9]+|\.[0-9_]+"
+               r"(?:[eE][-+]?[0-9]+)?|\.(?:inf|Inf|INF))$|^\.(?:nan|NaN|NAN)$"),
+    list("-+0123456789."))
+
+
 def load_params(section: str | None = None, path: Path | None = None) -> dict:
     """``params.yaml`` (or one top-level section of it)."""
     with open(path or PARAMS_FILE) as f:
-        params = yaml.safe_load(f)
+        params = yaml.load(f, Loader=ParamsLoader)
     return params if section is None else params[section]
 
 

@@ -1,15 +1,19 @@
 """Stage ``evaluate``: the dev-selected checkpoint(s) on the test split → metrics, confusion matrix, predictions.
 
 Writes (fixed paths, so ``dvc metrics diff`` / ``dvc exp show`` compare runs of any model):
-  reports/metrics.json          accuracy, weighted/macro F1 (mean over the checkpoint's seeds) and their ``*_std``,
-                                per-seed results (``seeds``), per-class P/R/F1/support, item counts
+  reports/metrics.json          accuracy, weighted/macro F1, macro/weighted precision and recall, one-vs-all
+                                binary accuracy/F1 (``pipeline.metrics``; mean over the checkpoint's seeds) and
+                                their ``*_std``, per-seed results (``seeds``), per-class P/R/F1/support/accuracy,
+                                item counts
   reports/plots/confusion.csv   one row per test utterance (actual, predicted): DVC ``confusion`` template
   reports/confusion.png         the confusion matrix (counts) as a heatmap with emotion names
   reports/confusion_normalized.png   the same, each row divided by its total (recall on the diagonal)
   reports/curves.png            per-epoch train/dev loss, accuracy, weighted F1 (from DVCLive's TSVs)
   reports/predictions.csv       dialogue_id, utterance_id, actual, predicted
 
-Run: ``python -m pipeline.evaluate``.
+Run: ``python -m pipeline.evaluate`` (test split, the DVC stage). ``python -m pipeline.evaluate --split dev`` writes
+the same files for the dev split under ``reports/dev/`` (M2FNet Table 5 is on validation); the test split is read
+only by this module, never by training or selection.
 """
 from __future__ import annotations
 
@@ -26,11 +30,12 @@ from models import get_model
 from pipeline.common import atomic_write_text, setup_logging
 from pipeline.dataset import Standardizer, dialogues, load_corpus
 from pipeline.engine import predict, resolve_device
-from pipeline.metrics import classification_metrics, confusion, mean_std
+from pipeline.metrics import SCALARS, classification_metrics, confusion, mean_std
 from pipeline.plots import plot_confusion, plot_curves
 
 log = logging.getLogger("merc.evaluate")
-SUMMARY = ("accuracy", "weighted_f1", "macro_f1")
+SUMMARY = SCALARS  # every scalar metric: mean and std over seeds
+SPLIT_REPORTS = {"test": "reports", "dev": "reports/dev"}
 
 
 def evaluate(checkpoint: str, utterances: str, reports: str, split: str = "test",
@@ -92,7 +97,7 @@ def evaluate(checkpoint: str, utterances: str, reports: str, split: str = "test"
     if live_plots and Path(live_plots).exists():
         plot_curves(live_plots, out / "curves.png")
     log.info("%s %s over %d seed(s): accuracy %.4f ± %.4f, weighted F1 %.4f ± %.4f, macro F1 %.4f ± %.4f",
-             ckpt["model"], split, len(per_seed), *(metrics[k + s] for k in SUMMARY for s in ("", "_std")))
+             ckpt["model"], split, len(per_seed), *(metrics[k + s] for k in SUMMARY[:3] for s in ("", "_std")))
     return metrics
 
 
@@ -101,10 +106,13 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--checkpoint", default="data/model/model.pt")
     ap.add_argument("--utterances", default="data/prepared/utterances.parquet")
-    ap.add_argument("--reports", default="reports")
+    ap.add_argument("--split", choices=sorted(SPLIT_REPORTS), default="test",
+                    help="test (the stage) or dev (M2FNet Table 5's validation numbers)")
+    ap.add_argument("--reports", default=None, help="output folder (default: reports, or reports/dev for --split dev)")
     ap.add_argument("--live-plots", default="reports/train/plots/metrics")
     args = ap.parse_args()
-    evaluate(args.checkpoint, args.utterances, args.reports, live_plots=args.live_plots)
+    evaluate(args.checkpoint, args.utterances, args.reports or SPLIT_REPORTS[args.split], split=args.split,
+             live_plots=args.live_plots)
 
 
 if __name__ == "__main__":

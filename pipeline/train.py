@@ -72,7 +72,9 @@ def train(params: dict, utterances: str, out: str, live_dir: str, feature_dirs: 
             live.summary["best"] = {"dev_weighted_f1": runs[0]["dev_weighted_f1"], "epoch": runs[0]["epoch"]}
             live.summary["seeds"] = {"n": len(seeds), "dev_weighted_f1_mean": dev_mean,
                                      "dev_weighted_f1_std": dev_std}
-    best = max(runs, key=lambda r: r["dev_weighted_f1"])  # earliest seed on ties
+    # the seed whose best epoch scores best on the dev monitor (earliest seed on ties)
+    best = min(runs, key=lambda r: r["dev_loss"]) if ecfg.monitor == "loss" else \
+        max(runs, key=lambda r: r["dev_weighted_f1"])
     result = {"best_dev_weighted_f1": best["dev_weighted_f1"], "best_epoch": best["epoch"], "seed": best["seed"],
               "dev_weighted_f1_mean": dev_mean, "dev_weighted_f1_std": dev_std}
     if not main:  # replicas are identical: rank 0 writes
