@@ -2,7 +2,7 @@
 
 A ``UserError`` is something the person running the pipeline can fix (a param value, a missing or malformed
 input file, a checkpoint that will not load). Its message names the file or param and says what to do;
-``run_main`` prints it as one line on stderr (``error: …``) and exits with status 2, without a traceback.
+``run_main`` logs it as one line on stderr and exits with status 2, without a traceback.
 ``MERC_DEBUG=1`` re-raises it so the traceback shows. Anything else (a bug) still raises with its traceback.
 
 ``UserError`` is a ``ValueError`` so callers (and tests) that catch ``ValueError`` keep working.
@@ -26,12 +26,20 @@ class UserError(ValueError):
         super().__init__(" ".join(str(message).split()))  # one line, whatever the caller's formatting
 
 
+class MissingFileError(UserError, FileNotFoundError):
+    """An input file (checkpoint, teacher, feature table) that is not there: the message says which stage makes it."""
+
+
+class NonFiniteError(UserError):
+    """Training produced a NaN/inf loss or gradient (diverging lr, bad features): stopped instead of going on."""
+
+
 def debug() -> bool:
     return os.environ.get("MERC_DEBUG", "") not in ("", "0", "false", "False", "no")
 
 
-def run_main(main: Callable[[], object], argv_name: str | None = None) -> None:
-    """Call a stage's ``main()``; a ``UserError`` becomes one stderr line and exit status 2.
+def run_main(main: Callable[[], object]) -> None:
+    """Call a stage's ``main()``; a ``UserError`` becomes one logged line (stderr) and exit status 2.
 
     Use as ``if __name__ == "__main__": run_main(main)``."""
     try:
@@ -39,17 +47,14 @@ def run_main(main: Callable[[], object], argv_name: str | None = None) -> None:
     except UserError as e:
         if debug():
             raise
-        name = argv_name or os.path.basename(sys.argv[0] or "merc")
-        if name == "__main__.py" or name.endswith(".py"):
-            name = _module_name()
-        print(f"error: {name}: {e} (MERC_DEBUG=1 shows the traceback)", file=sys.stderr, flush=True)
+        log.error("%s: %s (MERC_DEBUG=1 shows the traceback)", _program(), e)
         sys.exit(EXIT_USER_ERROR)
 
 
-def _module_name() -> str:
-    """``pipeline.train`` for ``python -m pipeline.train`` (what the user typed), else the script name."""
+def _program() -> str:
+    """``pipeline.train`` for ``python -m pipeline.train`` (what the user typed), else the script's name."""
     spec = getattr(sys.modules.get("__main__"), "__spec__", None)
-    return spec.name if spec is not None else os.path.basename(sys.argv[0])
+    return spec.name if spec is not None else os.path.basename(sys.argv[0] or "merc")
 
 
-__all__ = ["EXIT_USER_ERROR", "UserError", "debug", "run_main"]
+__all__ = ["EXIT_USER_ERROR", "MissingFileError", "NonFiniteError", "UserError", "debug", "run_main"]
