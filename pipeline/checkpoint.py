@@ -59,9 +59,9 @@ def load_checkpoint(path: str | Path, what: str, fix: str) -> dict:
     except pickle.UnpicklingError as e:
         # the restricted unpickler met a global other than tensors/containers: never fall back to full pickle
         named = re.search(r"GLOBAL\s+([\w.]+)", str(e))
-        raise UserError(f"refusing to load {what} {path}: it holds Python objects beyond tensors and plain "
-                        f"values{f' ({named.group(1)})' if named else ''}: a file from an older merc, or a crafted "
-                        f"one (opening it could run code). {fix}") from e
+        raise UserError(f"refusing to load {what} {path}: it is not a plain-tensor checkpoint"
+                        f"{f' (it names {named.group(1)})' if named else ''}; a file from an older merc, another "
+                        f"program, or a crafted one (fully unpickling it could run code). {fix}") from e
     except Exception as e:  # noqa: BLE001 - truncated, not a torch file, …: all one answer to the user
         raise UserError(f"cannot read {what} {path} ({type(e).__name__}: {str(e)[:200]}): {fix}") from e
     if not isinstance(ckpt, dict):
