@@ -58,6 +58,29 @@ def parse_modalities(spec: str | list | tuple) -> list[str]:
     return [m for m in MODALITIES if m in mods]
 
 
+def check_engine_params(tp: dict, where: str = "train") -> None:
+    """One-line ``UserError`` for engine settings that cannot train (``epochs: 0`` would save no weights)."""
+    def bad(key, need):
+        v = tp[key]
+        hint = " (YAML reads 1e-3 as text: write 0.001)" if isinstance(v, str) and "e" in v.lower() else ""
+        return UserError(f"params.yaml {where}.{key} must be {need}, got {v!r}{hint}")
+
+    for key in ("epochs", "batch_size", "patience", "lr_patience"):
+        if key in tp and not (key in ("patience", "lr_patience") and tp[key] is None) and \
+                (isinstance(tp[key], bool) or not isinstance(tp[key], int) or tp[key] < 1):
+            raise bad(key, "a whole number >= 1")
+    for key in ("lr",):
+        if key in tp and (isinstance(tp[key], bool) or not isinstance(tp[key], (int, float))
+                          or not np.isfinite(tp[key]) or tp[key] <= 0):
+            raise bad(key, "a number > 0 (e.g. 0.001)")
+    for key in ("weight_decay", "grad_clip"):
+        if key in tp and tp[key] is not None and (isinstance(tp[key], bool) or not isinstance(tp[key], (int, float))
+                                                  or not np.isfinite(tp[key]) or tp[key] < 0):
+            raise bad(key, "a number >= 0")
+    if "lr_factor" in tp and not (isinstance(tp["lr_factor"], (int, float)) and 0 < tp["lr_factor"] <= 1):
+        raise bad("lr_factor", "in (0, 1]")
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
@@ -138,26 +161,6 @@ class EngineConfig:
     @classmethod
     def from_params(cls, tp: dict) -> "EngineConfig":
         return cls(**{f.name: tp[f.name] for f in fields(cls) if f.name in tp})
-
-
-def check_engine_params(tp: dict, where: str = "train") -> None:
-    """One-line ``UserError`` for engine settings that cannot train (``epochs: 0`` would save no weights)."""
-    def bad(key, need):
-        return UserError(f"params.yaml {where}.{key} must be {need}, got {tp[key]!r}")
-
-    for key in ("epochs", "batch_size", "patience", "lr_patience"):
-        if key in tp and (isinstance(tp[key], bool) or not isinstance(tp[key], int) or tp[key] < 1):
-            raise bad(key, "a whole number >= 1")
-    for key in ("lr",):
-        if key in tp and (isinstance(tp[key], bool) or not isinstance(tp[key], (int, float))
-                          or not np.isfinite(tp[key]) or tp[key] <= 0):
-            raise bad(key, "a number > 0 (e.g. 0.001)")
-    for key in ("weight_decay", "grad_clip"):
-        if key in tp and tp[key] is not None and (isinstance(tp[key], bool) or not isinstance(tp[key], (int, float))
-                                                  or not np.isfinite(tp[key]) or tp[key] < 0):
-            raise bad(key, "a number >= 0")
-    if "lr_factor" in tp and not (isinstance(tp["lr_factor"], (int, float)) and 0 < tp["lr_factor"] <= 1):
-        raise bad("lr_factor", "in (0, 1]")
 
 
 def split_output(out) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:

@@ -299,6 +299,7 @@ def test_no_unsafe_torch_load_left():
     (lambda p: p["train"].update(epochs=0), r"params.yaml train.epochs must be a whole number >= 1, got 0"),
     (lambda p: p["train"].update(batch_size=0), r"train.batch_size must be a whole number >= 1, got 0"),
     (lambda p: p["train"].update(lr=-1), r"train.lr must be a number > 0"),
+    (lambda p: p["train"].update(lr="1e-3"), r"train.lr must be a number > 0 .*got '1e-3' \(YAML reads 1e-3 as text"),
     (lambda p: p["train"].update(modalities="tx"), r"train.modalities must be a non-empty subset"),
     (lambda p: p["model_params"]["concat_mlp"].update(hiden=3), r"model_params.concat_mlp: unknown setting\(s\) "
                                                                 r"\['hiden'\]; concat_mlp takes \[.*'hidden'"),
