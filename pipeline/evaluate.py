@@ -50,7 +50,8 @@ def evaluate(checkpoint: str, utterances: str, reports: str, split: str = "test"
     if not data:
         raise UserError(f"no labelled {split} dialogues in {utterances}: check the prepare stage's output")
     device = resolve_device()
-    model = build_model(ckpt["model"], ckpt["cfg"], ckpt["input_dims"], len(labels)).to(device)
+    model = build_model(ckpt["model"], ckpt["cfg"], ckpt["input_dims"], len(labels),
+                        where=f"model checkpoint {checkpoint} (model {ckpt['model']!r})").to(device)
     runs = ckpt.get("runs") or [{k: ckpt.get(k, 0) for k in ("seed", "state_dict", "epoch", "dev_weighted_f1")}]
     per_seed, selected = [], None
     for run in runs:

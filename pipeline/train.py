@@ -55,7 +55,8 @@ def train(params: dict, utterances: str, out: str, live_dir: str, feature_dirs: 
     norm = Standardizer().fit(corpus, corpus.split_rows("train"))
     train_d, dev_d = dialogues(corpus, "train", norm), dialogues(corpus, "dev", norm)
     if not train_d or not dev_d:
-        raise RuntimeError("train needs labelled train and dev dialogues: check the prepare stage's output")
+        raise UserError("train needs labelled train and dev dialogues: check the prepare stage's output "
+                        "(data/prepared/utterances.parquet: its split and label columns)")
     labels = label_names(corpus.utterances.schema)  # the prepared table's label set (MELD, IEMOCAP, ...)
     train_warnings(corpus, labels)
     weight = class_weights(np.concatenate([d["label"] for d in train_d]), len(labels))
@@ -96,31 +97,35 @@ def train(params: dict, utterances: str, out: str, live_dir: str, feature_dirs: 
     return result
 
 
-def build_model(name: str, cfg: dict, dims: dict, n_classes: int):
-    """``get_model`` with a model's settings errors (unknown key, bad value, missing teacher) as one line."""
+def build_model(name: str, cfg: dict, dims: dict, n_classes: int, where: str | None = None):
+    """``get_model`` with a model's settings errors (unknown key, bad value, missing teacher) as one line naming
+    ``where`` the settings come from (default: ``params.yaml model_params.<name>``)."""
+    where = where or f"params.yaml model_params.{name}"
+    if name not in list_models():
+        raise UserError(f"{where}: unknown model {name!r}; registered: {list_models()}")
     sig = inspect.signature(model_class(name)).parameters
     if not any(p.kind is p.VAR_KEYWORD for p in sig.values()):
         known = sorted(set(sig) - {"input_dims", "n_classes"})
         unknown = sorted(set(cfg) - set(known))
         if unknown:
-            raise UserError(f"params.yaml model_params.{name}: unknown setting(s) {unknown}; {name} takes {known}")
+            raise UserError(f"{where}: unknown setting(s) {unknown}; {name} takes {known}")
     try:
         return get_model(name, input_dims=dims, n_classes=n_classes, **cfg)
     except UserError:
         raise
     except FileNotFoundError as e:
-        raise MissingFileError(f"model_params.{name}: {e}") from e
+        raise MissingFileError(f"{where}: {e}") from e
     except (ValueError, TypeError) as e:  # the models' own checks of their settings
-        raise UserError(f"params.yaml model_params.{name}: {e}") from e
+        raise UserError(f"{where}: {e}") from e
 
 
 def save_checkpoint(out, name, cfg, dims, mods, norm, runs, best, labels) -> None:
     """Plain tensors and values only (``pipeline.checkpoint``): evaluate reads it with ``weights_only=True``."""
     save_plain({"model": name, "cfg": cfg, "input_dims": dims, "modalities": mods, "norm": norm.state(),
-                       "labels": labels, "seed": best["seed"], "state_dict": best["state_dict"],
-                       "epoch": best["epoch"], "dev_weighted_f1": best["dev_weighted_f1"],
-                       "runs": [{k: r[k] for k in ("seed", "state_dict", "epoch", "dev_weighted_f1")} for r in runs]},
-                      out)
+                "labels": labels, "seed": best["seed"], "state_dict": best["state_dict"],
+                "epoch": best["epoch"], "dev_weighted_f1": best["dev_weighted_f1"],
+                "runs": [{k: r[k] for k in ("seed", "state_dict", "epoch", "dev_weighted_f1")} for r in runs]},
+               out)
 
 
 def main() -> None:

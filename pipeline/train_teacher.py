@@ -43,7 +43,7 @@ def train_teacher(tcfg: dict, utterances: str, out: str, metrics: str, feature_d
     norm = Standardizer().fit(corpus, corpus.split_rows("train"))  # per modality: the student's text stats too
     train_d, dev_d = dialogues(corpus, "train", norm), dialogues(corpus, "dev", norm)
     if not train_d or not dev_d:
-        raise RuntimeError("train_teacher needs labelled train and dev dialogues: check the prepare stage's output")
+        raise UserError("train_teacher needs labelled train and dev dialogues: check the prepare stage's output")
     labels = label_names(corpus.utterances.schema)
     train_warnings(corpus, labels)
     weight = class_weights(np.concatenate([d["label"] for d in train_d]), len(labels))

@@ -331,6 +331,16 @@ def test_missing_inputs_are_user_errors(tmp_path, demo_utterances, demo_features
 
     with pytest.raises(MissingFileError, match=r"no model checkpoint at .*model.pt: re-create it .*dvc repro train"):
         evaluate(tmp_path / "model.pt", demo_utterances, tmp_path / "r", feature_dirs=demo_features)
+    from pipeline.checkpoint import save_checkpoint
+
+    save_checkpoint({"model": "concat_mlp"}, tmp_path / "partial.pt")
+    with pytest.raises(UserError, match=r"partial.pt lacks \['cfg', 'input_dims'.*dvc repro train"):
+        evaluate(tmp_path / "partial.pt", demo_utterances, tmp_path / "r", feature_dirs=demo_features)
+    ck = {"model": "gone", "cfg": {}, "input_dims": {"t": 384}, "modalities": ["t"], "labels": ["a", "b"],
+          "norm": {"mean": {"t": np.zeros(384)}, "std": {"t": np.ones(384)}}, "state_dict": {}}
+    save_checkpoint(ck, tmp_path / "gone.pt")
+    with pytest.raises(UserError, match=r"model checkpoint .*gone.pt \(model 'gone'\): unknown model 'gone'"):
+        evaluate(tmp_path / "gone.pt", demo_utterances, tmp_path / "r", feature_dirs=demo_features)
     with pytest.raises(MissingFileError, match=r"no utterance table at .*: run the prepare stage"):
         load_corpus(tmp_path / "u.parquet", ["t"], demo_features)
     with pytest.raises(MissingFileError, match=r"no feature shards in .*run its extract stage first"):
