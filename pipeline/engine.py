@@ -62,6 +62,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from pipeline.dataset import collate
+from pipeline.errors import NonFiniteError, UserError
 from pipeline.metrics import classification_metrics
 from pipeline.schema import EMOTIONS
 
@@ -74,8 +75,31 @@ def parse_modalities(spec: str | list | tuple) -> list[str]:
     mods = list(spec) if not isinstance(spec, str) else list(spec.replace(",", "").replace(" ", ""))
     bad = [m for m in mods if m not in MODALITIES]
     if not mods or bad or len(set(mods)) != len(mods):
-        raise ValueError(f"train.modalities must be a non-empty subset of {MODALITIES} (e.g. 'tav', 'ta'); got {spec!r}")
+        raise UserError(f"train.modalities must be a non-empty subset of {MODALITIES} (e.g. 'tav', 'ta'); got {spec!r}")
     return [m for m in MODALITIES if m in mods]
+
+
+def check_engine_params(tp: dict, where: str = "train") -> None:
+    """One-line ``UserError`` for engine settings that cannot train (``epochs: 0`` would save no weights)."""
+    def bad(key, need):
+        v = tp[key]
+        hint = " (YAML reads 1e-3 as text: write 0.001)" if isinstance(v, str) and "e" in v.lower() else ""
+        return UserError(f"params.yaml {where}.{key} must be {need}, got {v!r}{hint}")
+
+    for key in ("epochs", "batch_size", "patience", "lr_patience"):
+        if key in tp and not (key in ("patience", "lr_patience") and tp[key] is None) and \
+                (isinstance(tp[key], bool) or not isinstance(tp[key], int) or tp[key] < 1):
+            raise bad(key, "a whole number >= 1")
+    for key in ("lr",):
+        if key in tp and (isinstance(tp[key], bool) or not isinstance(tp[key], (int, float))
+                          or not np.isfinite(tp[key]) or tp[key] <= 0):
+            raise bad(key, "a number > 0 (e.g. 0.001)")
+    for key in ("weight_decay", "grad_clip"):
+        if key in tp and tp[key] is not None and (isinstance(tp[key], bool) or not isinstance(tp[key], (int, float))
+                                                  or not np.isfinite(tp[key]) or tp[key] < 0):
+            raise bad(key, "a number >= 0")
+    if "lr_factor" in tp and not (isinstance(tp["lr_factor"], (int, float)) and 0 < tp["lr_factor"] <= 1):
+        raise bad("lr_factor", "in (0, 1]")
 
 
 def seed_everything(seed: int) -> None:
@@ -281,6 +305,9 @@ class Engine:
             loss = task + sum(aux.values()) if aux else task
             self.opt.zero_grad(set_to_none=True)
             loss.backward()
+            # stop at the first NaN/inf instead of training on (and saving) garbage; after backward, so under
+            # DDP every rank reaches the gradient check (the all-reduce spreads a NaN to all of them)
+            self._check_finite({"task": task, **{f"aux_{k}": v for k, v in aux.items()}}, epoch, step)
             if cfg.clip_before_hooks:
                 self._clip()
             if hasattr(model, "before_step"):
@@ -289,6 +316,8 @@ class Engine:
                     self._average_grads()  # a hook using rank-local statistics must not split the replicas
             if not cfg.clip_before_hooks:
                 self._clip()
+            if hasattr(model, "before_step"):
+                self._check_finite({}, epoch, step, "after before_step")  # a hook may divide by zero too
             self.opt.step()
             if self.step_sched is not None:
                 self.step_sched.step()
@@ -314,6 +343,24 @@ class Engine:
                 logs = {k: float(np.mean([p[k] for p in parts if k in p])) for k in logs}
             out.update(logs)
         return out
+
+    def _check_finite(self, terms: dict, epoch: int, step: int, when: str = "") -> None:
+        """``NonFiniteError`` naming epoch, step and the loss term, or else the parameter whose gradient, is NaN/inf.
+
+        One device sync per check (all flags stacked); names are looked up only once something is wrong."""
+        grads = [(n, p.grad) for n, p in self.model.named_parameters() if p.grad is not None]
+        flags = [torch.isfinite(v.detach()).all() for v in terms.values()] + [torch.isfinite(g).all() for _, g in grads]
+        if not flags or bool(torch.stack(flags).all()):
+            return
+        where = f"training stopped at epoch {epoch} step {step}{f' ({when})' if when else ''}"
+        hint = (f"lower train.lr (now {self.opt.param_groups[0]['lr']:g}), keep train.grad_clip on, or check "
+                "the features")
+        for name, v in terms.items():
+            if not torch.isfinite(v.detach()).all():
+                raise NonFiniteError(f"{where}: loss term {name!r} is {float(v.detach()):g} ({hint})")
+        bad = next(n for (n, g) in grads if not torch.isfinite(g).all())
+        raise NonFiniteError(f"{where}: the gradient of {bad!r} is non-finite though every loss term is finite "
+                             f"({hint})")
 
     def _average_grads(self) -> None:
         for p in self.model.parameters():
@@ -384,5 +431,5 @@ class Engine:
         return {**best, "monitor": cfg.monitor, "epochs_run": len(history), "history": history}
 
 
-__all__ = ["Engine", "EngineConfig", "class_weights", "init_distributed", "is_main", "linear_warmup_factor",
-           "parse_modalities", "predict", "rank_share", "resolve_device", "seed_everything", "split_output", "world"]
+__all__ = ["Engine", "EngineConfig", "check_engine_params", "class_weights", "init_distributed", "is_main",
+           "linear_warmup_factor", "parse_modalities", "predict", "rank_share", "resolve_device", "seed_everything", "split_output", "world"]

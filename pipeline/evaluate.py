@@ -24,32 +24,39 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import torch
 
-from models import get_model
+from pipeline.checkpoint import load_checkpoint
 from pipeline.common import atomic_write_text, setup_logging
 from pipeline.dataset import Standardizer, dialogues, load_corpus
 from pipeline.engine import predict, resolve_device
+from pipeline.errors import UserError, run_main
 from pipeline.metrics import SCALARS, classification_metrics, confusion, mean_std
 from pipeline.plots import plot_confusion, plot_curves
+from pipeline.train import build_model
 
 log = logging.getLogger("merc.evaluate")
 SUMMARY = SCALARS  # every scalar metric: mean and std over seeds
 SPLIT_REPORTS = {"test": "reports", "dev": "reports/dev"}
+CHECKPOINT_KEYS = ("model", "cfg", "input_dims", "modalities", "norm", "labels", "state_dict")
 
 
 def evaluate(checkpoint: str, utterances: str, reports: str, split: str = "test",
              feature_dirs: dict | None = None, live_plots: str | None = None) -> dict:
     """Every seed's checkpoint on ``split``: mean ± std metrics; confusion/predictions of the dev-selected seed."""
-    ckpt = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    ckpt = load_checkpoint(checkpoint, "model checkpoint", "re-create it with the train stage (`dvc repro train`)")
+    missing = [k for k in CHECKPOINT_KEYS if k not in ckpt]
+    if missing:
+        raise UserError(f"model checkpoint {checkpoint} lacks {missing}: not a checkpoint of this merc's train "
+                        "stage; re-create it (`dvc repro train`)")
     labels = ckpt["labels"]
     corpus = load_corpus(utterances, ckpt["modalities"], feature_dirs)
-    norm = Standardizer(ckpt["norm"]["mean"], ckpt["norm"]["std"])
+    norm = Standardizer.from_state(ckpt["norm"])
     data = dialogues(corpus, split, norm)
     if not data:
-        raise RuntimeError(f"no labelled {split} dialogues in {utterances}")
+        raise UserError(f"no labelled {split} dialogues in {utterances}: check the prepare stage's output")
     device = resolve_device()
-    model = get_model(ckpt["model"], input_dims=ckpt["input_dims"], n_classes=len(labels), **ckpt["cfg"]).to(device)
+    model = build_model(ckpt["model"], ckpt["cfg"], ckpt["input_dims"], len(labels),
+                        where=f"model checkpoint {checkpoint} (model {ckpt['model']!r})").to(device)
     runs = ckpt.get("runs") or [{k: ckpt.get(k, 0) for k in ("seed", "state_dict", "epoch", "dev_weighted_f1")}]
     per_seed, selected = [], None
     for run in runs:
@@ -70,12 +77,15 @@ def evaluate(checkpoint: str, utterances: str, reports: str, split: str = "test"
         model=ckpt["model"],
         n_params=sum(p.numel() for p in model.parameters()),
         split=split,
+        dataset=_dataset(corpus),
         modalities="".join(ckpt["modalities"]),
         selected_seed=int(run["seed"]),
         selected_epoch=int(run["epoch"]),
         dev_weighted_f1=float(run["dev_weighted_f1"]),
         # keyed by seed, not a list: `dvc exp show --json` drops lists from metrics, and the report reads it
         seeds={str(r["seed"]): r for r in per_seed},
+        # per modality, how many of the split's utterances had a usable vector
+        present={m: int(p[corpus.split_rows(split)].sum()) for m, p in corpus.present.items()},
         items={
             "skipped_unlabelled": corpus.skipped.get(split, 0),
             # Per modality, how many of this split's utterances had no usable vector and why.
@@ -101,6 +111,15 @@ def evaluate(checkpoint: str, utterances: str, reports: str, split: str = "test"
     return metrics
 
 
+def _dataset(corpus) -> str:
+    """The prepare adapter that made the utterance table (``demo``, ``meld``, …), from its provenance metadata."""
+    raw = (corpus.utterances.schema.metadata or {}).get(b"provenance")
+    try:
+        return str(json.loads(raw).get("adapter", "unknown")) if raw else "unknown"
+    except (ValueError, AttributeError):
+        return "unknown"
+
+
 def main() -> None:
     setup_logging()
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -116,4 +135,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -32,8 +32,10 @@ import pyarrow as pa
 import torch
 
 from pipeline.common import FeatureExtractor, load_params, run_sharded, setup_logging, stage_runtime
+from pipeline.errors import UserError, run_main
 from pipeline.imported import imported_or
 from pipeline.media import MediaError, load_audio
+from pipeline.schema import nonfinite_error
 
 log = logging.getLogger("merc.extract_audio")
 SAMPLE_RATE = 16000
@@ -100,9 +102,9 @@ class AudioExtractor(FeatureExtractor):
                 todo.append((i, signal))
         if todo:
             for (i, _), out in zip(todo, self.embed([s for _, s in todo])):
-                bad = int((~np.isfinite(out["feature"])).sum())
-                if bad:
-                    records[i].update(status="error", error=f"{self.name} returned {bad} non-finite values")
+                err = nonfinite_error(self.name, out["feature"])
+                if err:
+                    records[i].update(status="error", error=err)
                 else:
                     records[i].update(out, status="ok", error=None)
         return records
@@ -117,7 +119,8 @@ class OpenSmileExtractor(AudioExtractor):
         try:
             fs = opensmile.FeatureSet[feature_set]
         except KeyError:
-            raise ValueError(f"audio.feature_set {feature_set!r} unknown; try eGeMAPSv02 or ComParE_2016") from None
+            raise UserError(f"params.yaml audio.feature_set {feature_set!r} unknown; try eGeMAPSv02 or "
+                            "ComParE_2016") from None
         self.smile = opensmile.Smile(feature_set=fs, feature_level=opensmile.FeatureLevel.Functionals)
         self.smile_lld = opensmile.Smile(feature_set=fs, feature_level=opensmile.FeatureLevel.LowLevelDescriptors) \
             if lld else None
@@ -146,8 +149,8 @@ def load_speech_encoder(name: str, device: str):
     try:
         model = AutoModel.from_pretrained(name)
     except (OSError, ValueError) as e:
-        raise RuntimeError(f"could not load speech encoder {name!r}: {e}. Give a local directory with config + "
-                           "weights, or a Hugging Face id reachable from here.") from e
+        raise UserError(f"could not load speech encoder {name!r} (params.yaml audio.ssl.model): {e}. Give a local "
+                        "directory with config + weights, or a Hugging Face id reachable from here.") from e
     try:
         fe = AutoFeatureExtractor.from_pretrained(name)
     except (OSError, ValueError):
@@ -215,7 +218,7 @@ def build_extractor(p: dict) -> AudioExtractor:
     if p["extractor"] == "ssl":
         s = p["ssl"]
         return SSLExtractor(s["model"], s["layer"], s["chunk_s"], s["batch_size"], s["store_frames"], **common)
-    raise ValueError(f"audio.extractor must be opensmile or ssl, got {p['extractor']!r}")
+    raise UserError(f"params.yaml audio.extractor must be opensmile or ssl, got {p['extractor']!r}")
 
 
 def relevant_config(p: dict) -> dict:
@@ -240,4 +243,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

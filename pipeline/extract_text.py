@@ -19,6 +19,8 @@ import torch
 
 from pipeline.common import (FeatureExtractor, file_digest, load_params, run_sharded, setup_logging,
                              stage_runtime)
+from pipeline.errors import UserError, run_main
+from pipeline.schema import nonfinite_error
 from pipeline.imported import imported_or
 from pipeline.text_context import DialogueIndex, build_pair
 from pipeline.textenc import encode_batch, load_encoder, tokenize_pairs
@@ -39,7 +41,7 @@ class TextExtractor(FeatureExtractor):
                  layers: int = 1, context: str = "utterance", window: int = 8, budget: int = 256,
                  future: bool = False, index: DialogueIndex | None = None, device: str | None = None):
         if pooling not in ("mean", "cls"):
-            raise ValueError(f"text.pooling must be mean or cls, got {pooling!r}")
+            raise UserError(f"params.yaml text.pooling must be mean or cls, got {pooling!r}")
         if context != "utterance" and index is None:
             raise ValueError(f"text.context={context!r} needs the dialogue index of the utterance table")
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -80,7 +82,9 @@ class TextExtractor(FeatureExtractor):
         if good:
             vecs, n_tok = self.encode([self.pair(rows[i]) for i in good])
             for j, i in enumerate(good):
-                records[i] = dict(status="ok", error=None, feature=vecs[j], n_tokens=int(n_tok[j]))
+                err = nonfinite_error(self.name, vecs[j])  # e.g. fp16 overflow in a fine-tuned encoder
+                records[i] = dict(status="error" if err else "ok", error=err, feature=None if err else vecs[j],
+                                  n_tokens=int(n_tok[j]))
         return records
 
 
@@ -118,4 +122,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -38,8 +38,10 @@ import torch
 import torch.nn.functional as F
 
 from pipeline.common import FeatureExtractor, load_params, run_sharded, setup_logging, stage_runtime
+from pipeline.errors import MissingFileError, UserError, run_main
 from pipeline.imported import imported_or
 from pipeline.media import MediaError, decode_frames
+from pipeline.schema import nonfinite_error
 
 log = logging.getLogger("merc.extract_visual")
 
@@ -138,7 +140,8 @@ def load_face_cnn(checkpoint: str | None = None) -> torch.nn.Module:
 
     path = Path(checkpoint) if checkpoint else Path(facial_emotion_recognition.__file__).parent / "model" / "model.pkl"
     if not path.exists():
-        raise FileNotFoundError(f"face CNN weights not found at {path}: install facial-emotion-recognition==0.3.4")
+        raise MissingFileError(f"face CNN weights not found at {path}: install facial-emotion-recognition==0.3.4 "
+                               "or set visual.weights to a checkpoint file")
     net = NetworkV2(in_c=1, nl=32, out_f=7)
     state = torch.load(path, map_location="cpu", weights_only=True)
     net.load_state_dict(state["network"] if "network" in state else state)
@@ -161,11 +164,12 @@ def _torchvision_net(name: str, weights: str | None) -> tuple[torch.nn.Module, i
         label = f"checkpoint:{weights}"
     else:
         if weights not in enum.__members__:
-            raise ValueError(f"{weights!r} is neither a file nor one of {name}'s weights {list(enum.__members__)}")
+            raise UserError(f"params.yaml visual.weights: {weights!r} is neither a file nor one of {name}'s "
+                            f"weights {list(enum.__members__)}")
         try:
             net.load_state_dict(enum[weights].get_state_dict(progress=False))
         except OSError as e:  # URLError and friends: offline machine, nothing in torch's hub cache
-            raise RuntimeError(f"cannot load torchvision weights {name}.{weights} ({e}); there is no internet "
+            raise UserError(f"cannot load torchvision weights {name}.{weights} ({e}); there is no internet "
                                "here: put the file in torch's hub cache or pass a local checkpoint path") from e
         label = f"torchvision:{weights}"
     if isinstance(attr, int):
@@ -177,7 +181,7 @@ def _torchvision_net(name: str, weights: str | None) -> tuple[torch.nn.Module, i
         state = state.get("state_dict", state.get("model", state))
         missing, _ = net.load_state_dict(state, strict=False)  # unexpected = the checkpoint's own head
         if missing:
-            raise ValueError(f"checkpoint {weights} does not fit {name}: missing {missing[:5]}")
+            raise UserError(f"visual.weights checkpoint {weights} does not fit {name}: missing {missing[:5]}")
     t = enum.DEFAULT.transforms()  # only its constants: building it downloads nothing
     crop = t.crop_size[0] if isinstance(t.crop_size, (list, tuple)) else t.crop_size
     return net.eval(), dim, label, (crop, tuple(t.mean), tuple(t.std))
@@ -189,7 +193,7 @@ class Backbone:
     def __init__(self, name: str = "fer_cnn", weights: str | None = None, pooling: str = "mean",
                  device: str = "cpu"):
         if pooling not in ("mean", "max"):
-            raise ValueError(f"pooling must be mean or max, not {pooling!r}")
+            raise UserError(f"params.yaml visual.pooling must be mean or max, not {pooling!r}")
         self.name, self.pooling, self.device = name, pooling, torch.device(device)
         self.temporal = name in VIDEO_MODELS
         if name == "fer_cnn":  # trained on FER-2013-style 48×48 grayscale faces, input (x − 0.5) / 0.5
@@ -318,7 +322,9 @@ class FaceExtractor(FeatureExtractor):
         rec, faces = self.faces_of(frames)
         if faces is None:
             return dict(rec, status="no_face", error=None)
-        return dict(rec, status="ok", error=None, feature=self.backbone(faces))
+        vec = self.backbone(faces)
+        err = nonfinite_error(self.name, vec)  # fp16 autocast on GPU can overflow
+        return dict(rec, status="error", error=err) if err else dict(rec, status="ok", error=None, feature=vec)
 
     def process(self, rows: list[dict]) -> list[dict]:
         return [self.process_one(r) for r in rows]
@@ -337,4 +343,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

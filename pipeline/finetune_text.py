@@ -25,6 +25,7 @@ import torch.nn as nn
 from tqdm import tqdm
 
 from pipeline.common import load_params, setup_logging
+from pipeline.errors import run_main
 from pipeline.metrics import classification_metrics
 from pipeline.schema import label_names
 from pipeline.text_context import DialogueIndex, build_pair
@@ -142,4 +143,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

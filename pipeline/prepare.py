@@ -26,6 +26,7 @@ import pyarrow as pa
 
 from pipeline.adapters import _probe, features, iemocap, manifest, meld, mosei
 from pipeline.common import atomic_write_table, load_params, setup_logging
+from pipeline.errors import MissingFileError, UserError, run_main
 from pipeline.schema import KEY, SPLITS, UTTERANCE_SCHEMA, validate
 
 log = logging.getLogger("merc.prepare")
@@ -51,18 +52,25 @@ DEFAULTS = dict(
 def prepare(dataset: str, root: str | Path, out: str | Path, params: dict | None = None) -> pa.Table:
     """Run adapter ``dataset`` on ``root`` and write the utterance table to ``out`` atomically."""
     if dataset not in ADAPTERS:
-        raise ValueError(f"unknown dataset {dataset!r}; known: {sorted(ADAPTERS)}")
+        raise UserError(f"params.yaml prepare.dataset: unknown dataset {dataset!r}; use one of {sorted(ADAPTERS)}")
     unknown = set(params or {}) - set(DEFAULTS) - {"dataset", "root"}
     if unknown:
-        raise ValueError(f"unknown prepare params {sorted(unknown)}; known: {sorted(DEFAULTS)}")
+        raise UserError(f"unknown prepare params {sorted(unknown)} in params.yaml; known: {sorted(DEFAULTS)}")
     p = {**DEFAULTS, **{k: v for k, v in (params or {}).items() if k not in ("dataset", "root")}}
+    check_labels(p["labels"])
     _probe.cache_clear()  # the probe cache lives for one run: files may change between runs in one process
-    res = ADAPTERS[dataset](root, p, dataset)
+    try:
+        res = ADAPTERS[dataset](root, p, dataset)
+    except FileNotFoundError as e:
+        if isinstance(e, UserError):
+            raise
+        raise MissingFileError(f"prepare.root {root}: {e}") from e
     df = res.rows.reindex(columns=[c for c in UTTERANCE_SCHEMA.names if c != "label_id"])
     df = df.astype(object).where(df.notna(), None)  # NaN → null in every column
     dup = df.duplicated(KEY)
     if dup.any():
-        raise ValueError(f"duplicate keys: {df.loc[dup, KEY].values.tolist()[:5]}")
+        raise UserError(f"prepare.root {root}: duplicate (dialogue_id, utterance_id) keys "
+                        f"{df.loc[dup, KEY].values.tolist()[:5]}: each utterance must appear once")
     index = {name: i for i, name in enumerate(res.labels)}
     stray = set(df.label.dropna()) - set(index)
     if stray:  # adapters only emit labels of their set; this guards the contract
@@ -78,6 +86,23 @@ def prepare(dataset: str, root: str | Path, out: str | Path, params: dict | None
     log.info("wrote %s: %d utterances, labels %s, statuses %s", out, len(df), res.labels,
              df.status.value_counts().to_dict())
     return table
+
+
+def check_labels(labels) -> None:
+    """``prepare.labels``: null, or a list of distinct non-empty strings (YAML reads ``[yes, no]`` as booleans
+    and ``1`` as a number: quote them); anything else is a one-line ``UserError``."""
+    if labels is None:
+        return
+    if not isinstance(labels, list) or not labels:
+        raise UserError(f"params.yaml prepare.labels must be null or a non-empty list of label names (e.g. "
+                        f"[neutral, joy, anger]), got {labels!r}")
+    odd = [x for x in labels if not isinstance(x, str) or not x.strip()]
+    if odd:
+        raise UserError(f"params.yaml prepare.labels must hold label names as strings; {odd} are not (quote them "
+                        f"in YAML: '1', 'yes')")
+    dup = sorted({x for x in labels if labels.count(x) > 1})
+    if dup:
+        raise UserError(f"params.yaml prepare.labels lists {dup} more than once: each label once, in label order")
 
 
 def _natural_key(col: pd.Series) -> pd.Series:
@@ -99,4 +124,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

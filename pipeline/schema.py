@@ -109,3 +109,27 @@ def feature_matrix(table: pa.Table) -> np.ndarray:
     col = table.column("feature").combine_chunks()
     dim = col.type.list_size
     return np.asarray(col.values.to_numpy(zero_copy_only=False), dtype=np.float32).reshape(-1, dim)
+
+
+# A feature value beyond this magnitude is a numerical blow-up, not a measurement: its square overflows float32
+# (max ≈ 3.4e38) from |x| ≈ 1.8e19, so statistics over it go inf/NaN. Not in any paper: our choice, far above
+# anything our encoders (O(1)–O(100)) and openSMILE functionals produce, with ample headroom below that overflow.
+FEATURE_ABS_LIMIT = 1e15
+
+
+def nonfinite_rows(mat: np.ndarray) -> np.ndarray:
+    """Per row of ``[rows, dim]``: does it hold NaN, ±inf or a value beyond ``FEATURE_ABS_LIMIT``?"""
+    mat = np.asarray(mat)
+    if mat.ndim == 1:
+        mat = mat[None]
+    with np.errstate(invalid="ignore"):
+        return ~(np.abs(mat) <= FEATURE_ABS_LIMIT).all(axis=1)  # NaN compares False: caught too
+
+
+def nonfinite_error(name: str, vec) -> str | None:
+    """The error text for an extractor's vector with NaN/inf/huge entries, None when it is usable: every
+    extract stage checks its vectors with this before calling a row ``ok``."""
+    v = np.asarray(vec, dtype=np.float64).reshape(-1)
+    with np.errstate(invalid="ignore"):
+        bad = int((~(np.abs(v) <= FEATURE_ABS_LIMIT)).sum())
+    return f"{name} returned {bad} non-finite values (NaN/inf or |x| > {FEATURE_ABS_LIMIT:.0e})" if bad else None

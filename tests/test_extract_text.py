@@ -3,6 +3,7 @@ import pyarrow as pa
 import pytest
 
 from pipeline.common import read_features, run_sharded
+from pipeline.errors import UserError
 from pipeline.extract_text import TextExtractor
 from pipeline.schema import UTTERANCE_SCHEMA, feature_matrix
 
@@ -56,7 +57,7 @@ def test_offline_minilm_is_real():
 
 
 def test_missing_model_names_what_was_tried(tmp_path):
-    with pytest.raises(RuntimeError, match=str(tmp_path / "nowhere")):
+    with pytest.raises(UserError, match=str(tmp_path / "nowhere")):
         TextExtractor(str(tmp_path / "nowhere"))
 
 
