@@ -14,11 +14,11 @@ import logging
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline.common import FeatureExtractor
+from pipeline.schema import nonfinite_rows
 
 log = logging.getLogger("merc.imported")
 NAMES = {"t": "text", "a": "audio", "v": "visual"}
@@ -52,7 +52,7 @@ class ImportedExtractor(FeatureExtractor):
                 why = (f"the feature pickle has no {NAMES[self.modality]} vectors" if not self.table
                        else f"no {NAMES[self.modality]} vector for {r['dialogue_id']}#{r['utterance_id']} in the pickle")
                 out.append(dict(status="error", error=why, feature=None))
-            elif not np.isfinite(v).all():
+            elif nonfinite_rows(v).any():  # NaN/inf or beyond FEATURE_ABS_LIMIT, as every extract stage checks
                 out.append(dict(status="error", error=f"non-finite {NAMES[self.modality]} vector for "
                                 f"{r['dialogue_id']}#{r['utterance_id']} in the pickle", feature=None))
             else:
