@@ -37,7 +37,9 @@ import pyarrow as pa
 import torch
 import torch.nn.functional as F
 
-from pipeline.common import FeatureExtractor, load_params, run_sharded, setup_logging, stage_runtime
+from pipeline.common import load_params, setup_logging
+from pipeline.runners import run_sharded, stage_runtime, weights_digest
+from pipeline.shards import FeatureExtractor
 from pipeline.media import MediaError, decode_frames
 
 log = logging.getLogger("merc.extract_visual")
@@ -238,6 +240,7 @@ class Backbone:
 
 # ---------------------------------------------------------------- the stage
 class FaceExtractor(FeatureExtractor):
+    needs_media = True  # flagged utterances (bad_times, missing_media, no_media, …) are never decoded
     extra_fields = [
         pa.field("face_found", pa.bool_()),
         pa.field("n_faces", pa.int32()),        # most faces in one sampled frame
@@ -330,8 +333,10 @@ def main() -> None:
     ap.add_argument("--out", default="data/features/visual")
     args = ap.parse_args()
     p = load_params("visual")
-    run_sharded(functools.partial(FaceExtractor.from_params, p), args.utterances, args.out, config=p,
-                shard_size=p["shard_size"], runtime=stage_runtime("visual"))
+    # a local checkpoint's bytes, not only its path, decide whether finished shards are still valid
+    config = {**p, "weights_digest": weights_digest(p.get("weights"))}
+    run_sharded(functools.partial(FaceExtractor.from_params, p), args.utterances, args.out, config=config,
+                shard_size=p["shard_size"], runtime=stage_runtime("visual"), stage="extract_visual")
 
 
 if __name__ == "__main__":

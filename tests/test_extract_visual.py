@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from conftest import SHARED
-from pipeline.common import read_features, run_sharded
+from pipeline.common import read_features
+from pipeline.runners import run_sharded
 from pipeline.extract_visual import (Backbone, FaceExtractor, Track, align_face, choose_speaker_track,
                                      link_tracks)
 from pipeline.media import decode_frames, frame_indices, sample_frames
