@@ -57,7 +57,9 @@ def _tree_digest(path: Path) -> str:
     if path.is_file():
         return file_digest(path)
     h = hashlib.sha256()
-    for p in sorted(q for q in path.rglob("*") if q.is_file() and "__pycache__" not in q.parts):
+    # hidden entries (a temp folder, .gitattributes) and caches are not part of a model
+    for p in sorted(q for q in path.rglob("*") if q.is_file() and "__pycache__" not in q.parts
+                    and not any(part.startswith(".") for part in q.relative_to(path).parts)):
         h.update(f"{p.relative_to(path).as_posix()}\0{file_digest(p)}\n".encode())
     return h.hexdigest()
 
