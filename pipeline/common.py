@@ -4,7 +4,6 @@ The sharded, resumable extract runner lives in ``pipeline.runners`` (shards: ``p
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
 import tempfile
