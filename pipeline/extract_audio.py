@@ -31,9 +31,11 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from pipeline.common import FeatureExtractor, load_params, run_sharded, setup_logging, stage_runtime
+from pipeline.common import load_params, setup_logging
 from pipeline.errors import UserError, run_main
 from pipeline.imported import imported_or
+from pipeline.runners import run_sharded, stage_runtime, weights_digest
+from pipeline.shards import FeatureExtractor
 from pipeline.media import MediaError, load_audio
 from pipeline.schema import nonfinite_error
 
@@ -45,7 +47,7 @@ class AudioDecoder:
     """The CPU half of every audio extractor: decoding, silence and duration checks, no model.
 
     Apart from the extractor so that ``runtime: ray`` can decode on CPU workers while the model's actors
-    embed (``pipeline.common.run_sharded(decoder=...)``); the local runner calls it inside ``process``.
+    embed (``pipeline.runners.run_sharded(decoder=...)``); the local runner calls it inside ``process``.
     """
 
     def __init__(self, max_duration_s: float | None = 30.0, silence_rms: float = 1e-4):
@@ -74,6 +76,8 @@ class AudioDecoder:
 
 class AudioExtractor(FeatureExtractor):
     """Decoding (``AudioDecoder``) then ``embed`` of the decodable clips; subclasses implement ``embed``."""
+
+    needs_media = True  # flagged utterances (bad_times, missing_media, no_media, …) are never decoded
 
     base_fields = [pa.field("duration_s", pa.float32()), pa.field("rms", pa.float32()),
                    pa.field("truncated", pa.bool_())]
@@ -224,7 +228,10 @@ def build_extractor(p: dict) -> AudioExtractor:
 def relevant_config(p: dict) -> dict:
     """The params that change this stage's output (the other extractor's settings do not)."""
     drop = {"ssl"} if p["extractor"] == "opensmile" else {"feature_set", "lld"}
-    return {k: v for k, v in p.items() if k not in drop and k != "shard_size"}
+    config = {k: v for k, v in p.items() if k not in drop and k != "shard_size"}
+    if p["extractor"] == "ssl":  # a local encoder's bytes, not only its path, decide whether shards are valid
+        config["weights_digest"] = weights_digest(p["ssl"]["model"])
+    return config
 
 
 def main() -> None:
@@ -237,7 +244,7 @@ def main() -> None:
     # under runtime ray, clips are decoded by CPU workers (AudioDecoder) and streamed to the model's actors
     ex, config = imported_or(args.utterances, "a", functools.partial(build_extractor, p), relevant_config(p))
     run_sharded(ex, args.utterances, args.out, config=config,
-                shard_size=p["shard_size"], runtime=stage_runtime("audio"),
+                shard_size=p["shard_size"], runtime=stage_runtime("audio"), stage="extract_audio",
                 decoder=None if "imported" in config else functools.partial(AudioDecoder, p["max_duration_s"],
                                                                             p["silence_rms"]))
 

@@ -11,19 +11,19 @@ from __future__ import annotations
 import argparse
 import functools
 import logging
-from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import torch
 
-from pipeline.common import (FeatureExtractor, file_digest, load_params, run_sharded, setup_logging,
-                             stage_runtime)
+from pipeline.common import load_params, setup_logging
 from pipeline.errors import UserError, run_main
-from pipeline.schema import nonfinite_error
 from pipeline.imported import imported_or
+from pipeline.runners import run_sharded, stage_runtime, weights_digest
+from pipeline.schema import nonfinite_error
+from pipeline.shards import FeatureExtractor
 from pipeline.text_context import DialogueIndex, build_pair
-from pipeline.textenc import encode_batch, load_encoder, tokenize_pairs
+from pipeline.textenc import encode_batch, load_encoder, resolve_model, tokenize_pairs
 
 log = logging.getLogger("merc.extract_text")
 
@@ -95,8 +95,8 @@ def encoder_and_config(p: dict) -> tuple[str, dict]:
         config["finetune"] = {"enabled": False}  # fine-tuning knobs cannot change frozen vectors: keep the shards
     else:
         model = p["finetune"]["out"]  # the encoder the finetune_text stage trained (dev-selected)
-        # its weights, not only its params, decide whether finished shards are still valid
-        config["encoder_digest"] = file_digest(Path(model) / "model.safetensors")
+    # a local encoder's files (weights, tokenizer, config), not only its name, decide whether shards are valid
+    config["weights_digest"] = weights_digest(resolve_model(model))
     return model, config
 
 
@@ -118,7 +118,7 @@ def main() -> None:
                            p["context"], p["window"], p["budget"], p["future"], index)
     ex, config = imported_or(args.utterances, "t", ex, config)  # a feature pickle's vectors, when imported
     run_sharded(ex, args.utterances, args.out, config=config, shard_size=p["shard_size"],
-                runtime=stage_runtime("text"))
+                runtime=stage_runtime("text"), stage="extract_text")
 
 
 if __name__ == "__main__":

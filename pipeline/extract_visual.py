@@ -37,9 +37,11 @@ import pyarrow as pa
 import torch
 import torch.nn.functional as F
 
-from pipeline.common import FeatureExtractor, load_params, run_sharded, setup_logging, stage_runtime
+from pipeline.common import load_params, setup_logging
 from pipeline.errors import MissingFileError, UserError, run_main
 from pipeline.imported import imported_or
+from pipeline.runners import run_sharded, stage_runtime, weights_digest
+from pipeline.shards import FeatureExtractor
 from pipeline.media import MediaError, decode_frames
 from pipeline.schema import nonfinite_error
 
@@ -243,6 +245,7 @@ class Backbone:
 
 # ---------------------------------------------------------------- the stage
 class FaceExtractor(FeatureExtractor):
+    needs_media = True  # flagged utterances (bad_times, missing_media, no_media, …) are never decoded
     extra_fields = [
         pa.field("face_found", pa.bool_()),
         pa.field("n_faces", pa.int32()),        # most faces in one sampled frame
@@ -337,9 +340,11 @@ def main() -> None:
     ap.add_argument("--out", default="data/features/visual")
     args = ap.parse_args()
     p = load_params("visual")
-    ex, config = imported_or(args.utterances, "v", functools.partial(FaceExtractor.from_params, p), p)
+    # a local checkpoint's bytes, not only its path, decide whether finished shards are still valid
+    config = {**p, "weights_digest": weights_digest(p.get("weights"))}
+    ex, config = imported_or(args.utterances, "v", functools.partial(FaceExtractor.from_params, p), config)
     run_sharded(ex, args.utterances, args.out, config=config, shard_size=p["shard_size"],
-                runtime=stage_runtime("visual"))
+                runtime=stage_runtime("visual"), stage="extract_visual")
 
 
 if __name__ == "__main__":

@@ -3,9 +3,9 @@
 When the utterance table was made by ``prepare.dataset: features`` (its provenance says so), each extract stage
 takes the pickle's vectors for its modality instead of computing its own (``imported_or``), and writes them as
 ordinary feature shards: same schema, statuses and resume as every other extractor, so the dataset loader, the
-models and the report cannot tell the difference. A modality the pickle lacks comes out ``absent``-like: status
-``error`` with "the feature pickle has no <modality> vectors" (the models treat it as missing); a non-finite
-vector is an ``error`` row naming the utterance, never a silent NaN.
+models and the report cannot tell the difference. A modality the pickle lacks comes out ``absent`` ("the feature
+pickle has no <modality> vectors": the models treat it as missing); a non-finite vector is an ``error`` row naming
+the utterance, never a silent NaN.
 """
 from __future__ import annotations
 
@@ -17,8 +17,8 @@ from typing import Callable
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline.common import FeatureExtractor
 from pipeline.schema import nonfinite_rows
+from pipeline.shards import FeatureExtractor
 
 log = logging.getLogger("merc.imported")
 NAMES = {"t": "text", "a": "audio", "v": "visual"}
@@ -48,10 +48,12 @@ class ImportedExtractor(FeatureExtractor):
         out = []
         for r in rows:
             v = self.table.get((r["dialogue_id"], int(r["utterance_id"])))
-            if v is None:
-                why = (f"the feature pickle has no {NAMES[self.modality]} vectors" if not self.table
-                       else f"no {NAMES[self.modality]} vector for {r['dialogue_id']}#{r['utterance_id']} in the pickle")
-                out.append(dict(status="error", error=why, feature=None))
+            if not self.table:  # the file has no such modality at all: a fact, not a failure
+                out.append(dict(status="absent", error=f"the feature pickle has no {NAMES[self.modality]} vectors",
+                                feature=None))
+            elif v is None:
+                out.append(dict(status="error", error=f"no {NAMES[self.modality]} vector for "
+                                f"{r['dialogue_id']}#{r['utterance_id']} in the pickle", feature=None))
             elif nonfinite_rows(v).any():  # NaN/inf or beyond FEATURE_ABS_LIMIT, as every extract stage checks
                 out.append(dict(status="error", error=f"non-finite {NAMES[self.modality]} vector for "
                                 f"{r['dialogue_id']}#{r['utterance_id']} in the pickle", feature=None))

@@ -27,6 +27,7 @@ import pyarrow as pa
 from pipeline.adapters import _probe, features, iemocap, manifest, meld, mosei
 from pipeline.common import atomic_write_table, load_params, setup_logging
 from pipeline.errors import MissingFileError, UserError, run_main
+from pipeline.media import span_error
 from pipeline.schema import KEY, SPLITS, UTTERANCE_SCHEMA, validate
 
 log = logging.getLogger("merc.prepare")
@@ -67,6 +68,7 @@ def prepare(dataset: str, root: str | Path, out: str | Path, params: dict | None
         raise MissingFileError(f"prepare.root {root}: {e}") from e
     df = res.rows.reindex(columns=[c for c in UTTERANCE_SCHEMA.names if c != "label_id"])
     df = df.astype(object).where(df.notna(), None)  # NaN → null in every column
+    flag_bad_spans(df)
     dup = df.duplicated(KEY)
     if dup.any():
         raise UserError(f"prepare.root {root}: duplicate (dialogue_id, utterance_id) keys "
@@ -77,8 +79,8 @@ def prepare(dataset: str, root: str | Path, out: str | Path, params: dict | None
         raise ValueError(f"labels {sorted(stray)} are not in the label set {res.labels}")
     df["label_id"] = [index.get(x, -1) if x is not None else -1 for x in df.label]
     df = df.sort_values(["split", "dialogue_id", "utterance_id"], key=_natural_key).reset_index(drop=True)
-    provenance = dict(adapter=dataset, root=str(root), root_resolved=str(Path(root).resolve()), params=p,
-                      counts=res.counts)
+    # no absolute path (e.g. the resolved root): a clone at another path must produce the same bytes
+    provenance = dict(adapter=dataset, root=str(root), params=p, counts=res.counts)
     table = validate(pa.Table.from_pandas(df, preserve_index=False), UTTERANCE_SCHEMA)
     table = table.replace_schema_metadata({"labels": json.dumps(res.labels),
                                            "provenance": json.dumps(provenance, sort_keys=True, default=str)})
@@ -103,6 +105,16 @@ def check_labels(labels) -> None:
     dup = sorted({x for x in labels if labels.count(x) > 1})
     if dup:
         raise UserError(f"params.yaml prepare.labels lists {dup} more than once: each label once, in label order")
+
+
+def flag_bad_spans(df: pd.DataFrame) -> None:
+    """Every adapter's rows: a negative or non-finite time, or a span shorter than one audio sample, is
+    ``bad_times`` (media stages then never decode it), whatever the adapter checked itself."""
+    for i, (status, start, end) in enumerate(zip(df.status, df.start_s, df.end_s)):
+        err = span_error(start, end) if status == "ok" else None
+        if err:
+            df.iloc[i, df.columns.get_loc("status")] = "bad_times"
+            df.iloc[i, df.columns.get_loc("error")] = err
 
 
 def _natural_key(col: pd.Series) -> pd.Series:

@@ -29,7 +29,9 @@ label set with ``label_names``.
 
 Feature tables (``extract_*`` outputs, a directory of ``part-NNNNN.parquet`` shards):
     dialogue_id, utterance_id   the key, one row per utterance of the utterance table
-    status       string   ``ok`` or a modality status (``FEATURE_STATUS``); only ``ok`` rows carry a real vector
+    status       string   ``ok`` or a modality status (``FEATURE_STATUS``); only ``ok`` rows carry a real vector.
+                          Media stages give text-only utterances (``no_media``) ``absent`` and copy any other
+                          non-``ok`` utterance status (``bad_times``, ``missing_media``, …) with its error
     error        string   the reason for any non-``ok`` status (which file, what failed)
     feature      fixed_size_list<float32>[dim]   zeros unless status is ``ok``
     ...          modality-specific extra columns (see each stage's ``EXTRA_FIELDS``)
@@ -70,8 +72,10 @@ UTTERANCE_SCHEMA = pa.schema(
 )
 
 # Statuses a feature row may carry. ``ok`` is the only one with a meaningful vector;
-# ``no_face``/``silent`` are facts about the clip, ``error`` is a failure to read it.
-FEATURE_STATUS = ("ok", "no_face", "silent", "error")
+# ``no_face``/``silent`` are facts about the clip, ``error`` is a failure to read it, ``absent`` a text-only
+# utterance (no media: not an error). Utterances ``prepare`` flagged keep their status in the media stages.
+FEATURE_STATUS = ("ok", "no_face", "silent", "absent", "error", "missing_media", "corrupt_media", "long_media",
+                  "bad_times")
 
 
 def feature_schema(dim: int, feature_name: str, extra: list[pa.Field] | None = None,

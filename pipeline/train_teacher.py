@@ -6,6 +6,11 @@ test split is never read. Writes the frozen-to-be teacher (``data/teacher/teache
 input width, labels, normaliser, best-on-dev weights) and ``reports/teacher/metrics.json`` (its dev scores).
 The student (``models.summer``) loads it from ``model_params.summer.teacher_path``.
 
+Only ``model: summer`` pays for it: for any other model the stage trains nothing and writes the marker
+``data/teacher/none.json`` (and empty teacher metrics). The stage reads ``model`` for this alone, so a switch
+between SUMMER and another model re-runs it, and DVC's run cache restores a teacher trained before
+("Stage 'train_teacher' is cached") instead of training it again.
+
 Run: ``python -m pipeline.train_teacher``.
 """
 from __future__ import annotations
@@ -85,7 +90,25 @@ def main() -> None:
     ap.add_argument("--out", default="data/teacher/teacher.pt")
     ap.add_argument("--metrics", default="reports/teacher/metrics.json")
     args = ap.parse_args()
-    train_teacher(load_params()["model_params"]["summer"]["teacher"], args.utterances, args.out, args.metrics)
+    params = load_params()
+    if params.get("model") != "summer":
+        skip_teacher(params.get("model"), args.out, args.metrics)
+        return
+    log.info("training the SUMMER teacher")
+    train_teacher(params["model_params"]["summer"]["teacher"], args.utterances, args.out, args.metrics)
+
+
+def skip_teacher(model: str | None, out: str, metrics: str) -> None:
+    """No teacher for ``model``: the marker ``none.json`` beside where the teacher would be, empty metrics.
+
+    The marker does not name the model, so every non-SUMMER model leaves the same bytes (``train`` and
+    ``evaluate`` read the folder: it must not differ between them)."""
+    from pathlib import Path
+
+    log.info("model %s uses no SUMMER teacher: nothing to train", model)
+    atomic_write_text(json.dumps({"teacher": None, "why": "only model summer uses a teacher"}) + "\n",
+                      Path(out).parent / "none.json")
+    atomic_write_text("{}\n", metrics)
 
 
 if __name__ == "__main__":

@@ -2,8 +2,9 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from pipeline.common import read_features, run_sharded
+from pipeline.common import read_features
 from pipeline.errors import UserError
+from pipeline.runners import run_sharded
 from pipeline.extract_text import TextExtractor
 from pipeline.schema import UTTERANCE_SCHEMA, feature_matrix
 
@@ -107,4 +108,4 @@ def test_frozen_shards_ignore_finetune_knobs(tmp_path):
     m3, c3 = encoder_and_config(on)
     save_file({"w": torch.ones(2)}, str(tmp_path / "model.safetensors"))
     _, c4 = encoder_and_config(on)
-    assert m3 == str(tmp_path) and c3 != c1 and c3["encoder_digest"] != c4["encoder_digest"]
+    assert m3 == str(tmp_path) and c3 != c1 and c3["weights_digest"] != c4["weights_digest"]
