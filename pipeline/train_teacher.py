@@ -1,10 +1,13 @@
 """Stage ``train_teacher``: SUMMER's phase 1 — the unimodal teacher (``summer_teacher``) trained by the shared engine.
 
-Reads only ``model_params.summer.teacher`` (modality, architecture, its own engine settings), so switching
+Reads only ``model_params.summer.teacher`` (modality, architecture incl. its own SDMoE — paper §3.5 "pre-trained
+using the SDMoE module", ``moe: none`` for the Fig. 4 comparison — and its own engine settings), so switching
 ``model`` or the student's settings leaves this stage cached. Train split to fit, dev to select the epoch; the
-test split is never read. Writes the frozen-to-be teacher (``data/teacher/teacher.pt``: modality, architecture,
-input width, labels, normaliser, best-on-dev weights) and ``reports/teacher/metrics.json`` (its dev scores).
-The student (``models.summer``) loads it from ``model_params.summer.teacher_path``.
+test split is read once, after selection, only to report the teacher's own row (paper Tables 1–2 list it).
+Writes the frozen-to-be teacher (``data/teacher/teacher.pt``: plain tensors/numbers/strings only — modality,
+architecture, input widths, labels, normaliser, best-on-dev weights) and ``reports/teacher/metrics.json`` (its
+dev scores at the selected epoch and its test scores). The student (``models.summer``) loads it from
+``model_params.summer.teacher_path``.
 
 Run: ``python -m pipeline.train_teacher``.
 """
@@ -22,14 +25,16 @@ from models import get_model
 from models.summer import TEACHER_ARCH, SummerTeacher
 from pipeline.common import atomic_torch_save, atomic_write_text, load_params, setup_logging
 from pipeline.dataset import Standardizer, dialogues, load_corpus
-from pipeline.engine import Engine, EngineConfig, class_weights, parse_modalities, resolve_device, seed_everything
+from pipeline.engine import (Engine, EngineConfig, class_weights, parse_modalities, predict, resolve_device,
+                             seed_everything)
+from pipeline.metrics import classification_metrics
 from pipeline.schema import label_names
 
 log = logging.getLogger("merc.train_teacher")
 
 
 def train_teacher(tcfg: dict, utterances: str, out: str, metrics: str, feature_dirs: dict | None = None) -> dict:
-    """Train the ``tcfg["modality"]`` teacher; save it to ``out`` and its dev scores to ``metrics``."""
+    """Train the ``tcfg["modality"]`` teacher; save it to ``out`` and its dev and test scores to ``metrics``."""
     mods = parse_modalities(tcfg.get("modality", "t"))
     if len(mods) != 1:
         raise ValueError(f"the SUMMER teacher is unimodal: teacher.modality is t, a or v; got {tcfg['modality']!r}")
@@ -54,8 +59,18 @@ def train_teacher(tcfg: dict, utterances: str, out: str, metrics: str, feature_d
     best = res["history"][res["epoch"]]["dev"]
     summary = {"modality": m, "epoch": res["epoch"], "epochs_run": res["epochs_run"],
                **{f"dev_{k}": v for k, v in best.items()}}
+    test_d = dialogues(corpus, "test", norm)
+    if test_d:  # the selected (best-on-dev) weights on test: the teacher's own row of Tables 1-2
+        model.load_state_dict(res["state_dict"])
+        pred, y, _, _ = predict(model, test_d, int(tcfg.get("batch_size", 8)), device)
+        tm = classification_metrics(y, pred, labels)
+        summary.update({f"test_{k}": tm[k] for k in ("accuracy", "weighted_f1", "macro_f1")}, test_n=tm["n"],
+                       test_per_class_f1={c: v["f1"] for c, v in tm["per_class"].items()})
+    else:
+        log.warning("teacher: no labelled test dialogues, so no test scores are written")
     atomic_write_text(json.dumps(summary, indent=1) + "\n", metrics)
-    log.info("teacher %s: best dev weighted F1 %.4f at epoch %d", m, res["dev_weighted_f1"], res["epoch"])
+    log.info("teacher %s: best dev weighted F1 %.4f at epoch %d; test weighted F1 %s", m, res["dev_weighted_f1"],
+             res["epoch"], f"{summary['test_weighted_f1']:.4f}" if "test_weighted_f1" in summary else "n/a")
     return summary
 
 
@@ -68,9 +83,12 @@ def teacher_defaults() -> dict:
 def save_teacher(out, modality: str, arch: dict, dims: dict, labels: list[str], norm: Standardizer, res: dict,
                  seed: int = 0) -> None:
     """The teacher checkpoint ``models.summer.Summer`` loads: modality, full architecture, widths, best weights."""
-    atomic_torch_save({"model": "summer_teacher", "modality": modality, "arch": arch, "input_dims": dims,
-                       "labels": labels, "norm": norm.state(), "state_dict": res["state_dict"], "epoch": res["epoch"],
-                       "dev_weighted_f1": res["dev_weighted_f1"], "seed": seed}, out)
+    plain_norm = {k: {m: torch.as_tensor(v) for m, v in d.items()} for k, d in norm.state().items()}
+    arch = {k: list(v) if isinstance(v, tuple) else v for k, v in arch.items()}  # weights_only=True loads it
+    atomic_torch_save({"model": "summer_teacher", "modality": modality, "arch": arch, "input_dims": dict(dims),
+                       "labels": list(labels), "norm": plain_norm, "state_dict": res["state_dict"],
+                       "epoch": int(res["epoch"]), "dev_weighted_f1": float(res["dev_weighted_f1"]), "seed": int(seed)},
+                      out)
 
 
 def main() -> None:
