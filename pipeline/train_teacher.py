@@ -1,10 +1,13 @@
 """Stage ``train_teacher``: SUMMER's phase 1 — the unimodal teacher (``summer_teacher``) trained by the shared engine.
 
-Reads only ``model_params.summer.teacher`` (modality, architecture, its own engine settings), so switching
-``model`` or the student's settings leaves this stage cached. Train split to fit, dev to select the epoch; the
-test split is never read. Writes the frozen-to-be teacher (``data/teacher/teacher.pt``: modality, architecture,
-input width, labels, normaliser, best-on-dev weights) and ``reports/teacher/metrics.json`` (its dev scores).
-The student (``models.summer``) loads it from ``model_params.summer.teacher_path``.
+Reads ``model_params.summer.teacher`` (modality, architecture incl. its own SDMoE — paper §3.5 "pre-trained
+using the SDMoE module", ``moe: none`` for the Fig. 4 comparison — and its own engine settings), so the student's
+settings leave this stage cached, and ``model`` (below). Train split to fit, dev to select the epoch; the
+test split is read once, after selection, only to report the teacher's own row (paper Tables 1–2 list it).
+Writes the frozen-to-be teacher (``data/teacher/teacher.pt``: plain tensors/numbers/strings only — modality,
+architecture, input widths, labels, normaliser, best-on-dev weights) and ``reports/teacher/metrics.json`` (its
+dev scores at the selected epoch and its test scores). The student (``models.summer``) loads it from
+``model_params.summer.teacher_path``.
 
 Only ``model: summer`` pays for it: for any other model the stage trains nothing and writes the marker
 ``data/teacher/none.json`` (and empty teacher metrics). The stage reads ``model`` for this alone, so a switch
@@ -27,16 +30,17 @@ from models.summer import TEACHER_ARCH, SummerTeacher
 from pipeline.checkpoint import save_checkpoint
 from pipeline.common import atomic_write_text, load_params, setup_logging
 from pipeline.dataset import Standardizer, dialogues, load_corpus, train_warnings
-from pipeline.engine import (Engine, EngineConfig, check_engine_params, class_weights, parse_modalities,
+from pipeline.engine import (Engine, EngineConfig, check_engine_params, class_weights, parse_modalities, predict,
                              resolve_device, seed_everything)
 from pipeline.errors import UserError, run_main
+from pipeline.metrics import classification_metrics
 from pipeline.schema import label_names
 
 log = logging.getLogger("merc.train_teacher")
 
 
 def train_teacher(tcfg: dict, utterances: str, out: str, metrics: str, feature_dirs: dict | None = None) -> dict:
-    """Train the ``tcfg["modality"]`` teacher; save it to ``out`` and its dev scores to ``metrics``."""
+    """Train the ``tcfg["modality"]`` teacher; save it to ``out`` and its dev and test scores to ``metrics``."""
     mods = parse_modalities(tcfg.get("modality", "t"))
     if len(mods) != 1:
         raise UserError(f"the SUMMER teacher is unimodal: model_params.summer.teacher.modality is t, a or v; got {tcfg['modality']!r}")
@@ -63,8 +67,18 @@ def train_teacher(tcfg: dict, utterances: str, out: str, metrics: str, feature_d
     best = res["history"][res["epoch"]]["dev"]
     summary = {"modality": m, "epoch": res["epoch"], "epochs_run": res["epochs_run"],
                **{f"dev_{k}": v for k, v in best.items()}}
+    test_d = dialogues(corpus, "test", norm)
+    if test_d:  # the selected (best-on-dev) weights on test: the teacher's own row of Tables 1-2
+        model.load_state_dict(res["state_dict"])
+        pred, y, _, _ = predict(model, test_d, int(tcfg.get("batch_size", 8)), device)
+        tm = classification_metrics(y, pred, labels)
+        summary.update({f"test_{k}": tm[k] for k in ("accuracy", "weighted_f1", "macro_f1")}, test_n=tm["n"],
+                       test_per_class_f1={c: v["f1"] for c, v in tm["per_class"].items()})
+    else:
+        log.warning("teacher: no labelled test dialogues, so no test scores are written")
     atomic_write_text(json.dumps(summary, indent=1) + "\n", metrics)
-    log.info("teacher %s: best dev weighted F1 %.4f at epoch %d", m, res["dev_weighted_f1"], res["epoch"])
+    log.info("teacher %s: best dev weighted F1 %.4f at epoch %d; test weighted F1 %s", m, res["dev_weighted_f1"],
+             res["epoch"], f"{summary['test_weighted_f1']:.4f}" if "test_weighted_f1" in summary else "n/a")
     return summary
 
 
