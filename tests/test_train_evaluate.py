@@ -40,8 +40,8 @@ def test_train_and_evaluate_demo(tmp_path, demo_utterances, demo_features, model
     assert on_disk["weighted_f1"] == pytest.approx(m["weighted_f1"])
     assert set(on_disk["per_class"]) == set(EMOTIONS)
     assert on_disk["n"] == 12  # demo test split: 12 labelled utterances, the missing clip included (text)
-    # the test split's missing clip shows as an errored item in audio and visual
-    assert on_disk["items"]["a_error"] == 1 and on_disk["items"]["v_error"] == 1
+    # the test split's missing clip keeps prepare's status (missing_media) in audio and visual
+    assert on_disk["items"]["a_missing_media"] == 1 and on_disk["items"]["v_missing_media"] == 1
     cm = pd.read_csv(tmp_path / "reports" / "plots" / "confusion.csv")
     assert len(cm) == 12 and set(cm.columns) == {"actual", "predicted"}
     assert (cm.actual == cm.predicted).mean() == pytest.approx(on_disk["accuracy"])
