@@ -44,7 +44,13 @@ def run(args: argparse.Namespace) -> Path:
     from pipeline.predict.outputs import summary, write_outputs
     from pipeline.predict.video import analyse
 
+    from pipeline.predict.subtitles import read_subtitles
+    from pipeline.predict.video import probe
+
     t0 = time.perf_counter()
+    probe(args.video)  # input mistakes first: before minutes of model loading
+    if args.subtitles:
+        read_subtitles(args.subtitles)
     bundle = load_bundle(args.bundle)
     predictor = Predictor(bundle)
     df, info = analyse(args.video, predictor, args.subtitles, args.speakers, args.asr_model, args.speaker_threshold)
