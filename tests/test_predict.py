@@ -234,6 +234,26 @@ def test_bundle_errors_are_one_line(trained, tmp_path):
         build_extractors(load_bundle(bad))
 
 
+def test_summer_bundle_needs_no_teacher_file(tmp_path):
+    """SUMMER's frozen teacher is part of its state_dict: the bundle rebuilds it without teacher.pt."""
+    from models import get_model
+    from pipeline.bundle import write_bundle
+    from pipeline.dataset import Standardizer
+
+    dims, cfg = {"t": 16, "a": 12}, {"hidden": 16, "heads": 4, "experts": 3, "teacher": {"hidden": 16, "layers": 1}}
+    torch.manual_seed(0)
+    model = get_model("summer", input_dims=dims, n_classes=7, **cfg)
+    norm = Standardizer({m: np.zeros(d, np.float32) for m, d in dims.items()},
+                        {m: np.ones(d, np.float32) for m, d in dims.items()})
+    best = {"state_dict": model.state_dict(), "seed": 0, "epoch": 1, "dev_weighted_f1": 0.5}
+    write_bundle(tmp_path / "b", {}, "summer", {**cfg, "teacher_path": str(tmp_path / "gone.pt")},
+                 [str(k) for k in range(7)], ["t", "a"], dims, norm, best, {"t": tmp_path, "a": tmp_path})
+    rebuilt = load_bundle(tmp_path / "b").build_model()
+    want = model.state_dict()
+    assert any(k.startswith("teacher.") for k in want)
+    assert all(torch.equal(v, want[k]) for k, v in rebuilt.state_dict().items())
+
+
 def test_bundle_reproduces_evaluate(trained, predictor, demo_utterances, demo_features, tmp_path):
     """The bundle on the test clips (the same rows evaluate reads) gives evaluate's predictions."""
     import pyarrow.parquet as pq

@@ -1,4 +1,8 @@
-"""A short conversation video from the demo clips, with its subtitles: ``python -m pipeline.predict.demo``.
+"""The predict demo: ``python -m pipeline.predict.demo`` (after ``bash scripts/run.sh``).
+
+Builds a short conversation video from the demo clips with its subtitles, then predicts on it twice with the trained
+bundle (``data/model/bundle``): from the subtitles into ``reports/predict/demo_subtitles/`` and from speech recognition +
+diarization into ``reports/predict/demo_asr/`` (open each ``index.html``). ``--build-only`` just writes the video.
 
 Concatenates one demo dialogue's clips (default: test dialogue 0, six utterances by two speakers, the last clip with
 two faces) into ``data/predict_demo/conversation.mp4`` (H.264 + AAC, clips letterboxed to a common frame size) and
@@ -98,7 +102,7 @@ def build_conversation(out_dir: str | Path = "data/predict_demo", root: str | Pa
     return {**paths, "cues": cues}
 
 
-def main() -> None:
+def main() -> int:
     from pipeline.common import setup_logging
 
     setup_logging()
@@ -107,10 +111,22 @@ def main() -> None:
     ap.add_argument("--root", default="data/demo")
     ap.add_argument("--split", default="test", choices=sorted(FOLDERS))
     ap.add_argument("--dialogue", type=int, default=0)
-    ap.add_argument("--no-audio", action="store_true")
+    ap.add_argument("--no-audio", action="store_true", help="leave the audio stream out (subtitles only)")
+    ap.add_argument("--build-only", action="store_true", help="write the video and subtitles, predict nothing")
+    ap.add_argument("--bundle", default="data/model/bundle")
+    ap.add_argument("--reports", default="reports/predict")
     args = ap.parse_args()
-    build_conversation(args.out, args.root, args.split, args.dialogue, not args.no_audio)
+    conv = build_conversation(args.out, args.root, args.split, args.dialogue, not args.no_audio)
+    if args.build_only:
+        return 0
+    from pipeline.predict.__main__ import main as predict
+
+    rc = predict([str(conv["video"]), "--subtitles", str(conv["srt"]), "--bundle", args.bundle,
+                  "--out", f"{args.reports}/demo_subtitles"])
+    if rc == 0 and not args.no_audio:
+        rc = predict([str(conv["video"]), "--bundle", args.bundle, "--out", f"{args.reports}/demo_asr"])
+    return rc
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())
