@@ -152,17 +152,21 @@ class Bundle:
         from models import get_model
 
         cfg = dict(self.meta["cfg"])
+        quiet = logging.getLogger("merc.models.summer")
+        level = quiet.level
         if cfg.get("teacher_path") and any(k.startswith("teacher.") for k in self.state_dict):
             # SUMMER: the frozen teacher's weights are buffers in the state_dict; no teacher.pt is needed
             cfg["teacher_path"] = None
-            logging.getLogger("merc.summer").setLevel(logging.ERROR)  # its "untrained teacher" warning is moot
+            quiet.setLevel(logging.ERROR)  # its "untrained teacher" warning is moot: the weights are loaded next
         try:
             model = get_model(self.meta["model"], input_dims=self.meta["input_dims"], n_classes=len(self.labels),
                               **cfg)
             model.load_state_dict(self.state_dict)
-        except (KeyError, RuntimeError, TypeError, ValueError) as e:
+        except (KeyError, RuntimeError, TypeError, ValueError, FileNotFoundError) as e:
             raise BundleError(f"{self.path}: model {self.meta['model']!r} cannot be rebuilt from the bundle "
                               f"({type(e).__name__}: {str(e).splitlines()[0]})") from e
+        finally:
+            quiet.setLevel(level)
         return model.eval()
 
 
