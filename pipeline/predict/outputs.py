@@ -76,9 +76,11 @@ body{font-family:system-ui,sans-serif;margin:1em;max-width:1200px;color:#222}
 #top{display:flex;gap:1em;align-items:flex-start;flex-wrap:wrap}
 video{max-width:560px;width:100%;background:#000}
 #meta{font-size:.9em;color:#555}
-#lanes{position:relative;margin:1em 0;border:1px solid #ccc;background:#fafafa}
+#lanes{margin:1em 0;border:1px solid #ccc;background:#fafafa}
+#area{position:relative;margin-left:100px;border-left:1px solid #ccc}
 .lane{position:relative;height:26px;border-bottom:1px solid #eee}
-.lane span.name{position:absolute;left:4px;top:4px;font-size:.75em;color:#444;z-index:2}
+.lane span.name{position:absolute;left:-96px;width:92px;top:5px;font-size:.75em;color:#444;overflow:hidden;
+  white-space:nowrap;text-overflow:ellipsis}
 .blk{position:absolute;top:3px;height:20px;border-radius:3px;cursor:pointer;border:1px solid rgba(0,0,0,.3)}
 #head{position:absolute;top:0;bottom:0;width:2px;background:#c00;pointer-events:none;z-index:3}
 table{border-collapse:collapse;width:100%}
@@ -166,7 +168,7 @@ def render_page(df: pd.DataFrame, labels: list[str], duration: float, src: str, 
 <style>{CSS}</style></head><body>
 <h2>{esc(title)}</h2>
 <div id="top"><video id="v" controls preload="auto" src="{src}"></video><div id="meta">{info}</div></div>
-<div id="lanes" data-duration="{duration}"><div id="head"></div>{"".join(lanes)}</div>
+<div id="lanes" data-duration="{duration}"><div id="area"><div id="head"></div>{"".join(lanes)}</div></div>
 <table id="transcript"><thead><tr><th>#</th><th>time (s)</th><th>speaker</th><th>text</th><th>emotion</th>
 <th>modalities</th></tr></thead><tbody>
 {chr(10).join(trs)}
