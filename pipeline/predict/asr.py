@@ -43,31 +43,49 @@ class Transcriber:
     """A faster-whisper model on the CPU (int8) or GPU (float16), loaded once."""
 
     def __init__(self, model_dir: str | Path | None = None, device: str | None = None, beam_size: int = 5):
-        from faster_whisper import WhisperModel
-
         path = Path(model_dir) if model_dir else default_model_dir()
         if not (path / "model.bin").is_file():
             raise ASRError(f"{path} is not a CTranslate2 Whisper model directory (no model.bin); give --asr-model DIR")
-        import torch
+        import ctranslate2
 
-        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        threads = int(os.environ.get("OMP_NUM_THREADS", "0") or 0)
-        try:
-            self.model = WhisperModel(str(path), device=device, compute_type="float16" if device == "cuda" else "int8",
-                                      cpu_threads=threads, local_files_only=True)
-        except (RuntimeError, ValueError, OSError) as e:
-            raise ASRError(f"cannot load the Whisper model in {path}: {str(e).splitlines()[0]}") from e
-        # English-only checkpoints (*.en) have no language token to detect
-        self.english_only = path.name.endswith(".en") or "tiny.en" in str(path) or not self.model.model.is_multilingual
+        device = device or ("cuda" if ctranslate2.get_cuda_device_count() > 0 else "cpu")
         self.path, self.beam_size = path, beam_size
+        try:
+            self.model = self._load(device)
+        except (RuntimeError, ValueError, OSError) as e:
+            if device == "cpu":
+                raise ASRError(f"cannot load the Whisper model in {path}: {str(e).splitlines()[0]}") from e
+            log.warning("Whisper on %s failed (%s); using the CPU", device, str(e).splitlines()[0])
+            self.model = self._load("cpu")
+        # English-only checkpoints (tiny.en …) have no language token to detect
+        self.english_only = not self.model.model.is_multilingual
 
-    def transcribe(self, audio: np.ndarray) -> list[Segment]:
-        """Segments of 16 kHz mono ``audio``; Silero VAD (shipped with faster-whisper) skips non-speech."""
+    def _load(self, device: str):
+        from faster_whisper import WhisperModel
+
+        threads = int(os.environ.get("OMP_NUM_THREADS", "0") or 0)
+        self.device = device
+        return WhisperModel(str(self.path), device=device, compute_type="float16" if device == "cuda" else "int8",
+                            cpu_threads=threads, local_files_only=True)
+
+    def _segments(self, audio: np.ndarray) -> list:
         segments, _ = self.model.transcribe(audio.astype(np.float32, copy=False), beam_size=self.beam_size,
                                             language="en" if self.english_only else None, vad_filter=True,
                                             condition_on_previous_text=False)
+        return list(segments)  # a generator: decoding (and any device error) happens here
+
+    def transcribe(self, audio: np.ndarray) -> list[Segment]:
+        """Segments of 16 kHz mono ``audio``; Silero VAD (shipped with faster-whisper) skips non-speech."""
+        try:
+            segs = self._segments(audio)
+        except (RuntimeError, OSError) as e:  # CUDA libraries CTranslate2 was built for may be absent: the CPU always works
+            if self.device == "cpu":
+                raise
+            log.warning("Whisper on %s failed (%s); using the CPU", self.device, str(e).splitlines()[0])
+            self.model = self._load("cpu")
+            segs = self._segments(audio)
         out = []
-        for s in segments:
+        for s in segs:
             text = s.text.strip()
             if text:
                 out.append(Segment(float(s.start), float(s.end), text, float(s.avg_logprob),
