@@ -425,3 +425,25 @@ def test_page_in_headless_chromium(trained, conversation, tmp_path):
             now = b.eval("new Promise(r => { const v = document.getElementById('v'); if (!v.seeking) "
                          "r(v.currentTime); else v.addEventListener('seeked', () => r(v.currentTime), {once: true}); })")
             assert now == pytest.approx(start, abs=0.05)
+
+
+REAL = ROOT.parent / "shared" / "data" / "media" / "WolfgangLanger_Pexels.mp4"
+
+
+@pytest.mark.skipif(not REAL.is_file(), reason="../shared/data/media absent")
+def test_predict_real_footage(predictor, tmp_path):
+    """Real 640×360 footage (a face, a silent audio track): no speech found without subtitles; with them, the face
+    track per cue, audio `silent`, a cue past the end clipped."""
+    from pipeline.predict.video import analyse
+
+    with pytest.raises(PredictError, match="no speech found"):
+        analyse(REAL, predictor)
+    srt = tmp_path / "r.srt"
+    srt.write_text("1\n00:00:01,000 --> 00:00:05,000\nAnna: I cannot believe you did this!\n\n"
+                   "2\n00:00:18,000 --> 00:00:25,000\nBen: Let us just go home.\n\n")
+    df, info = analyse(REAL, predictor, srt)
+    assert info["duration_s"] == pytest.approx(19.69, abs=0.05)
+    assert list(df.v_status) == ["ok", "ok"] and list(df.a_status) == ["silent", "silent"]
+    assert list(df.status) == ["ok", "clipped"] and df.end_s[1] == pytest.approx(19.69, abs=0.05)
+    x0, y0, x1, y1 = map(float, df.face_box[0].split())
+    assert 0 <= x0 < x1 <= 640 and 0 <= y0 < y1 <= 360 and (x1 - x0) > 100  # a large face in the frame
