@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import re
 import shutil
-import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -111,7 +110,8 @@ def test_vtt_voice_tags_and_prefixes(tmp_path):
 
 
 def test_cp1252_subtitles_are_read_as_such(tmp_path):
-    (tmp_path / "w.srt").write_bytes("1\n00:00:00,000 --> 00:00:01,000\nZoë: café – “quoted”\n\n".encode("cp1252"))
+    cue = "1\n00:00:00,000 --> 00:00:01,000\nZoë: café – “quoted”\n\n"
+    (tmp_path / "w.srt").write_bytes(cue.encode("cp1252"))
     (c,) = read_subtitles(tmp_path / "w.srt")
     assert (c.speaker, c.text) == ("Zoë", "café – “quoted”")
 
@@ -422,8 +422,8 @@ def test_page_in_headless_chromium(trained, conversation, tmp_path):
                           "r.scrollIntoView({block: 'center'}); const q = r.getBoundingClientRect(); "
                           "return [q.x + q.width / 2, q.y + q.height / 2]; })()")
             b.click(x, y)
-            now = b.eval("new Promise(r => { const v = document.getElementById('v'); if (!v.seeking) "
-                         "r(v.currentTime); else v.addEventListener('seeked', () => r(v.currentTime), {once: true}); })")
+            now = b.eval("new Promise(r => { const v = document.getElementById('v'); if (!v.seeking) r(v.currentTime); "
+                         "else v.addEventListener('seeked', () => r(v.currentTime), {once: true}); })")
             assert now == pytest.approx(start, abs=0.05)
 
 
@@ -447,3 +447,22 @@ def test_predict_real_footage(predictor, tmp_path):
     assert list(df.status) == ["ok", "clipped"] and df.end_s[1] == pytest.approx(19.69, abs=0.05)
     x0, y0, x1, y1 = map(float, df.face_box[0].split())
     assert 0 <= x0 < x1 <= 640 and 0 <= y0 < y1 <= 360 and (x1 - x0) > 100  # a large face in the frame
+
+
+def test_large_video_is_copied_beside_the_page(conversation, tmp_path):
+    """Over --embed-max-mb the page references a copy of the video instead of embedding it; NaN-free rendering of
+    a row without prediction."""
+    from pipeline.predict.outputs import write_outputs
+
+    labels = ["neutral", "joy"]
+    df = pd.DataFrame([dict(utterance=0, start_s=0.0, end_s=2.0, speaker="A", speaker_source="subtitles", text="hi <b>",
+                            text_source="subtitles", predicted="joy", confidence=0.75, p_neutral=0.25, p_joy=0.75,
+                            modalities="t", status="ok", error=""),
+                       dict(utterance=1, start_s=2.0, end_s=3.0, speaker="B", speaker_source="none", text="",
+                            text_source="subtitles", predicted="", confidence=np.nan, p_neutral=np.nan, p_joy=np.nan,
+                            modalities="", status="no_features", error="no modality")])
+    out = write_outputs(tmp_path / "o", df, labels, conversation["video"], 17.25, {"model": "m"}, embed_max_mb=0)
+    page = (out / "index.html").read_text()
+    assert (out / "video.mp4").read_bytes() == conversation["video"].read_bytes()
+    assert 'src="video.mp4"' in page and "base64" not in page
+    assert "hi &lt;b&gt;" in page and "joy 75%" in page and ">none</span>" in page and "no_features" in page

@@ -78,7 +78,7 @@ class Transcriber:
         """Segments of 16 kHz mono ``audio``; Silero VAD (shipped with faster-whisper) skips non-speech."""
         try:
             segs = self._segments(audio)
-        except (RuntimeError, OSError) as e:  # CUDA libraries CTranslate2 was built for may be absent: the CPU always works
+        except (RuntimeError, OSError) as e:  # CTranslate2's CUDA libraries may be absent: the CPU always works
             if self.device == "cpu":
                 raise
             log.warning("Whisper on %s failed (%s); using the CPU", self.device, str(e).splitlines()[0])

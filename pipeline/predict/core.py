@@ -68,7 +68,8 @@ def build_extractors(bundle: Bundle, device: str | None = None) -> dict:
                 weights = Path(enc["model"]) / "model.safetensors"
                 if not weights.is_file():
                     raise BundleError(f"the bundle needs its fine-tuned text encoder {enc['model']} (sha256 "
-                                      f"{enc['sha256'][:12]}…), absent here: run `dvc repro finetune_text` or copy it")
+                                      f"{enc['sha256'][:12]}…), absent here: run `dvc repro finetune_text` or "
+                                      "copy it")
                 if file_digest(weights) != enc["sha256"]:
                     raise BundleError(f"{weights} differs from the fine-tuned encoder the bundle was trained with "
                                       f"(sha256 {enc['sha256'][:12]}…)")

@@ -1,8 +1,9 @@
 """The predict demo: ``python -m pipeline.predict.demo`` (after ``bash scripts/run.sh``).
 
 Builds a short conversation video from the demo clips with its subtitles, then predicts on it twice with the trained
-bundle (``data/model/bundle``): from the subtitles into ``reports/predict/demo_subtitles/`` and from speech recognition +
-diarization into ``reports/predict/demo_asr/`` (open each ``index.html``). ``--build-only`` just writes the video.
+bundle (``data/model/bundle``): from the subtitles into ``reports/predict/demo_subtitles/`` and from speech
+recognition + diarization into ``reports/predict/demo_asr/`` (open each ``index.html``). ``--build-only`` just
+writes the video.
 
 Concatenates one demo dialogue's clips (default: test dialogue 0, six utterances by two speakers, the last clip with
 two faces) into ``data/predict_demo/conversation.mp4`` (H.264 + AAC, clips letterboxed to a common frame size) and

@@ -2,8 +2,8 @@
 
 Resemblyzer's ``VoiceEncoder`` (a 3-layer LSTM trained with the GE2E loss; its weights ship in the wheel) embeds each
 utterance's audio (volume-normalised, long silences removed by its WebRTC VAD) into a 256-d unit vector; scikit-learn's
-``AgglomerativeClustering`` (cosine distance, average linkage) groups them into ``n_speakers`` speakers, or, when that is
-not given, merges clusters while their mean distance is below ``threshold``. Speakers are named ``SPEAKER_1``,
+``AgglomerativeClustering`` (cosine distance, average linkage) groups them into ``n_speakers`` speakers, or, when that
+is not given, merges clusters while their mean distance is below ``threshold``. Speakers are named ``SPEAKER_1``,
 ``SPEAKER_2``, … in order of their first utterance. Utterances with too little voiced audio to embed get no speaker.
 """
 from __future__ import annotations

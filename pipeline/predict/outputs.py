@@ -164,7 +164,8 @@ def render_page(df: pd.DataFrame, labels: list[str], duration: float, src: str, 
     info = " · ".join(f"{esc(k)}: {esc(str(v))}" for k, v in meta.items())
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>{esc(title)}</title>
-<meta http-equiv="Content-Security-Policy" content="default-src 'none'; media-src data: 'self' file:; img-src data:; style-src 'unsafe-inline'; script-src 'unsafe-inline'">
+<meta http-equiv="Content-Security-Policy" content="default-src 'none'; media-src data: 'self' file:; img-src data:;
+ style-src 'unsafe-inline'; script-src 'unsafe-inline'">
 <style>{CSS}</style></head><body>
 <h2>{esc(title)}</h2>
 <div id="top"><video id="v" controls preload="auto" src="{src}"></video><div id="meta">{info}</div></div>
