@@ -50,7 +50,6 @@ from __future__ import annotations
 
 import logging
 import math
-from pathlib import Path
 
 import torch
 import torch.nn as nn
@@ -238,10 +237,13 @@ class Summer(nn.Module):
     @staticmethod
     def _teacher(input_dims, n_classes, hidden, heads, dropout, max_speakers, path, tcfg) -> SummerTeacher:
         if path:
-            if not Path(path).exists():
-                raise FileNotFoundError(f"summer: no teacher at {path}; run the train_teacher stage "
-                                        "(`dvc repro train_teacher`) or set model_params.summer.teacher_path")
-            ck = torch.load(path, map_location="cpu", weights_only=False)
+            from pipeline.checkpoint import load_checkpoint  # weights_only: a teacher file cannot run code
+
+            ck = load_checkpoint(path, "summer teacher", "run the train_teacher stage (`dvc repro train_teacher`) "
+                                 "or set model_params.summer.teacher_path")
+            missing = [k for k in ("modality", "arch", "input_dims", "labels", "state_dict") if k not in ck]
+            if missing:
+                raise ValueError(f"summer: the teacher at {path} lacks {missing}: retrain it (dvc repro train_teacher)")
             m, arch = ck["modality"], ck["arch"]
             if tcfg.get("modality", m) != m:
                 raise ValueError(f"summer: the teacher at {path} is a {m!r} teacher but teacher.modality is "

@@ -26,13 +26,14 @@ import pyarrow.parquet as pq
 import torch
 
 from pipeline.common import file_digest
+from pipeline.errors import UserError
 
 log = logging.getLogger("merc.bundle")
 FORMAT, VERSION = "merc-bundle", 1
 EXTRACTOR_SECTIONS = {"t": "text", "a": "audio", "v": "visual"}
 
 
-class BundleError(Exception):
+class BundleError(UserError):
     """A bundle that cannot be used here; the message is one line saying what is missing or wrong."""
 
 
@@ -92,7 +93,8 @@ def write_bundle(directory: str | Path, params: dict, model: str, cfg: dict, lab
         weights = {k: v.detach().cpu().contiguous() for k, v in best["state_dict"].items()}
         torch.save(weights, tmp / "weights.pt")
         st = norm.state()
-        torch.save({f"{kind}.{m}": torch.as_tensor(np.asarray(st[kind][m], dtype=np.float32))
+        # float64, as the standardiser fits and applies them: the bundle must standardise exactly as training did
+        torch.save({f"{kind}.{m}": torch.as_tensor(np.asarray(st[kind][m], dtype=np.float64))
                     for kind in ("mean", "std") for m in st[kind]}, tmp / "norm.pt")
         meta = {
             "format": FORMAT, "version": VERSION, "model": model, "cfg": cfg, "labels": list(labels),

@@ -6,6 +6,11 @@ test split is never read. Writes the frozen-to-be teacher (``data/teacher/teache
 input width, labels, normaliser, best-on-dev weights) and ``reports/teacher/metrics.json`` (its dev scores).
 The student (``models.summer``) loads it from ``model_params.summer.teacher_path``.
 
+Only ``model: summer`` pays for it: for any other model the stage trains nothing and writes the marker
+``data/teacher/none.json`` (and empty teacher metrics). The stage reads ``model`` for this alone, so a switch
+between SUMMER and another model re-runs it, and DVC's run cache restores a teacher trained before
+("Stage 'train_teacher' is cached") instead of training it again.
+
 Run: ``python -m pipeline.train_teacher``.
 """
 from __future__ import annotations
@@ -16,13 +21,15 @@ import json
 import logging
 
 import numpy as np
-import torch
 
 from models import get_model
 from models.summer import TEACHER_ARCH, SummerTeacher
-from pipeline.common import atomic_torch_save, atomic_write_text, load_params, setup_logging
-from pipeline.dataset import Standardizer, dialogues, load_corpus
-from pipeline.engine import Engine, EngineConfig, class_weights, parse_modalities, resolve_device, seed_everything
+from pipeline.checkpoint import save_checkpoint
+from pipeline.common import atomic_write_text, load_params, setup_logging
+from pipeline.dataset import Standardizer, dialogues, load_corpus, train_warnings
+from pipeline.engine import (Engine, EngineConfig, check_engine_params, class_weights, parse_modalities,
+                             resolve_device, seed_everything)
+from pipeline.errors import UserError, run_main
 from pipeline.schema import label_names
 
 log = logging.getLogger("merc.train_teacher")
@@ -32,16 +39,18 @@ def train_teacher(tcfg: dict, utterances: str, out: str, metrics: str, feature_d
     """Train the ``tcfg["modality"]`` teacher; save it to ``out`` and its dev scores to ``metrics``."""
     mods = parse_modalities(tcfg.get("modality", "t"))
     if len(mods) != 1:
-        raise ValueError(f"the SUMMER teacher is unimodal: teacher.modality is t, a or v; got {tcfg['modality']!r}")
+        raise UserError(f"the SUMMER teacher is unimodal: model_params.summer.teacher.modality is t, a or v; got {tcfg['modality']!r}")
     m = mods[0]
     arch = {k: tcfg[k] for k in TEACHER_ARCH if k in tcfg}
+    check_engine_params(tcfg, "model_params.summer.teacher")
     seed = int(tcfg.get("seed", 0))
     corpus = load_corpus(utterances, mods, feature_dirs)
     norm = Standardizer().fit(corpus, corpus.split_rows("train"))  # per modality: the student's text stats too
     train_d, dev_d = dialogues(corpus, "train", norm), dialogues(corpus, "dev", norm)
     if not train_d or not dev_d:
-        raise RuntimeError("train_teacher needs labelled train and dev dialogues: check the prepare stage's output")
+        raise UserError("train_teacher needs labelled train and dev dialogues: check the prepare stage's output")
     labels = label_names(corpus.utterances.schema)
+    train_warnings(corpus, labels)
     weight = class_weights(np.concatenate([d["label"] for d in train_d]), len(labels))
     seed_everything(seed)
     model = get_model("summer_teacher", input_dims=corpus.dims, n_classes=len(labels), modality=m, **arch)
@@ -67,8 +76,9 @@ def teacher_defaults() -> dict:
 
 def save_teacher(out, modality: str, arch: dict, dims: dict, labels: list[str], norm: Standardizer, res: dict,
                  seed: int = 0) -> None:
-    """The teacher checkpoint ``models.summer.Summer`` loads: modality, full architecture, widths, best weights."""
-    atomic_torch_save({"model": "summer_teacher", "modality": modality, "arch": arch, "input_dims": dims,
+    """The teacher checkpoint ``models.summer.Summer`` loads: modality, full architecture, widths, best weights
+    (plain tensors and values: it is read with ``weights_only=True``)."""
+    save_checkpoint({"model": "summer_teacher", "modality": modality, "arch": arch, "input_dims": dims,
                        "labels": labels, "norm": norm.state(), "state_dict": res["state_dict"], "epoch": res["epoch"],
                        "dev_weighted_f1": res["dev_weighted_f1"], "seed": seed}, out)
 
@@ -80,8 +90,26 @@ def main() -> None:
     ap.add_argument("--out", default="data/teacher/teacher.pt")
     ap.add_argument("--metrics", default="reports/teacher/metrics.json")
     args = ap.parse_args()
-    train_teacher(load_params()["model_params"]["summer"]["teacher"], args.utterances, args.out, args.metrics)
+    params = load_params()
+    if params.get("model") != "summer":
+        skip_teacher(params.get("model"), args.out, args.metrics)
+        return
+    log.info("training the SUMMER teacher")
+    train_teacher(params["model_params"]["summer"]["teacher"], args.utterances, args.out, args.metrics)
+
+
+def skip_teacher(model: str | None, out: str, metrics: str) -> None:
+    """No teacher for ``model``: the marker ``none.json`` beside where the teacher would be, empty metrics.
+
+    The marker does not name the model, so every non-SUMMER model leaves the same bytes (``train`` and
+    ``evaluate`` read the folder: it must not differ between them)."""
+    from pathlib import Path
+
+    log.info("model %s uses no SUMMER teacher: nothing to train", model)
+    atomic_write_text(json.dumps({"teacher": None, "why": "only model summer uses a teacher"}) + "\n",
+                      Path(out).parent / "none.json")
+    atomic_write_text("{}\n", metrics)
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -196,13 +196,14 @@ def test_bundle_is_self_describing_and_weights_only(trained, demo_features):
     assert meta["extractors"]["visual"]["max_frames"] == 8 and meta["extractors"]["audio"]["extractor"] == "opensmile"
     assert meta["features"]["a"]["feature_name"] == "opensmile:eGeMAPSv02" and meta["features"]["v"]["dim"] == "256"
     state = torch.load(b / "weights.pt", weights_only=True)
-    ckpt = torch.load(trained / "model.pt", weights_only=False)
+    ckpt = torch.load(trained / "model.pt", weights_only=True)
     assert state.keys() == ckpt["state_dict"].keys()
     assert all(torch.equal(state[k], ckpt["state_dict"][k]) for k in state)
     assert meta["seed"] == ckpt["seed"] and meta["epoch"] == ckpt["epoch"]
     norm = torch.load(b / "norm.pt", weights_only=True)
-    np.testing.assert_array_equal(norm["mean.a"].numpy(), ckpt["norm"]["mean"]["a"])
-    np.testing.assert_array_equal(norm["std.v"].numpy(), ckpt["norm"]["std"]["v"])
+    assert norm["mean.a"].dtype == torch.float64
+    np.testing.assert_array_equal(norm["mean.a"].numpy(), np.asarray(ckpt["norm"]["mean"]["a"]))
+    np.testing.assert_array_equal(norm["std.v"].numpy(), np.asarray(ckpt["norm"]["std"]["v"]))
 
 
 def test_bundle_errors_are_one_line(trained, tmp_path):

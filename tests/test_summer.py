@@ -250,13 +250,13 @@ def test_two_phases_on_demo(tmp_path, demo_utterances, demo_features):
     tcfg = {"modality": "t", "hidden": 32, "heads": 4, "epochs": 3, "batch_size": 2, "lr": 3e-3, "seed": 0}
     summary = train_teacher(tcfg, demo_utterances, tmp_path / "teacher.pt", tmp_path / "tm.json", demo_features)
     assert json.loads((tmp_path / "tm.json").read_text()) == summary and summary["modality"] == "t"
-    ck = torch.load(tmp_path / "teacher.pt", weights_only=False)
+    ck = torch.load(tmp_path / "teacher.pt", weights_only=True)
     assert ck["arch"]["hidden"] == 32 and ck["input_dims"] == {"t": 384} and len(ck["labels"]) == 7
     cfg = {"hidden": 32, "experts": 2, "teacher_path": str(tmp_path / "teacher.pt"), "teacher": tcfg}
     params = {"model": "summer", "model_params": {"summer": cfg},
               "train": dict(modalities="tav", seed=0, epochs=2, batch_size=2, lr=3e-3, patience=5)}
     train(params, demo_utterances, tmp_path / "model.pt", tmp_path / "live", demo_features)
-    saved = torch.load(tmp_path / "model.pt", weights_only=False)
+    saved = torch.load(tmp_path / "model.pt", weights_only=True)
     for k, v in ck["state_dict"].items():  # the frozen teacher travels unchanged inside the student's checkpoint
         torch.testing.assert_close(saved["state_dict"][f"teacher.{k}"], v, rtol=0, atol=0)
     m = evaluate(tmp_path / "model.pt", demo_utterances, tmp_path / "reports", feature_dirs=demo_features)

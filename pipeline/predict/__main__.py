@@ -68,16 +68,15 @@ def run(args: argparse.Namespace) -> Path:
 def main(argv=None) -> int:
     setup_logging()
     args = parse_args(argv)
-    from pipeline.bundle import BundleError
-    from pipeline.predict.asr import ASRError
-    from pipeline.predict.subtitles import SubtitleError
-    from pipeline.predict.video import PredictError
+    from pipeline.errors import EXIT_USER_ERROR, UserError, debug
 
     try:
         run(args)
-    except (BundleError, PredictError, SubtitleError, ASRError) as e:
+    except UserError as e:  # bundle, video, subtitles, ASR model, or any stage's own one-line error
+        if debug():
+            raise
         print(f"predict: {e}", file=sys.stderr)
-        return 2
+        return EXIT_USER_ERROR
     return 0
 
 

@@ -13,11 +13,13 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline.errors import UserError
+
 log = logging.getLogger("merc.predict")
 SAMPLE_RATE = 16000
 
 
-class ASRError(Exception):
+class ASRError(UserError):
     """The ASR model cannot be loaded (one line: which directory, what is missing)."""
 
 

@@ -17,8 +17,9 @@ import numpy as np
 import torch
 
 from pipeline.bundle import Bundle, BundleError
-from pipeline.common import file_digest, process_safely
+from pipeline.common import file_digest
 from pipeline.extract_visual import FaceExtractor, choose_speaker_track, link_tracks
+from pipeline.shards import process_safely
 
 log = logging.getLogger("merc.predict")
 

@@ -12,13 +12,15 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from pipeline.errors import UserError
+
 log = logging.getLogger("merc.predict")
 
 SPEAKER_PREFIX = re.compile(r"^\s*(?:-\s*)?([A-Z][\w.'\-]*(?: [\w.'\-]+){0,3})\s*:\s+(?=\S)")
 TAGS = re.compile(r"<[^>]*>|\{\\[^}]*\}")
 
 
-class SubtitleError(Exception):
+class SubtitleError(UserError):
     """A subtitle file that cannot be used at all (one line: which file, what is wrong)."""
 
 

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from pipeline.errors import UserError
 from pipeline.media import MediaError, _open, load_audio
 
 log = logging.getLogger("merc.predict")
@@ -28,7 +29,7 @@ SAMPLE_RATE = 16000
 SEVERITY = ("ok", "overlap", "clipped", "bad_times", "outside_video", "no_features")
 
 
-class PredictError(Exception):
+class PredictError(UserError):
     """A video/subtitle problem that stops the run (one line: what to fix)."""
 
 
