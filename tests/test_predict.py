@@ -233,6 +233,10 @@ def test_bundle_errors_are_one_line(trained, tmp_path):
     (bad / "bundle.json").write_text(json.dumps(meta))
     with pytest.raises(BundleError, match="6373-d vectors; the model was trained on 88-d"):
         build_extractors(load_bundle(bad))
+    meta["features"]["t"]["feature_name"] = "imported:text:iemocap_features.pkl"
+    (bad / "bundle.json").write_text(json.dumps(meta))
+    with pytest.raises(BundleError, match="imported from a pickle"):
+        build_extractors(load_bundle(bad))
 
 
 def test_summer_bundle_needs_no_teacher_file(tmp_path):

@@ -56,6 +56,10 @@ def build_extractors(bundle: Bundle, device: str | None = None) -> dict:
     ex, settings = {}, bundle.meta.get("extractors") or {}
     for m in bundle.modalities:
         section = {"t": "text", "a": "audio", "v": "visual"}[m]
+        recorded = ((bundle.meta.get("features") or {}).get(m) or {}).get("feature_name") or ""
+        if recorded.startswith("imported:"):
+            raise BundleError(f"the model was trained on {section} features imported from a pickle ({recorded}), "
+                              "which no extractor here can compute from a video: train on extracted features")
         p = settings.get(section)
         if not p:
             raise BundleError(f"{bundle.path}: the bundle records no {section!r} extractor settings (trained without "
