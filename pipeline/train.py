@@ -24,6 +24,7 @@ import numpy as np
 
 from models import get_model, list_models
 from models.registry import model_class
+from pipeline.bundle import write_bundle
 from pipeline.checkpoint import save_checkpoint as save_plain
 from pipeline.common import atomic_write_text, load_params, setup_logging
 from pipeline.dataset import Standardizer, dialogues, load_corpus, train_warnings
@@ -91,6 +92,7 @@ def train(params: dict, utterances: str, out: str, live_dir: str, feature_dirs: 
     if not main:  # replicas are identical: rank 0 writes
         return result
     save_checkpoint(out, name, cfg, corpus.dims, mods, norm, runs, best, labels)
+    write_bundle(Path(out).with_name("bundle"), params, name, cfg, labels, mods, corpus.dims, norm, best, feature_dirs)
     summary = {"model": name, "modalities": "".join(mods), "n_params": n_params,
                "dev_weighted_f1_mean": dev_mean, "dev_weighted_f1_std": dev_std, "selected_seed": best["seed"],
                "seeds": [{k: r[k] for k in ("seed", "dev_weighted_f1", "epoch", "epochs_run", "history")}
