@@ -24,7 +24,8 @@ import torch
 
 from models import get_model
 from pipeline.common import atomic_write_text, setup_logging
-from pipeline.dataset import Standardizer, dialogues, load_corpus
+from pipeline import text_e2e
+from pipeline.dataset import Standardizer, dialogues
 from pipeline.engine import predict, resolve_device
 from pipeline.metrics import classification_metrics, confusion, mean_std
 from pipeline.plots import plot_confusion, plot_curves
@@ -38,13 +39,15 @@ def evaluate(checkpoint: str, utterances: str, reports: str, split: str = "test"
     """Every seed's checkpoint on ``split``: mean ± std metrics; confusion/predictions of the dev-selected seed."""
     ckpt = torch.load(checkpoint, map_location="cpu", weights_only=False)
     labels = ckpt["labels"]
-    corpus = load_corpus(utterances, ckpt["modalities"], feature_dirs)
+    e2e = ckpt.get("text_encoder")  # end-to-end text: token rows instead of the text feature table
+    corpus = text_e2e.corpus_with_tokens(utterances, ckpt["modalities"], feature_dirs, e2e)
     norm = Standardizer(ckpt["norm"]["mean"], ckpt["norm"]["std"])
     data = dialogues(corpus, split, norm)
     if not data:
         raise RuntimeError(f"no labelled {split} dialogues in {utterances}")
     device = resolve_device()
-    model = get_model(ckpt["model"], input_dims=ckpt["input_dims"], n_classes=len(labels), **ckpt["cfg"]).to(device)
+    model = text_e2e.with_encoder(lambda d: get_model(ckpt["model"], input_dims=d, n_classes=len(labels),
+                                                      **ckpt["cfg"]), ckpt["input_dims"], e2e, device)[0].to(device)
     runs = ckpt.get("runs") or [{k: ckpt.get(k, 0) for k in ("seed", "state_dict", "epoch", "dev_weighted_f1")}]
     per_seed, selected = [], None
     for run in runs:

@@ -24,7 +24,8 @@ import torch
 
 from models import get_model
 from pipeline.common import atomic_torch_save, atomic_write_text, load_params, setup_logging
-from pipeline.dataset import Standardizer, dialogues, load_corpus
+from pipeline import text_e2e
+from pipeline.dataset import Standardizer, dialogues
 from pipeline.engine import (Engine, EngineConfig, class_weights, init_distributed, parse_modalities, resolve_device,
                              seed_everything)
 from pipeline.metrics import mean_std
@@ -42,8 +43,11 @@ def train(params: dict, utterances: str, out: str, live_dir: str, feature_dirs: 
     ecfg = EngineConfig.from_params(tp)
     rank, n_ranks = init_distributed()  # (0, 1) unless launched by torchrun
     device = resolve_device()
-    corpus = load_corpus(utterances, mods, feature_dirs)
+    e2e = text_e2e.config(tp)  # train.text_encoder: the text encoder fine-tuned here, end to end
+    corpus = text_e2e.corpus_with_tokens(utterances, mods, feature_dirs, e2e)
     norm = Standardizer().fit(corpus, corpus.split_rows("train"))
+    if e2e:
+        text_e2e.keep_tokens(norm)  # token ids must reach the encoder unchanged
     train_d, dev_d = dialogues(corpus, "train", norm), dialogues(corpus, "dev", norm)
     if not train_d or not dev_d:
         raise RuntimeError("train needs labelled train and dev dialogues: check the prepare stage's output")
@@ -58,7 +62,8 @@ def train(params: dict, utterances: str, out: str, live_dir: str, feature_dirs: 
             contextlib.nullcontext() as live:
         for k, seed in enumerate(seeds):
             seed_everything(seed)  # before the model is built: same seed, same initial weights
-            model = get_model(name, input_dims=corpus.dims, n_classes=len(labels), **cfg)
+            model, dims = text_e2e.with_encoder(
+                lambda d: get_model(name, input_dims=d, n_classes=len(labels), **cfg), corpus.dims, e2e, device)
             n_params = sum(p.numel() for p in model.parameters())
             log.info("model %s (%s params) on %s%s, modalities %s, seed %d", name, f"{n_params:,}", device,
                      f" x{n_ranks} ranks" if n_ranks > 1 else "", "".join(mods), seed)
@@ -77,7 +82,7 @@ def train(params: dict, utterances: str, out: str, live_dir: str, feature_dirs: 
               "dev_weighted_f1_mean": dev_mean, "dev_weighted_f1_std": dev_std}
     if not main:  # replicas are identical: rank 0 writes
         return result
-    save_checkpoint(out, name, cfg, corpus.dims, mods, norm, runs, best, labels)
+    save_checkpoint(out, name, cfg, dims, mods, norm, runs, best, labels, e2e)
     summary = {"model": name, "modalities": "".join(mods), "n_params": n_params,
                "dev_weighted_f1_mean": dev_mean, "dev_weighted_f1_std": dev_std, "selected_seed": best["seed"],
                "seeds": [{k: r[k] for k in ("seed", "dev_weighted_f1", "epoch", "epochs_run", "history")}
@@ -86,8 +91,9 @@ def train(params: dict, utterances: str, out: str, live_dir: str, feature_dirs: 
     return result
 
 
-def save_checkpoint(out, name, cfg, dims, mods, norm, runs, best, labels) -> None:
+def save_checkpoint(out, name, cfg, dims, mods, norm, runs, best, labels, text_encoder=None) -> None:
     atomic_torch_save({"model": name, "cfg": cfg, "input_dims": dims, "modalities": mods, "norm": norm.state(),
+                       "text_encoder": text_encoder,
                        "labels": labels, "seed": best["seed"], "state_dict": best["state_dict"],
                        "epoch": best["epoch"], "dev_weighted_f1": best["dev_weighted_f1"],
                        "runs": [{k: r[k] for k in ("seed", "state_dict", "epoch", "dev_weighted_f1")} for r in runs]},
