@@ -180,7 +180,12 @@ def with_encoder(build, dims: dict[str, int], c: dict | None, device: str = "cpu
 
     _, encoder = load_encoder(c["model"], device)
     dims = {**dims, "t": int(encoder.config.hidden_size)}
-    return EndToEndText(encoder, build(dims), int(c["max_length"]), c["pooling"]), dims
+    model = build(dims)
+    k = getattr(model, "window", c["window"])
+    if c["context"] == "dialoguetrm" and k != c["window"]:  # DialogueTRM: one K for Eq. 1 and Eq. 3
+        log.warning("train.text_encoder.window (K = %s for Eq. 1) differs from the model's window (K = %s)",
+                    c["window"], k)
+    return EndToEndText(encoder, model, int(c["max_length"]), c["pooling"]), dims
 
 
 __all__ = ["EndToEndText", "attach_tokens", "config", "corpus_with_tokens", "encode_pair", "keep_tokens",
