@@ -78,8 +78,11 @@ def feature_provenance(feature_dirs: dict[str, str | Path], modalities: list[str
 
 def write_bundle(directory: str | Path, params: dict, model: str, cfg: dict, labels: list[str],
                  modalities: list[str], input_dims: dict[str, int], norm, best: dict,
-                 feature_dirs: dict[str, str | Path] | None = None) -> Path:
+                 feature_dirs: dict[str, str | Path] | None = None, text_encoder: dict | None = None) -> Path:
     """Write the bundle atomically (temp directory + rename) and return its path.
+
+    ``text_encoder``: ``train.text_encoder``'s settings when the text encoder was fine-tuned inside ``train``
+    (end to end): recorded, and ``load_bundle`` refuses such a bundle (predict rebuilds feature extractors only).
 
     ``best``: the selected run (``state_dict``, ``seed``, ``epoch``, ``dev_weighted_f1``); ``norm``: the fitted
     ``Standardizer``; ``params``: the whole params dict (its ``text``/``audio``/``visual`` sections are recorded).
@@ -102,6 +105,7 @@ def write_bundle(directory: str | Path, params: dict, model: str, cfg: dict, lab
             **{k: best[k] for k in ("seed", "epoch", "dev_weighted_f1") if k in best},
             "extractors": extractor_settings(params),
             "features": feature_provenance({**FEATURE_DIRS, **(feature_dirs or {})}, modalities),
+            "text_encoder_e2e": text_encoder,
             "files": {f: file_digest(tmp / f) for f in ("weights.pt", "norm.pt")},
         }
         (tmp / "bundle.json").write_text(json.dumps(meta, indent=1, default=_jsonable) + "\n")
@@ -186,6 +190,10 @@ def load_bundle(directory: str | Path) -> Bundle:
     if meta.get("format") != FORMAT or meta.get("version") != VERSION:
         raise BundleError(f"{directory} is not a {FORMAT} v{VERSION} bundle (format {meta.get('format')!r}, "
                           f"version {meta.get('version')!r})")
+    if meta.get("text_encoder_e2e"):
+        raise BundleError(f"{directory}: the model fine-tuned its text encoder end to end (train.text_encoder); "
+                          "predict serves models trained on extracted features only: retrain with "
+                          "train.text_encoder=null")
     for f, digest in meta["files"].items():
         if not (directory / f).is_file():
             raise BundleError(f"{directory / f} is missing from the bundle")

@@ -107,6 +107,7 @@ class Standardizer:
     def __init__(self, mean: dict[str, np.ndarray] | None = None, std: dict[str, np.ndarray] | None = None):
         as64 = lambda d: {m: np.asarray(v, dtype=np.float64) for m, v in (d or {}).items()}  # noqa: E731
         self.mean, self.std = as64(mean), as64(std)
+        self.passthrough: set[str] = set()  # modalities left as they are (end-to-end text's token ids)
 
     def fit(self, corpus: Corpus, rows: np.ndarray) -> "Standardizer":
         for m, x in corpus.feats.items():
@@ -119,6 +120,8 @@ class Standardizer:
         return self
 
     def __call__(self, m: str, x: np.ndarray, present: np.ndarray) -> np.ndarray:
+        if m in self.passthrough:
+            return (x * present[:, None]).astype(np.float32)
         z = np.clip((x.astype(np.float64) - self.mean[m]) / self.std[m], -Z_CLIP, Z_CLIP)
         return (z * present[:, None]).astype(np.float32)
 

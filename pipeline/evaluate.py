@@ -26,8 +26,9 @@ import numpy as np
 import pandas as pd
 
 from pipeline.checkpoint import load_checkpoint
+from pipeline import text_e2e
 from pipeline.common import atomic_write_text, setup_logging
-from pipeline.dataset import Standardizer, dialogues, load_corpus
+from pipeline.dataset import Standardizer, dialogues
 from pipeline.engine import predict, resolve_device
 from pipeline.errors import UserError, run_main
 from pipeline.metrics import SCALARS, classification_metrics, confusion, mean_std
@@ -49,14 +50,19 @@ def evaluate(checkpoint: str, utterances: str, reports: str, split: str = "test"
         raise UserError(f"model checkpoint {checkpoint} lacks {missing}: not a checkpoint of this merc's train "
                         "stage; re-create it (`dvc repro train`)")
     labels = ckpt["labels"]
-    corpus = load_corpus(utterances, ckpt["modalities"], feature_dirs)
+    e2e = ckpt.get("text_encoder")  # end-to-end text: token rows instead of the text feature table
+    corpus = text_e2e.corpus_with_tokens(utterances, ckpt["modalities"], feature_dirs, e2e)
     norm = Standardizer.from_state(ckpt["norm"])
+    if e2e:
+        text_e2e.keep_tokens(norm)
     data = dialogues(corpus, split, norm)
     if not data:
         raise UserError(f"no labelled {split} dialogues in {utterances}: check the prepare stage's output")
     device = resolve_device()
-    model = build_model(ckpt["model"], ckpt["cfg"], ckpt["input_dims"], len(labels),
-                        where=f"model checkpoint {checkpoint} (model {ckpt['model']!r})").to(device)
+    model = text_e2e.with_encoder(
+        lambda d: build_model(ckpt["model"], ckpt["cfg"], d, len(labels),
+                              where=f"model checkpoint {checkpoint} (model {ckpt['model']!r})"),
+        ckpt["input_dims"], e2e, device)[0].to(device)
     runs = ckpt.get("runs") or [{k: ckpt.get(k, 0) for k in ("seed", "state_dict", "epoch", "dev_weighted_f1")}]
     per_seed, selected = [], None
     for run in runs:

@@ -25,6 +25,7 @@ import numpy as np
 from models import get_model, list_models
 from models.registry import model_class
 from pipeline.bundle import write_bundle
+from pipeline import text_e2e
 from pipeline.checkpoint import save_checkpoint as save_plain
 from pipeline.common import atomic_write_text, load_params, setup_logging
 from pipeline.dataset import Standardizer, dialogues, load_corpus, train_warnings
@@ -52,8 +53,11 @@ def train(params: dict, utterances: str, out: str, live_dir: str, feature_dirs: 
     ecfg = EngineConfig.from_params(tp)
     rank, n_ranks = init_distributed()  # (0, 1) unless launched by torchrun
     device = resolve_device()
-    corpus = load_corpus(utterances, mods, feature_dirs)
+    e2e = text_e2e.config(tp)  # train.text_encoder: the text encoder fine-tuned here, end to end
+    corpus = text_e2e.corpus_with_tokens(utterances, mods, feature_dirs, e2e)
     norm = Standardizer().fit(corpus, corpus.split_rows("train"))
+    if e2e:
+        text_e2e.keep_tokens(norm)  # token ids must reach the encoder unchanged
     train_d, dev_d = dialogues(corpus, "train", norm), dialogues(corpus, "dev", norm)
     if not train_d or not dev_d:
         raise UserError("train needs labelled train and dev dialogues: check the prepare stage's output "
@@ -70,7 +74,8 @@ def train(params: dict, utterances: str, out: str, live_dir: str, feature_dirs: 
             contextlib.nullcontext() as live:
         for k, seed in enumerate(seeds):
             seed_everything(seed)  # before the model is built: same seed, same initial weights
-            model = build_model(name, cfg, corpus.dims, len(labels))
+            model, dims = text_e2e.with_encoder(
+                lambda d: build_model(name, cfg, d, len(labels)), corpus.dims, e2e, device)
             n_params = sum(p.numel() for p in model.parameters())
             log.info("model %s (%s params) on %s%s, modalities %s, seed %d", name, f"{n_params:,}", device,
                      f" x{n_ranks} ranks" if n_ranks > 1 else "", "".join(mods), seed)
@@ -91,8 +96,9 @@ def train(params: dict, utterances: str, out: str, live_dir: str, feature_dirs: 
               "dev_weighted_f1_mean": dev_mean, "dev_weighted_f1_std": dev_std}
     if not main:  # replicas are identical: rank 0 writes
         return result
-    save_checkpoint(out, name, cfg, corpus.dims, mods, norm, runs, best, labels)
-    write_bundle(Path(out).with_name("bundle"), params, name, cfg, labels, mods, corpus.dims, norm, best, feature_dirs)
+    save_checkpoint(out, name, cfg, dims, mods, norm, runs, best, labels, e2e)
+    write_bundle(Path(out).with_name("bundle"), params, name, cfg, labels, mods, dims, norm, best, feature_dirs,
+                 text_encoder=e2e)
     summary = {"model": name, "modalities": "".join(mods), "n_params": n_params,
                "dev_weighted_f1_mean": dev_mean, "dev_weighted_f1_std": dev_std, "selected_seed": best["seed"],
                "seeds": [{k: r[k] for k in ("seed", "dev_weighted_f1", "epoch", "epochs_run", "history")}
@@ -123,10 +129,10 @@ def build_model(name: str, cfg: dict, dims: dict, n_classes: int, where: str | N
         raise UserError(f"{where}: {e}") from e
 
 
-def save_checkpoint(out, name, cfg, dims, mods, norm, runs, best, labels) -> None:
+def save_checkpoint(out, name, cfg, dims, mods, norm, runs, best, labels, text_encoder=None) -> None:
     """Plain tensors and values only (``pipeline.checkpoint``): evaluate reads it with ``weights_only=True``."""
     save_plain({"model": name, "cfg": cfg, "input_dims": dims, "modalities": mods, "norm": norm.state(),
-                "labels": labels, "seed": best["seed"], "state_dict": best["state_dict"],
+                "text_encoder": text_encoder, "labels": labels, "seed": best["seed"], "state_dict": best["state_dict"],
                 "epoch": best["epoch"], "dev_weighted_f1": best["dev_weighted_f1"],
                 "runs": [{k: r[k] for k in ("seed", "state_dict", "epoch", "dev_weighted_f1")} for r in runs]},
                out)
