@@ -106,7 +106,7 @@ def test_checker_accepts_a_good_recipe(tmp_path):
     ("  train.epochs: 10.5   # paper\n", "set.train.epochs: expected int"),
     ("  train.early_stopping: 1   # paper\n", "expected bool"),
     ("  train.lr: null   # paper\n", "null is not allowed"),
-    ("  model_params.dialoguetrm.window: {t: 2, x: 1}   # paper\n", "window.x: no such key"),
+    ("  model_params.dialoguetrm.context: {t: free, x: free}   # paper\n", "context.x: no such key"),
     ("  recipe: mine   # paper\n", "set by the runner"),
 ])
 def test_checker_names_each_problem(tmp_path, line, expected):
