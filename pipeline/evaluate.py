@@ -8,6 +8,7 @@ Writes (fixed paths, so ``dvc metrics diff`` / ``dvc exp show`` compare runs of 
   reports/confusion_normalized.png   the same, each row divided by its total (recall on the diagonal)
   reports/curves.png            per-epoch train/dev loss, accuracy, weighted F1 (from DVCLive's TSVs)
   reports/predictions.csv       dialogue_id, utterance_id, actual, predicted
+  reports/plots/tsne.csv, reports/tsne.png   t-SNE of the dev-selected seed's fused test representations
 
 Run: ``python -m pipeline.evaluate``.
 """
@@ -23,6 +24,7 @@ import pandas as pd
 import torch
 
 from models import get_model
+from pipeline.analysis import corpus_info, write_tsne
 from pipeline.common import atomic_write_text, setup_logging
 from pipeline.dataset import Standardizer, dialogues, load_corpus
 from pipeline.engine import predict, resolve_device
@@ -65,6 +67,7 @@ def evaluate(checkpoint: str, utterances: str, reports: str, split: str = "test"
         model=ckpt["model"],
         n_params=sum(p.numel() for p in model.parameters()),
         split=split,
+        corpus=corpus_info(utterances),  # dataset/target/label set from the table's provenance (report)
         modalities="".join(ckpt["modalities"]),
         selected_seed=int(run["seed"]),
         selected_epoch=int(run["epoch"]),
@@ -86,6 +89,8 @@ def evaluate(checkpoint: str, utterances: str, reports: str, split: str = "test"
     (out / "plots").mkdir(parents=True, exist_ok=True)
     atomic_write_text(rows[["actual", "predicted"]].to_csv(index=False), out / "plots" / "confusion.csv")
     atomic_write_text(rows.to_csv(index=False), out / "predictions.csv")
+    model.load_state_dict(run["state_dict"])  # the dev-selected seed: its fused representations → t-SNE
+    write_tsne(model, data, labels, out, device)
     cm = confusion(y, pred, len(labels))
     plot_confusion(cm, labels, out / "confusion.png")
     plot_confusion(cm, labels, out / "confusion_normalized.png", normalize=True)
