@@ -53,9 +53,15 @@ def run_command(groups: list[Group], params: dict, model: str, changes: dict, re
         start = {k: v for k, v in diff(any_cfg, base).items() if k.startswith("prepare.")}
         start["model"] = model
     start.update(changes)
-    start.setdefault("model", model)
-    sets = " ".join(f"-S '{k}={_cli_value(k, v)}'" if any(c in _cli_value(k, v) for c in "[] ") else
-                    f"-S {k}={_cli_value(k, v)}" for k, v in start.items() if base.get(k) != v or k == "model")
+    start["model"] = model
+    # model first, then the corpus (prepare.*), then the rest in key order, the changes last
+    order = lambda k: (k != "model", not k.startswith("prepare."), k in changes, k)  # noqa: E731
+    sets = []
+    for k in sorted(start, key=order):
+        v = _cli_value(k, start[k])
+        if base.get(k) != start[k] or k == "model":
+            sets.append(f"-S '{k}={v}'" if any(c in v for c in "[] ") else f"-S {k}={v}")
+    sets = " ".join(sets)
     return f"dvc exp run {sets}".strip()
 
 
