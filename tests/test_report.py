@@ -309,3 +309,19 @@ def test_report_cli_on_demo_and_text_manifest_writes_per_dataset_sections(tmp_pa
 
 
 _ = report_runs
+
+
+def test_text_only_table_puts_the_papers_number_beside_ours():
+    iemo = with_(PARAMS, prepare={"dataset": "manifest", "root": "iemocap6_text.csv"}, train__modalities=["t"])
+    m = {**metrics(0.6, acc=0.62), "corpus": {"adapter": "manifest", "target": "emotion", "source": "iemocap6_text",
+                                             "labels": "angry,excited,frustrated,happy,neutral,sad"}}
+    runs = runs_from_exp_show([entry("a", "trm", with_(iemo, model="dialoguetrm"), m),
+                               entry("b", "m2f", with_(iemo, model="m2fnet"), m),
+                               entry("c", "gru-tav", with_(iemo, train__modalities=["t", "a", "v"]), m)])
+    groups = group_runs(runs)
+    from pipeline.report.tables import text_only
+
+    t = text_only(groups[0].corpus, groups)
+    assert "| dialoguetrm | 62.00 | 60.00 | 50.00 | 1 | 68.2 / 68.1 (DialogueTRM-U, Table 2) | trm |" in t
+    assert "| m2fnet | 62.00 | 60.00 | 50.00 | 1 | no text-only number in the paper | m2f |" in t
+    assert "gru-tav" not in t

@@ -140,6 +140,32 @@ def per_class_f1(groups: list[Group], params: dict, classes: list[str]) -> str:
     return md_table(["model", "modalities", "config"] + classes, rows)
 
 
+# Text-only numbers the papers report (ACC %, weighted F1 %), by (model, corpus family, classes).
+PAPER_TEXT_ONLY = {
+    ("dialoguetrm", "iemocap", 6): "68.2 / 68.1 (DialogueTRM-U, Table 2)",
+    ("dialoguetrm", "meld", 7): "64.6 / 63.2 (DialogueTRM-U, Table 2)",
+    ("summer", "iemocap", 6): "69.57 / 69.73 (Table 3 \"Text\": its attention model, not the student)",
+    ("summer", "meld", 7): "66.49 / 65.32 (Table 3 \"Text\": its attention model, not the student)",
+    ("lpgnet", "iemocap", 4): "81.39 / 81.19 (Table 3 \"Text\")",
+}
+
+
+def text_only(corpus: Corpus, groups: list[Group]) -> str:
+    """Text-only configurations (``train.modalities=t``) with the paper's text-only number where one exists."""
+    rows = []
+    for g in sorted((g for g in groups if g.modalities == "T"), key=lambda g: -np.mean(g.values("weighted_f1"))
+                    if g.values("weighted_f1").size else 0):
+        paper = PAPER_TEXT_ONLY.get((g.model, corpus.family, len(corpus.labels)))
+        if paper is None:
+            paper = "no text-only number in the paper" if g.model in ("summer", "m2fnet", "dialoguetrm", "lpgnet",
+                                                                      "ada2i") else "– (not a paper model)"
+        rows.append([g.label(), pct(g.values("accuracy")), pct(g.values("weighted_f1")), pct(g.values("macro_f1")),
+                     len(g.values("weighted_f1")), paper, g.name()])
+    if not rows:
+        return "No text-only run on this corpus (`-S train.modalities=t`).\n"
+    return md_table(["model", "ACC %", "w-F1 %", "macro F1 %", "seeds", "paper (ACC / w-F1 %)", "experiments"], rows)
+
+
 # ------------------------------------------------------------------------------------------------ paper layouts
 def summer_per_class(corpus: Corpus, groups: list[Group], params: dict, classes: list[str]) -> str:
     """SUMMER Tables 1 (IEMOCAP-6) and 2 (MELD-7): per class ACC (= recall) and F1, then w-ACC, w-F1; one row
