@@ -325,3 +325,42 @@ def test_text_only_table_puts_the_papers_number_beside_ours():
     assert "| dialoguetrm | 62.00 | 60.00 | 50.00 | 1 | 68.2 / 68.1 (DialogueTRM-U, Table 2) | trm |" in t
     assert "| m2fnet | 62.00 | 60.00 | 50.00 | 1 | no text-only number in the paper | m2f |" in t
     assert "gru-tav" not in t
+
+
+def test_ada2i_figures_from_run_files(tmp_path):
+    """Fig. 4 from each variant's ρ TSVs, Fig. 1b from score TSVs, Fig. 5 from the per-class norm TSVs."""
+    ada = with_(MELD, model="ada2i", model_params={"ada2i": {"amw": True, "afw": True, "modulation": True}})
+    params = with_(PARAMS, model_params={**PARAMS["model_params"], "ada2i": ada["model_params"]["ada2i"]})
+
+    def tsv(name, values):
+        return ("timestamp\tstep\t" + name + "\n" + "".join(f"0\t{i}\t{v}\n" for i, v in enumerate(values))).encode()
+
+    full = {f"reports/train/plots/metrics/train/rho_{m}.tsv": tsv(f"rho_{m}", [2.0, 1.5]) for m in "ta"}
+    full.update({f"reports/train/plots/metrics/train/score_{m}.tsv": tsv(f"score_{m}", [0.3, 0.4]) for m in "ta"})
+    full.update({f"reports/train/plots/metrics/train/wnorm_t_c{k}.tsv": tsv(f"wnorm_t_c{k}", [1.0, 1.1])
+                 for k in range(7)})
+    noamw = {f"reports/train/plots/metrics/train/rho_{m}.tsv": tsv(f"rho_{m}", [3.0, 3.5, 4.0]) for m in "ta"}
+    runs = runs_from_exp_show([entry("x1", "ada", ada, metrics(0.6)),
+                               entry("x2", "ada-noamw", with_(ada, model_params__ada2i__amw=False), metrics(0.5))])
+    runs[0].read, runs[1].read = full.get, noamw.get
+    write_report(runs, params, tmp_path)
+    out = tmp_path / "meld_emotion_7"
+    rho = pd.read_csv(out / "ada2i_rho.csv")
+    assert len(rho) == 2 * 2 + 2 * 3 and set(rho.variant) == {"Ada2I", "w/o AMW"}
+    assert rho[(rho.variant == "w/o AMW") & (rho.modality == "a")]["ρ"].tolist() == [3.0, 3.5, 4.0]
+    assert len(pd.read_csv(out / "ada2i_score.csv")) == 4
+    norms = pd.read_csv(out / "ada2i_weight_norms.csv")
+    assert len(norms) == 14 and set(norms.label) == set(EMOTIONS)
+    for f in ("ada2i_rho.png", "ada2i_score.png", "ada2i_weight_norms.png"):
+        assert (out / f).stat().st_size > 1000
+    papers = (out / "papers.md").read_text()
+    assert "- w/o AFW: not run — run `dvc exp run -S model=ada2i -S prepare.dataset=meld " \
+           "-S prepare.root=../shared/data/meld -S model_params.ada2i.afw=false`" in papers
+
+
+def test_classifier_weight_norms_by_hand():
+    from pipeline.report.figures import classifier_weight_norms
+
+    sd = {"fc.weight": np.array([[3.0, 4.0, 0.0, 0.0], [0.0, 0.0, 6.0, 8.0]])}
+    df = classifier_weight_norms(sd, ["t", "a"], ["x", "y"])
+    assert df.norm.tolist() == [5.0, 0.0, 0.0, 10.0] and df.share.tolist() == [1.0, 0.0, 0.0, 1.0]

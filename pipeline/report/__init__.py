@@ -149,7 +149,23 @@ def ada2i_figures(corpus: Corpus, groups: list[Group], params: dict, out: Path) 
                         + (" (the model logs ρ only, not the unimodal scores)" if prefix == "score" else ""))
         text += todo
     run = ref.selected()
-    raw = run.file(CHECKPOINT)
+    classes = list(corpus.labels)
+    frames = []
+    for m in "tav":  # wnorm_<m>_c<k>.tsv: each class's AMW weight-row norm per epoch (logged by the model)
+        for k in range(max(len(classes), 1)):
+            tsv = figures.read_tsv(run.file(f"{LIVE}/wnorm_{m}_c{k}.tsv"))
+            if tsv is not None and f"wnorm_{m}_c{k}" in tsv:
+                frames.append(pd.DataFrame({"modality": m, "label": classes[k] if k < len(classes) else str(k),
+                                            "epoch": tsv["step"], "norm": tsv[f"wnorm_{m}_c{k}"]}))
+    if frames:
+        df = pd.concat(frames, ignore_index=True)
+        figures.write_csv(df, out / "ada2i_weight_norms.csv")
+        figures.plot_series(df, out / "ada2i_weight_norms.png", "epoch", "norm", ["modality", "label"],
+                            f"Ada2I Fig. 5: per-class weight norm per modality ({run.name})")
+        text.append("Ada2I Fig. 5 (per-class ‖W_m‖ per epoch): ![weights](ada2i_weight_norms.png) "
+                    "(data: `ada2i_weight_norms.csv`)")
+        return "\n".join(f"- {t}" if not t.startswith("- ") else t for t in text) + "\n"
+    raw = run.file(CHECKPOINT)  # older runs: the final weights from the checkpoint
     if raw is None:
         text.append(f"Ada2I Fig. 5: checkpoint of {run.name} not in the DVC cache here")
     else:
