@@ -63,6 +63,10 @@ def utterance_table(run: Run) -> pd.DataFrame | None:
     return None
 
 
+def _pct(v: float) -> str:
+    return "–" if v != v else f"{100 * v:.2f}"  # NaN (no utterance in the case) → –
+
+
 def shift_section(corpus: Corpus, groups: list[Group], params: dict) -> str:
     """DialogueTRM Table 6 layout for every model (its reference on this corpus; predictions of the run
     selected on dev)."""
@@ -82,8 +86,7 @@ def shift_section(corpus: Corpus, groups: list[Group], params: dict) -> str:
             continue
         s = emotion_shift(utt, pred)
         rows.append([g.label(), run.name] + [x for case in ("all", "no_shift", "intra_shift", "inter_shift")
-                                             for x in (f"{100 * s[case]['accuracy']:.2f}",
-                                                       f"{100 * s[case]['weighted_f1']:.2f}",
+                                             for x in (_pct(s[case]["accuracy"]), _pct(s[case]["weighted_f1"]),
                                                        f"{s[case]['n']} ({s[case]['per_dialogue']:.1f})")])
     head = ["model", "run"] + [f"{c} {k}" for c in ("OG", "no shift", "Intra-ES", "Inter-ES")
                                for k in ("ACC %", "w-F1 %", "n (per dialogue)")]
@@ -107,8 +110,8 @@ def tsne_section(corpus: Corpus, groups: list[Group], params: dict, out: Path) -
             continue
         stem = out / f"tsne_{model}"
         figures.write_csv(df, stem.with_suffix(".csv"))
-        figures.plot_scatter(df, stem.with_suffix(".png"), f"{model} on {corpus.name}: t-SNE of fused test "
-                                                           f"representations ({run.name})")
+        figures.plot_scatter(df, stem.with_suffix(".png"), f"{model}: t-SNE of the fused test representations\n"
+                                                           f"{corpus.family}, {len(corpus.labels)} classes ({run.name})")
         lines.append(f"- {model} ({run.name}, {len(df)} utterances): ![t-SNE {model}]({stem.name}.png) "
                      f"(data: `{stem.name}.csv`)")
     return "t-SNE of the fused test representations, coloured by gold label (SUMMER Fig. 6):\n\n" + "\n".join(lines) + "\n"
@@ -142,7 +145,8 @@ def ada2i_figures(corpus: Corpus, groups: list[Group], params: dict, out: Path) 
             df = pd.concat(frames, ignore_index=True)
             figures.write_csv(df, out / f"{name}.csv")
             figures.plot_series(df, out / f"{name}.png", "epoch", ylabel, ["variant", "modality"],
-                                f"Ada2I {fig} on {corpus.name}", hline=1.0 if prefix == "rho" else None)
+                                f"Ada2I {fig} ({corpus.family}, {len(corpus.labels)} classes)",
+                                hline=1.0 if prefix == "rho" else None)
             text.append(f"Ada2I {fig} ({ylabel} per epoch): ![{name}]({name}.png) (data: `{name}.csv`)")
         else:
             text.append(f"Ada2I {fig}: no `{LIVE}/{prefix}_<m>.tsv` in the runs"
@@ -203,7 +207,8 @@ def corpus_section(corpus: Corpus, groups: list[Group], params: dict, out_dir: P
           "per_class_f1": tables.per_class_f1(groups, params, classes),
           "text_only": tables.text_only(corpus, groups)}
     bars = {f"{g.label()} {g.modalities}": g.per_class("f1") for g in groups}
-    figures.bars_with_data(bars, d / "per_class_f1.png", "test F1", f"Per-class F1 — {corpus.name}")
+    figures.bars_with_data(bars, d / "per_class_f1.png", "test F1",
+                           f"Per-class F1 ({corpus.family}, {len(corpus.labels)} classes)")
     papers = tables.paper_tables(corpus, groups, params, classes)
     if analyses:
         papers["ada2i"] += "\n" + ada2i_figures(corpus, groups, params, d)

@@ -27,6 +27,7 @@ MODALITY_ORDER = "tav"
 # (a label: the parameters it sets are in the config anyway).
 IGNORED = {"text.batch_size", "text.shard_size", "audio.shard_size", "audio.ssl.batch_size", "visual.shard_size",
            "train.seed", "train.seeds", "text.finetune.seed", "recipe"}
+IGNORED_PREFIXES = ("runtime.",)  # where the extract stages run: their tables are the same either way
 NO_RECIPE = (None, "none", "")
 
 
@@ -198,14 +199,19 @@ class Group:
                            if isinstance((r.dev_metrics or {}).get(key), (int, float))], dtype=float)
 
     def per_class(self, field_: str = "f1") -> dict[str, float]:
-        """Mean over seeds of a per-class field (f1 from each seed's ``per_class_f1`` when present)."""
+        """Mean of a per-class field: F1 over seeds (each seed's ``per_class_f1``); precision, recall, support
+        (and any other field) over runs, from each run's ``per_class`` (its dev-selected seed, as evaluate
+        writes it)."""
         out: dict[str, list] = {}
-        for m in self.by_seed().values():
-            if field_ == "f1" and isinstance(m.get("per_class_f1"), dict):
-                vals = m["per_class_f1"]
-            else:
-                vals = {c: v.get(field_) for c, v in (m.get("per_class") or {}).items() if isinstance(v, dict)}
-            for c, v in vals.items():
+        if field_ == "f1":
+            sources = [m.get("per_class_f1") if isinstance(m.get("per_class_f1"), dict) else
+                       {c: v.get("f1") for c, v in (m.get("per_class") or {}).items() if isinstance(v, dict)}
+                       for m in self.by_seed().values()]
+        else:
+            sources = [{c: v.get(field_) for c, v in (r.metrics.get("per_class") or {}).items() if isinstance(v, dict)}
+                       for r in self.runs]
+        for vals in sources:
+            for c, v in (vals or {}).items():
                 if isinstance(v, (int, float)):
                     out.setdefault(c, []).append(v)
         return {c: float(np.mean(v)) for c, v in out.items()}
@@ -245,14 +251,18 @@ def config_of(params: dict) -> dict:
     flat = flatten(params)
     model = params.get("model")
     cfg = {k: v for k, v in flat.items()
-           if k not in IGNORED and not (k.startswith("model_params.") and not k.startswith(f"model_params.{model}."))}
+           if k not in IGNORED and not k.startswith(IGNORED_PREFIXES)
+           and not (k.startswith("model_params.") and not k.startswith(f"model_params.{model}."))}
     if "train.modalities" in cfg:
         cfg["train.modalities"] = modality_label(cfg["train.modalities"])
     return cfg
 
 
-def diff(cfg: dict, ref: dict, skip_prefix: tuple[str, ...] = ()) -> dict:
-    keys = set(cfg) | set(ref)
+def diff(cfg: dict, ref: dict, skip_prefix: tuple[str, ...] = (), common_only: bool = True) -> dict:
+    """Keys whose values differ. With ``common_only``, a key only one side has is a parameter added to
+    params.yaml after the other run (it ran with that parameter's then-built-in behaviour): not a difference,
+    except ``model``; without, every key of ``cfg`` whose value ``ref`` does not have."""
+    keys = (set(cfg) & set(ref)) | ({"model"} & (set(cfg) | set(ref))) if common_only else set(cfg)
     return {k: cfg.get(k) for k in sorted(keys)
             if cfg.get(k) != ref.get(k) and not k.startswith(skip_prefix)}
 
@@ -294,12 +304,21 @@ def load_exp_show(path: str | None = None) -> list:
 
 
 def group_runs(runs: list[Run]) -> list[Group]:
-    groups: dict[str, Group] = {}
+    """Runs with equal corpus and config form a group; then a group whose config agrees with another's on every
+    key both have (runs from before a parameter existed) joins it — most keys first, so into the newest."""
+    exact: dict[str, Group] = {}
     for r in runs:
         cfg = config_of(r.params)
         key = r.corpus.key + "|" + json.dumps(cfg, sort_keys=True, default=str)
-        groups.setdefault(key, Group(r.corpus, cfg)).runs.append(r)
-    return list(groups.values())
+        exact.setdefault(key, Group(r.corpus, cfg)).runs.append(r)
+    merged: list[Group] = []
+    for g in sorted(exact.values(), key=lambda g: -len(g.config)):
+        home = next((h for h in merged if h.corpus == g.corpus and not diff(g.config, h.config)), None)
+        if home is None:
+            merged.append(g)
+        else:
+            home.runs.extend(g.runs)
+    return merged
 
 
 def by_corpus(groups: list[Group]) -> dict[Corpus, list[Group]]:

@@ -47,10 +47,10 @@ def run_command(groups: list[Group], params: dict, model: str, changes: dict, re
     the prepare settings of any run on the corpus when the model has none)."""
     base = config_of({**params, "model": model})
     if ref is not None:
-        start = diff(ref.config, base)
+        start = diff(ref.config, base, common_only=False)
     else:
         any_cfg = groups[0].config if groups else {}
-        start = {k: v for k, v in diff(any_cfg, base).items() if k.startswith("prepare.")}
+        start = {k: v for k, v in diff(any_cfg, base, common_only=False).items() if k.startswith("prepare.")}
         start["model"] = model
     start.update(changes)
     start["model"] = model
@@ -59,7 +59,7 @@ def run_command(groups: list[Group], params: dict, model: str, changes: dict, re
     sets = []
     for k in sorted(start, key=order):
         v = _cli_value(k, start[k])
-        if base.get(k) != start[k] or k == "model":
+        if k not in base or base[k] != start[k] or k == "model":
             sets.append(f"-S '{k}={v}'" if any(c in v for c in "[] ") else f"-S {k}={v}")
     sets = " ".join(sets)
     return f"dvc exp run {sets}".strip()
