@@ -239,14 +239,42 @@ def write_tsne(model: nn.Module, data: list[dict], labels: list[str], reports: s
 
 
 # -------------------------------------------------------------------------------------------------- efficiency
+def _lstm_flops(module: nn.LSTM, inputs) -> int:
+    """Matrix FLOPs of an LSTM call (torch's counter has no formula for ``aten.lstm``): per step, direction and
+    layer, 4 gates × 2 × (input·hidden + hidden·hidden), the count torch gives a GRU with 3 gates."""
+    x = inputs[0]
+    if isinstance(x, nn.utils.rnn.PackedSequence):
+        steps = int(x.batch_sizes.sum())
+    else:
+        steps = x.shape[0] * x.shape[1] if x.dim() == 3 else x.shape[0]
+    dirs = 2 if module.bidirectional else 1
+    h = module.hidden_size
+    total = 0
+    for layer in range(module.num_layers):
+        d_in = module.input_size if layer == 0 else h * dirs
+        total += steps * dirs * 4 * 2 * (d_in * h + h * h)
+    return total
+
+
 def count_flops(model: nn.Module, *inputs) -> int:
-    """FLOPs of one forward call (``torch.utils.flop_counter``: a multiply-add counts 2)."""
+    """FLOPs of one forward call (``torch.utils.flop_counter``: a multiply-add counts 2), with PyTorch's fused
+    attention fast path off (the counter does not see inside it) and LSTMs counted by ``_lstm_flops``."""
     from torch.utils.flop_counter import FlopCounterMode
 
     model.eval()
-    with torch.no_grad(), FlopCounterMode(display=False) as fc:
-        model(*inputs)
-    return int(fc.get_total_flops())
+    extra = [0]
+    hooks = [m.register_forward_hook(lambda mod, args, _out: extra.__setitem__(0, extra[0] + _lstm_flops(mod, args)))
+             for m in model.modules() if isinstance(m, nn.LSTM)]
+    fast = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)
+    try:
+        with torch.no_grad(), FlopCounterMode(display=False) as fc:
+            model(*inputs)
+    finally:
+        torch.backends.mha.set_fastpath_enabled(fast)
+        for h in hooks:
+            h.remove()
+    return int(fc.get_total_flops()) + extra[0]
 
 
 def synthetic_dialogues(n: int, dims: dict[str, int], n_classes: int, length: int | None = None,

@@ -96,6 +96,16 @@ def test_flops_of_a_linear_match_the_hand_count():
     assert count_flops(lin, x) == 2 * 5 * 16 * 7  # one multiply-add = 2 FLOPs per weight per row
 
 
+def test_flops_of_recurrent_and_attention_layers():
+    x = torch.randn(2, 5, 16)
+    # GRU by torch's formula: per step 3 gates × 2 × (in·h + h·h); the LSTM by ours with 4 gates, two directions
+    assert count_flops(torch.nn.GRU(16, 8, batch_first=True), x) == 2 * 5 * 3 * 2 * (16 * 8 + 8 * 8)
+    assert count_flops(torch.nn.LSTM(16, 8, batch_first=True, bidirectional=True), x) == 2 * 5 * 2 * 4 * 2 * (16 * 8 + 8 * 8)
+    # attention in eval mode (PyTorch's fused fast path) is still counted: 4 projections + QK^T + AV
+    mha = torch.nn.MultiheadAttention(16, 2, batch_first=True)
+    assert count_flops(mha, x, x, x) == 2 * (4 * 2 * 5 * 16 * 16 + 2 * 2 * 5 * 5 * 16)
+
+
 def test_efficiency_row_and_table():
     row = efficiency("concat_mlp", {"hidden": 16}, DIMS, 7, {"epochs": 1, "batch_size": 2}, dialogue_len=4,
                      epoch_dialogues=3, repeats=2)

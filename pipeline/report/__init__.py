@@ -212,6 +212,11 @@ def corpus_section(corpus: Corpus, groups: list[Group], params: dict, out_dir: P
     papers = tables.paper_tables(corpus, groups, params, classes)
     if analyses:
         papers["ada2i"] += "\n" + ada2i_figures(corpus, groups, params, d)
+        papers["dialoguetrm"] += ("\nDialogueTRM Table 6 (Intra-ES / Inter-ES) for every model: "
+                                  "[analyses.md](analyses.md).\n")
+        papers["summer"] += "\nSUMMER Fig. 6 (t-SNE) for every model: [analyses.md](analyses.md).\n"
+    papers["lpgnet"] += ("\nLPGNet's \"lightweight\" claim: the efficiency table of the results page "
+                         "(`python -m pipeline.analysis efficiency`).\n")
         md["analyses"] = "\n".join([shift_section(corpus, groups, params), tsne_section(corpus, groups, params, d),
                                     "Per-class F1 across models: ![per-class F1](per_class_f1.png) "
                                     "(data: `per_class_f1.csv`)\n"])
