@@ -215,11 +215,11 @@ def corpus_section(corpus: Corpus, groups: list[Group], params: dict, out_dir: P
         papers["dialoguetrm"] += ("\nDialogueTRM Table 6 (Intra-ES / Inter-ES) for every model: "
                                   "[analyses.md](analyses.md).\n")
         papers["summer"] += "\nSUMMER Fig. 6 (t-SNE) for every model: [analyses.md](analyses.md).\n"
-    papers["lpgnet"] += ("\nLPGNet's \"lightweight\" claim: the efficiency table of the results page "
-                         "(`python -m pipeline.analysis efficiency`).\n")
         md["analyses"] = "\n".join([shift_section(corpus, groups, params), tsne_section(corpus, groups, params, d),
                                     "Per-class F1 across models: ![per-class F1](per_class_f1.png) "
                                     "(data: `per_class_f1.csv`)\n"])
+    papers["lpgnet"] += ("\nLPGNet's \"lightweight\" claim: the efficiency table of the results page "
+                         "(`python -m pipeline.analysis efficiency`).\n")
     titles = {"summer": "SUMMER (Li et al. 2025)", "m2fnet": "M2FNet", "dialoguetrm": "DialogueTRM (Mao et al. 2021)",
               "lpgnet": "LPGNet (He & Xiao 2025)", "ada2i": "Ada2I (Nguyen et al. 2024)"}
     md["papers"] = "\n".join(f"### {titles[k]}\n\n{v}" for k, v in papers.items())
