@@ -4,7 +4,7 @@ Reads ``dvc exp show --json`` (all branches, their experiments and queued-sweep 
 groups runs by corpus (dataset + target + label set: the ``corpus`` block ``evaluate`` copies from the utterance
 table's provenance; older runs: derived from ``prepare.*``) and, within a corpus, by every parameter but the
 seed (mean ± std over seeds, sample std). Within a corpus each model has a reference configuration (a recipe
-run first, else the one closest to params.yaml; ``runs.reference``); ablation and modality tables compare with it.
+run first, else the one closest to the committed params.yaml; ``runs.reference``); ablation and modality tables compare with it.
 
 Writes under ``reports/results/``:
   README.md                 every corpus's section on one page
@@ -275,6 +275,21 @@ def check_required(runs: list[Run], required: list[str]) -> None:
             raise ReportError(f"no experiment with {key}={value} (have: {have}); run `dvc exp run -S {key}={value}`")
 
 
+def base_params() -> dict:
+    """The committed params.yaml (HEAD): after `dvc exp run -S …` the workspace's holds that experiment's."""
+    import subprocess
+
+    import yaml
+
+    proc = subprocess.run(["git", "show", "HEAD:params.yaml"], capture_output=True, text=True)
+    if proc.returncode == 0:
+        try:
+            return yaml.safe_load(proc.stdout) or {}
+        except yaml.YAMLError:
+            pass
+    return load_params()
+
+
 def main(argv: list[str] | None = None) -> None:
     setup_logging()
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -289,7 +304,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         runs = runs_from_exp_show(load_exp_show(args.exp_json), args.include_workspace)
         check_required(runs, args.require)
-        write_report(runs, load_params(), args.out, not args.no_analyses, args.efficiency)
+        write_report(runs, base_params(), args.out, not args.no_analyses, args.efficiency)
     except ReportError as e:
         log.error("%s", e)
         sys.exit(2)

@@ -295,12 +295,19 @@ def runs_from_exp_show(data: list, include_workspace: bool = False) -> list[Run]
 
 
 def load_exp_show(path: str | None = None) -> list:
+    """``dvc exp show --json --all-branches``; on a detached HEAD (not a branch tip) also HEAD's experiments."""
     if path:
         return json.loads(Path(path).read_text())
-    proc = subprocess.run(["dvc", "exp", "show", "--json", "--all-branches"], capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise ReportError(f"`dvc exp show --json` failed: {proc.stderr.strip()[-500:]}")
-    return json.loads(proc.stdout)
+    calls = [["dvc", "exp", "show", "--json", "--all-branches"]]
+    if subprocess.run(["git", "symbolic-ref", "-q", "HEAD"], capture_output=True).returncode != 0:
+        calls.append(["dvc", "exp", "show", "--json"])
+    out = []
+    for cmd in calls:
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise ReportError(f"`{' '.join(cmd[:3])} --json` failed: {proc.stderr.strip()[-500:]}")
+        out += json.loads(proc.stdout)
+    return out
 
 
 def group_runs(runs: list[Run]) -> list[Group]:

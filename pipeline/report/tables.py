@@ -178,7 +178,7 @@ def summer_per_class(corpus: Corpus, groups: list[Group], params: dict, classes:
         f1 = g.per_class("f1")
         rows.append([g.label()] + [f"{100 * d[c]:.2f}" if c in d else "–" for c in classes for d in (acc, f1)]
                     + [pct(g.values("accuracy")), pct(g.values("weighted_f1")), len(g.values("weighted_f1"))])
-    teacher = [g for g in groups if any(r.teacher_metrics for r in g.runs)]
+    teacher = [g for g in groups if g.model == "summer" and any(r.teacher_metrics for r in g.runs)]
     note = ""
     if teacher:
         t = teacher[0].runs[0].teacher_metrics
