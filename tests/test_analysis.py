@@ -115,3 +115,26 @@ def test_efficiency_row_and_table():
     assert row["train_s_per_epoch"] > 0
     md = efficiency_table([row])
     assert md.splitlines()[2].startswith(f"| concat_mlp | {row['params']:,} |")
+
+
+def test_evaluate_writes_corpus_and_tsne_of_every_test_utterance(tmp_path, demo_utterances, demo_features):
+    """The evaluate stage on the demo: the corpus block from the table's provenance, t-SNE CSV + PNG."""
+    import json
+
+    from pipeline.evaluate import evaluate
+    from pipeline.train import train
+
+    p = {"model": "dialogue_gru", "model_params": {"dialogue_gru": {"hidden": 16}},
+         "train": dict(modalities=["t"], seed=0, epochs=2, batch_size=2, lr=3e-3, weight_decay=0.0, grad_clip=1.0,
+                       patience=5, weighted_loss=False)}
+    train(p, demo_utterances, tmp_path / "m.pt", tmp_path / "live", demo_features)
+    evaluate(tmp_path / "m.pt", demo_utterances, tmp_path / "r", feature_dirs=demo_features)
+    m = json.loads((tmp_path / "r" / "metrics.json").read_text())
+    assert m["corpus"] == {"adapter": "demo", "target": "emotion", "labels": ",".join(
+        ["neutral", "surprise", "fear", "sadness", "joy", "disgust", "anger"]), "source": ""}
+    tsne = pd.read_csv(tmp_path / "r" / "plots" / "tsne.csv")
+    pred = pd.read_csv(tmp_path / "r" / "predictions.csv")
+    assert len(tsne) == len(pred) == m["n"]
+    assert list(zip(tsne.dialogue_id, tsne.utterance_id)) == list(zip(pred.dialogue_id, pred.utterance_id))
+    assert tsne.label.tolist() == pred.actual.tolist()
+    assert (tmp_path / "r" / "tsne.png").stat().st_size > 1000
