@@ -14,6 +14,7 @@ import numpy as np
 import yaml
 
 from pipeline.analysis import corpus_info  # noqa: F401 (re-exported)
+from pipeline.errors import UserError
 from pipeline.metrics import mean_std
 
 log = logging.getLogger("merc.report")
@@ -31,7 +32,7 @@ IGNORED_PREFIXES = ("runtime.",)  # where the extract stages run: their tables a
 NO_RECIPE = (None, "none", "")
 
 
-class ReportError(Exception):
+class ReportError(UserError):
     """A report that cannot be made; the message says what to run."""
 
 
