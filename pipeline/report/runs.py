@@ -191,8 +191,11 @@ class Group:
         return out
 
     def values(self, key: str) -> np.ndarray:
-        return np.asarray([m[key] for m in self.by_seed().values() if isinstance(m.get(key), (int, float))],
-                          dtype=float)
+        """``key`` per seed; a metric only the run level has (e.g. one a per-seed record lacks) per run."""
+        v = [m[key] for m in self.by_seed().values() if isinstance(m.get(key), (int, float))]
+        if not v:
+            v = [r.metrics[key] for r in self.runs if isinstance(r.metrics.get(key), (int, float))]
+        return np.asarray(v, dtype=float)
 
     def dev_values(self, key: str) -> np.ndarray:
         """``key`` of ``reports/dev/metrics.json`` (evaluate --split dev), one value per run."""
