@@ -10,6 +10,7 @@ Writes (fixed paths, so ``dvc metrics diff`` / ``dvc exp show`` compare runs of 
   reports/confusion_normalized.png   the same, each row divided by its total (recall on the diagonal)
   reports/curves.png            per-epoch train/dev loss, accuracy, weighted F1 (from DVCLive's TSVs)
   reports/predictions.csv       dialogue_id, utterance_id, actual, predicted
+  reports/plots/tsne.csv, reports/tsne.png   t-SNE of the dev-selected seed's fused test representations
 
 Run: ``python -m pipeline.evaluate`` (test split, the DVC stage). ``python -m pipeline.evaluate --split dev`` writes
 the same files for the dev split under ``reports/dev/`` (M2FNet Table 5 is on validation); the test split is read
@@ -25,6 +26,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from pipeline.analysis import corpus_info, write_tsne
 from pipeline.checkpoint import load_checkpoint
 from pipeline import text_e2e
 from pipeline.common import atomic_write_text, setup_logging
@@ -84,6 +86,7 @@ def evaluate(checkpoint: str, utterances: str, reports: str, split: str = "test"
         n_params=sum(p.numel() for p in model.parameters()),
         split=split,
         dataset=_dataset(corpus),
+        corpus=corpus_info(utterances),  # dataset/target/label set from the table's provenance (report)
         modalities="".join(ckpt["modalities"]),
         selected_seed=int(run["seed"]),
         selected_epoch=int(run["epoch"]),
@@ -107,6 +110,8 @@ def evaluate(checkpoint: str, utterances: str, reports: str, split: str = "test"
     (out / "plots").mkdir(parents=True, exist_ok=True)
     atomic_write_text(rows[["actual", "predicted"]].to_csv(index=False), out / "plots" / "confusion.csv")
     atomic_write_text(rows.to_csv(index=False), out / "predictions.csv")
+    model.load_state_dict(run["state_dict"])  # the dev-selected seed: its fused representations → t-SNE
+    write_tsne(model, data, labels, out, device)
     cm = confusion(y, pred, len(labels))
     plot_confusion(cm, labels, out / "confusion.png")
     plot_confusion(cm, labels, out / "confusion_normalized.png", normalize=True)

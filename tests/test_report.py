@@ -78,7 +78,9 @@ def test_tables_from_experiment_json(tmp_path, exp_json):
     assert cells[1] == "0.6000" and cells[7] == "0.7500 ± 0.0500" and cells[2] == "–"
     # ablation table lists the hidden-size variant, not the modality variant
     assert "`model_params.gru.hidden=64`" in md["ablations"] and "train.modalities" not in md["ablations"]
-    assert (tmp_path / "README.md").exists() and (tmp_path / "per_class_f1.png").stat().st_size > 1000
+    assert (tmp_path / "README.md").exists() and (tmp_path / "demo_emotion_7" / "per_class_f1.png").stat().st_size > 1000
+    assert (tmp_path / "demo_emotion_7" / "per_class_f1.csv").exists()  # every PNG has its data beside it
+    assert comp.startswith("## demo (MELD layout) — emotion, 7 classes")
 
 
 def test_missing_experiment_is_a_clear_message(tmp_path, exp_json):
@@ -143,3 +145,224 @@ def test_finetune_seeds_are_samples_of_one_configuration(tmp_path):
     md = write_report(runs, ft, tmp_path)
     row = next(line for line in md["model_comparison"].splitlines() if "ft-s0" in line)
     assert "0.7000 ± 0.1000" in row and "| 3 |" in row and "ft-s2" in row
+
+
+# ------------------------------------------------------------------------------------------- per corpus, papers
+from pipeline.report import runs as report_runs  # noqa: E402
+from pipeline.report.runs import Corpus, group_runs, reference  # noqa: E402
+from pipeline.report.tables import md_table, paper_tables  # noqa: E402
+
+MELD = with_(PARAMS, prepare={"dataset": "meld", "root": "../shared/data/meld"})
+
+
+def test_two_corpora_never_share_a_table(tmp_path):
+    runs = runs_from_exp_show([entry("a", "demo-gru", PARAMS, metrics(0.70)),
+                               entry("b", "meld-gru", MELD, metrics(0.55)),
+                               entry("c", "meld-mlp", with_(MELD, model="mlp"), metrics(0.50))])
+    md = write_report(runs, PARAMS, tmp_path, analyses=False)
+    meld, demo = md["meld_emotion_7/model_comparison"], md["demo_emotion_7/model_comparison"]
+    assert "meld-gru" in meld and "meld-mlp" in meld and "demo-gru" not in meld
+    assert "demo-gru" in demo and "meld" not in demo
+    # within a corpus the reference is that corpus's run, not params.yaml: the MELD gru row is "reference"
+    assert "| reference | meld-gru |" in meld
+    sections = md["model_comparison"].split("## ")[1:]
+    assert [s.splitlines()[0] for s in sections] == ["MELD — emotion, 7 classes (" + ", ".join(EMOTIONS) + ")",
+                                                     "demo (MELD layout) — emotion, 7 classes (" + ", ".join(EMOTIONS) + ")"]
+    assert (tmp_path / "meld_emotion_7" / "papers.md").exists() and (tmp_path / "demo_emotion_7" / "papers.md").exists()
+
+
+def test_meld_ablation_is_in_the_meld_ablation_table(tmp_path):
+    """A model param changed on a non-demo corpus is an ablation of that corpus's reference."""
+    runs = runs_from_exp_show([entry("b", "meld-gru", MELD, metrics(0.55)),
+                               entry("b2", "meld-gru-h64", with_(MELD, model_params__gru__hidden=64), metrics(0.52)),
+                               entry("b3", "meld-gru-t", with_(MELD, train__modalities=["t"]), metrics(0.50)),
+                               entry("a", "demo-gru", PARAMS, metrics(0.70))])
+    md = write_report(runs, PARAMS, tmp_path, analyses=False)
+    abl = md["meld_emotion_7/ablations"]
+    assert "| `model_params.gru.hidden=64` | 0.5200 |" in abl and "| reference | 0.5500 |" in abl
+    assert "prepare" not in abl and "meld-gru-t" not in abl
+    assert "meld-gru-h64" not in md["demo_emotion_7/ablations"]
+    mod = next(line for line in md["meld_emotion_7/modalities"].splitlines() if line.startswith("| gru"))
+    assert [c.strip() for c in mod.strip("|").split("|")][1:] == ["0.5000", "–", "–", "–", "–", "–", "0.5500"]
+
+
+def test_corpus_comes_from_the_metrics_provenance_block():
+    """evaluate's `corpus` block (the utterance table's provenance) names the corpus; params are a fallback."""
+    m = {**metrics(0.6), "corpus": {"adapter": "manifest", "target": "emotion", "source": "iemocap6_text",
+                                   "labels": "angry,excited,frustrated,happy,neutral,sad"}}
+    man = with_(PARAMS, prepare={"dataset": "manifest", "root": "x/iemocap6_text.csv"})
+    r = runs_from_exp_show([entry("a", "iemo", man, m)])[0]
+    assert r.corpus == Corpus("manifest", "emotion", ("angry", "excited", "frustrated", "happy", "neutral", "sad"),
+                              "iemocap6_text")
+    assert r.corpus.family == "iemocap" and "6 classes" in r.corpus.name
+    iemo4 = runs_from_exp_show([entry("b", "i4", with_(PARAMS, prepare={"dataset": "iemocap", "iemocap_classes": 4}),
+                                      metrics(0.6))])[0]
+    assert iemo4.corpus.labels == ("angry", "happy", "neutral", "sad") and iemo4.corpus.family == "iemocap"
+
+
+def _pc(f1, rec, sup):
+    return {c: {"f1": f, "recall": r, "precision": r, "support": s} for c, f, r, s in zip(("a", "b"), f1, rec, sup)}
+
+
+def test_paper_layouts_against_expected_markdown():
+    """Synthetic records on a 2-class manifest corpus → SUMMER Table 1/2 and Ada2I Table 3 Markdown, exactly."""
+    corpus = {"adapter": "manifest", "target": "emotion", "labels": "a,b", "source": "toy"}
+    p = with_(PARAMS, prepare={"dataset": "manifest", "root": "toy.csv"}, model="ada2i",
+              model_params={"ada2i": {"hidden": 8}})
+
+    def m(wf1, acc, f1, rec):
+        return {"weighted_f1": wf1, "accuracy": acc, "macro_f1": 0.5, "n_params": 10, "corpus": corpus,
+                "per_class": _pc(f1, rec, (3, 1))}
+
+    runs = runs_from_exp_show([
+        entry("r1", "ada-s0", p, m(0.60, 0.70, (0.8, 0.4), (0.9, 0.2))),
+        entry("r2", "ada-s1", with_(p, train__seed=1), m(0.80, 0.90, (0.6, 0.2), (0.7, 0.4))),
+        entry("r3", "ada-ta", with_(p, train__modalities=["t", "a"]), m(0.50, 0.55, (0.5, 0.5), (0.5, 0.5)))])
+    groups = group_runs(runs)
+    assert len({g.corpus for g in groups}) == 1
+    pt = paper_tables(groups[0].corpus, groups, PARAMS, ["a", "b"])
+    expected_summer = md_table(
+        ["model", "a ACC", "a F1", "b ACC", "b F1", "w-ACC", "w-F1", "seeds"],
+        [["ada2i", "80.00", "70.00", "30.00", "30.00", "80.00 ± 14.14", "70.00 ± 14.14", 2]])
+    assert expected_summer in pt["summer"]
+    expected_ada = md_table(["method", "TAV W-F1", "TAV Acc", "TA W-F1", "TA Acc", "TV W-F1", "TV Acc", "AV W-F1",
+                             "AV Acc"],
+                            [["ada2i", "70.00 ± 14.14", "80.00 ± 14.14", "50.00", "55.00", "–", "–", "–", "–"]])
+    assert expected_ada in pt["ada2i"]
+    # a missing pair is a line naming the command, from this corpus's reference
+    assert "- T+V: not run — run `dvc exp run -S model=ada2i -S prepare.dataset=manifest -S prepare.root=toy.csv " \
+           "-S model_params.ada2i.hidden=8 -S train.modalities=tv`" in pt["ada2i"]
+
+
+def test_missing_paper_model_is_a_run_line_not_an_empty_table(tmp_path):
+    runs = runs_from_exp_show([entry("b", "meld-gru", MELD, metrics(0.55))])
+    write_report(runs, PARAMS, tmp_path, analyses=False)
+    papers = (tmp_path / "meld_emotion_7" / "papers.md").read_text()
+    for model in ("m2fnet", "lpgnet", "ada2i", "dialoguetrm", "summer"):
+        assert f"not run — run `dvc exp run -S model={model} -S prepare.dataset=meld " \
+               "-S prepare.root=../shared/data/meld`" in papers
+
+
+def test_lpgnet_table3_fills_run_variants_and_names_the_others():
+    lp = with_(MELD, model="lpgnet", model_params={"lpgnet": {"inter": True, "intra": True, "ffn": True,
+                                                             "dual_gate": True, "lambda_task": 1.5, "lambda_ce": 1.0,
+                                                             "lambda_kl": 0.3}})
+    runs = runs_from_exp_show([entry("l1", "lp", lp, {**metrics(0.6, acc=0.65), "ova_accuracy": 0.9, "ova_f1": 0.8}),
+                               entry("l2", "lp-nointer", with_(lp, model_params__lpgnet__inter=False),
+                                     metrics(0.5, acc=0.55))])
+    groups = group_runs(runs)
+    assert reference(groups, PARAMS, "lpgnet").name() == "lp"
+    params = with_(PARAMS, model_params={**PARAMS["model_params"], "lpgnet": lp["model_params"]["lpgnet"]})
+    t = paper_tables(groups[0].corpus, groups, params, EMOTIONS)["lpgnet"]
+    # LPGNet's average one-vs-all binary ACC / F1 first (absent in the older record: –), then ours
+    assert "| w/o inter attention | – | – | 55.00 | 50.00 | lp-nointer |" in t
+    assert "| LPGNet | 90.00 | 80.00 | 65.00 | 60.00 | lp |" in t
+    assert "- w/o intra attention: not run — run `dvc exp run -S model=lpgnet -S prepare.dataset=meld " \
+           "-S prepare.root=../shared/data/meld -S model_params.lpgnet.intra=false`" in t
+    # Table 6: the reference is the paper's 1.5 / 1.0 / 0.3 row
+    assert "| 1.5 / 1.0 / 0.3 | 90.00 | 80.00 | 65.00 | 60.00 | lp |" in t
+
+
+def test_emotion_shift_and_tsne_through_the_report(tmp_path):
+    """Run files (predictions, utterance table, t-SNE coordinates) read through the run's reader."""
+    import io
+
+    utt = pd.DataFrame({"dialogue_id": ["d"] * 4, "utterance_id": [0, 1, 2, 3], "speaker": list("ABAB"),
+                        "label": ["joy", "joy", "anger", "anger"], "split": "test"})
+    pred = pd.DataFrame({"dialogue_id": ["d"] * 4, "utterance_id": [0, 1, 2, 3], "actual": utt.label,
+                         "predicted": ["joy", "joy", "anger", "joy"]})
+    tsne = pd.DataFrame({"x": [0.0, 1, 2, 3], "y": [1.0, 0, 1, 0], "label": utt.label, "dialogue_id": "d",
+                         "utterance_id": [0, 1, 2, 3]})
+    buf = io.BytesIO()
+    utt.to_parquet(buf)
+    files = {"reports/predictions.csv": pred.to_csv(index=False).encode(), "data/prepared/utterances.parquet":
+             buf.getvalue(), "reports/plots/tsne.csv": tsne.to_csv(index=False).encode()}
+    runs = runs_from_exp_show([entry("b", "meld-gru", MELD, metrics(0.55))])
+    runs[0].read = files.get
+    md = write_report(runs, PARAMS, tmp_path)
+    row = next(line for line in md["meld_emotion_7/analyses"].splitlines() if line.startswith("| gru"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    # OG 3/4; no shift: utt 1 (correct); intra: utt 2 (A joy→anger, correct), 3 (B joy→anger, wrong);
+    # inter: utt 2 (B joy → A anger) only (utt 3 follows A's anger: same label)
+    assert cells[2] == "75.00" and cells[5] == "100.00" and cells[8] == "50.00" and cells[11] == "100.00"
+    assert cells[10] == "2 (2.0)" and cells[13] == "1 (1.0)"
+    out = tmp_path / "meld_emotion_7"
+    assert len(pd.read_csv(out / "tsne_gru.csv")) == 4 and (out / "tsne_gru.png").stat().st_size > 1000
+    runs[0].read = {}.get  # nothing readable: a line that says what to do, no crash
+    md = write_report(runs, PARAMS, tmp_path)
+    assert "is not readable here" in md["meld_emotion_7/analyses"] and "no reports/plots/tsne.csv" in md[
+        "meld_emotion_7/analyses"]
+
+
+def test_report_cli_on_demo_and_text_manifest_writes_per_dataset_sections(tmp_path):
+    iemo = with_(PARAMS, prepare={"dataset": "manifest", "root": "../shared/data/iemocap_text/iemocap6_text.csv"},
+                 train__modalities=["t"])
+    m = {**metrics(0.6), "corpus": {"adapter": "manifest", "target": "emotion", "source": "iemocap6_text",
+                                   "labels": "angry,excited,frustrated,happy,neutral,sad"}}
+    f = tmp_path / "exp.json"
+    f.write_text(json.dumps([entry("a", "demo-gru", PARAMS, metrics(0.7)), entry("c", "iemo-gru", iemo, m)]))
+    proc = subprocess.run([sys.executable, "-m", "pipeline.report", "--exp-json", str(f), "--out", str(tmp_path / "r")],
+                          cwd=ROOT, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    page = (tmp_path / "r" / "README.md").read_text()
+    assert "## iemocap6_text (manifest) — emotion, 6 classes" in page and "## demo (MELD layout)" in page
+    assert (tmp_path / "r" / "manifest_iemocap6_text_emotion_6" / "papers.md").exists()
+    assert "SUMMER Table 1 (IEMOCAP 6-way)" in (tmp_path / "r" / "manifest_iemocap6_text_emotion_6" / "papers.md").read_text()
+
+
+_ = report_runs
+
+
+def test_text_only_table_puts_the_papers_number_beside_ours():
+    iemo = with_(PARAMS, prepare={"dataset": "manifest", "root": "iemocap6_text.csv"}, train__modalities=["t"])
+    m = {**metrics(0.6, acc=0.62), "corpus": {"adapter": "manifest", "target": "emotion", "source": "iemocap6_text",
+                                             "labels": "angry,excited,frustrated,happy,neutral,sad"}}
+    runs = runs_from_exp_show([entry("a", "trm", with_(iemo, model="dialoguetrm"), m),
+                               entry("b", "m2f", with_(iemo, model="m2fnet"), m),
+                               entry("c", "gru-tav", with_(iemo, train__modalities=["t", "a", "v"]), m)])
+    groups = group_runs(runs)
+    from pipeline.report.tables import text_only
+
+    t = text_only(groups[0].corpus, groups)
+    assert "| dialoguetrm | 62.00 | 60.00 | 50.00 | 1 | 68.2 / 68.1 (DialogueTRM-U, Table 2) | trm |" in t
+    assert "| m2fnet | 62.00 | 60.00 | 50.00 | 1 | no text-only number in the paper | m2f |" in t
+    assert "gru-tav" not in t
+
+
+def test_ada2i_figures_from_run_files(tmp_path):
+    """Fig. 4 from each variant's ρ TSVs, Fig. 1b from score TSVs, Fig. 5 from the per-class norm TSVs."""
+    ada = with_(MELD, model="ada2i", model_params={"ada2i": {"amw": True, "afw": True, "modulation": True}})
+    params = with_(PARAMS, model_params={**PARAMS["model_params"], "ada2i": ada["model_params"]["ada2i"]})
+
+    def tsv(name, values):
+        return ("timestamp\tstep\t" + name + "\n" + "".join(f"0\t{i}\t{v}\n" for i, v in enumerate(values))).encode()
+
+    full = {f"reports/train/plots/metrics/train/rho_{m}.tsv": tsv(f"rho_{m}", [2.0, 1.5]) for m in "ta"}
+    full.update({f"reports/train/plots/metrics/train/score_{m}.tsv": tsv(f"score_{m}", [0.3, 0.4]) for m in "ta"})
+    full.update({f"reports/train/plots/metrics/train/wnorm_t_c{k}.tsv": tsv(f"wnorm_t_c{k}", [1.0, 1.1])
+                 for k in range(7)})
+    noamw = {f"reports/train/plots/metrics/train/rho_{m}.tsv": tsv(f"rho_{m}", [3.0, 3.5, 4.0]) for m in "ta"}
+    runs = runs_from_exp_show([entry("x1", "ada", ada, metrics(0.6)),
+                               entry("x2", "ada-noamw", with_(ada, model_params__ada2i__amw=False), metrics(0.5))])
+    runs[0].read, runs[1].read = full.get, noamw.get
+    write_report(runs, params, tmp_path)
+    out = tmp_path / "meld_emotion_7"
+    rho = pd.read_csv(out / "ada2i_rho.csv")
+    assert len(rho) == 2 * 2 + 2 * 3 and set(rho.variant) == {"Ada2I", "w/o AMW"}
+    assert rho[(rho.variant == "w/o AMW") & (rho.modality == "a")]["ρ"].tolist() == [3.0, 3.5, 4.0]
+    assert len(pd.read_csv(out / "ada2i_score.csv")) == 4
+    norms = pd.read_csv(out / "ada2i_weight_norms.csv")
+    assert len(norms) == 14 and set(norms.label) == set(EMOTIONS)
+    for f in ("ada2i_rho.png", "ada2i_score.png", "ada2i_weight_norms.png"):
+        assert (out / f).stat().st_size > 1000
+    papers = (out / "papers.md").read_text()
+    assert "- w/o AFW: not run — run `dvc exp run -S model=ada2i -S prepare.dataset=meld " \
+           "-S prepare.root=../shared/data/meld -S model_params.ada2i.afw=false`" in papers
+
+
+def test_classifier_weight_norms_by_hand():
+    from pipeline.report.figures import classifier_weight_norms
+
+    sd = {"fc.weight": np.array([[3.0, 4.0, 0.0, 0.0], [0.0, 0.0, 6.0, 8.0]])}
+    df = classifier_weight_norms(sd, ["t", "a"], ["x", "y"])
+    assert df.norm.tolist() == [5.0, 0.0, 0.0, 10.0] and df.share.tolist() == [1.0, 0.0, 0.0, 1.0]
