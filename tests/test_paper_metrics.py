@@ -63,11 +63,12 @@ def test_evaluate_dev_split(tmp_path, demo_utterances, demo_features, monkeypatc
     train(params, demo_utterances, ckpt, tmp_path / "live", demo_features)
     monkeypatch.setattr(sys, "argv", ["evaluate", "--split", "dev", "--checkpoint", str(ckpt), "--utterances",
                                       str(demo_utterances), "--reports", str(tmp_path / "dev")])
-    monkeypatch.setattr(ev, "load_corpus", lambda u, mods, fd=None: dataset.load_corpus(u, mods, demo_features))
+    load = dataset.load_corpus  # evaluate reads the features through pipeline.dataset: point it at the fixture's
+    monkeypatch.setattr(dataset, "load_corpus", lambda u, mods, fd=None: load(u, mods, demo_features))
     ev.main()
     m = json.loads((tmp_path / "dev" / "metrics.json").read_text())
     assert m["split"] == "dev" and m["n"] == 12  # the demo's dev split: 12 labelled utterances
-    saved = torch.load(ckpt, weights_only=False)
+    saved = torch.load(ckpt, weights_only=True)
     assert m["weighted_f1"] == pytest.approx(saved["dev_weighted_f1"], abs=1e-9)
     assert {"ova_accuracy", "macro_precision", "weighted_recall_std"} <= set(m)
     assert ev.SPLIT_REPORTS == {"test": "reports", "dev": "reports/dev"}

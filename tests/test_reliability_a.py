@@ -437,7 +437,7 @@ def test_summary_of_an_evaluation(tmp_path, demo_utterances, demo_features):
     assert lines[1] == (f"test (n=12, mean ± std over 2 seeds): accuracy {m['accuracy']:.4f} ± "
                         f"{m['accuracy_std']:.4f} · weighted F1 {m['weighted_f1']:.4f} ± {m['weighted_f1_std']:.4f}"
                         f" · macro F1 {m['macro_f1']:.4f} ± {m['macro_f1_std']:.4f}")
-    assert "items: text 12/12 · audio 11/12 (1 error)" in text  # the demo's missing test clip
+    assert "items: text 12/12 · audio 11/12 (1 missing_media)" in text  # the demo's missing test clip
     assert f"confusion matrix: {tmp_path / 'reports' / 'confusion.png'}" in text
     assert f"all numbers: {tmp_path / 'reports' / 'metrics.json'}" in text
     assert len(lines) <= 7 and max(len(x) for x in lines if str(tmp_path) not in x) < 120
