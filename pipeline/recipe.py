@@ -1,6 +1,6 @@
 """Paper recipes: one YAML overlay per (paper, dataset) in ``recipes/``, applied to params.yaml by one command.
 
-    python -m pipeline.recipe <name> [--offline] [--dry-run] [-- <more dvc exp run args>]
+    python -m pipeline.recipe <name> [--offline | --demo] [--dry-run] [-- <more dvc exp run args>]
     python -m pipeline.recipe --list [--markdown]
 
 ``<name>`` is ``recipes/<name>.yaml`` (or a path to a recipe file). The command checks the recipe against
@@ -11,7 +11,9 @@ what the recipe needs is here (data folder, encoder weights) and runs
 
 so the experiment is the committed pipeline with the recipe's values, named after it, with ``recipe`` in
 ``dvc exp show``. ``--offline`` first overlays the recipe's ``offline:`` block (packaged encoders, data on
-these machines) and names the experiment ``<name>-offline``. ``--dry-run`` prints the command, every setting
+these machines) and names the experiment ``<name>-offline``; ``--demo`` runs that offline variant on the embedded
+demo corpus for 2 epochs with one seed (``<name>-demo``: a smoke run of the recipe's whole path — its features,
+model and engine options — not a result). ``--dry-run`` prints the command, every setting
 with its source, the pre-flight findings and the model's parameter count at the recipe's size; it runs nothing.
 
 Recipe format (``recipes/README.md``)::
@@ -75,14 +77,24 @@ class Recipe:
     path: Path
     comments: dict = field(default_factory=dict)  # ("set"|"offline", key) → source comment
 
-    def settings(self, offline: bool = False) -> dict:
-        """The params overrides: ``set`` (then ``offline``), plus ``recipe: <name>[-offline]``."""
-        out = {**self.set, **(self.offline if offline else {})}
-        out["recipe"] = self.exp_name(offline)
+    def settings(self, offline: bool = False, demo: bool = False) -> dict:
+        """The params overrides: ``set`` (then ``offline``; ``demo`` implies it and adds ``DEMO``), plus
+        ``recipe: <name>[-offline|-demo]``."""
+        out = {**self.set, **(self.offline if offline or demo else {})}
+        if demo:
+            out.update(DEMO)
+            if out.get("model") == "summer":
+                out["model_params.summer.teacher.epochs"] = DEMO["train.epochs"]
+        out["recipe"] = self.exp_name(offline, demo)
         return out
 
-    def exp_name(self, offline: bool = False) -> str:
-        return f"{self.name}-offline" if offline else self.name
+    def exp_name(self, offline: bool = False, demo: bool = False) -> str:
+        return f"{self.name}-demo" if demo else f"{self.name}-offline" if offline else self.name
+
+
+# ``--demo``: the offline variant on the embedded demo corpus, two epochs, one seed — a smoke run of the
+# recipe's whole path (its features, model at the offline size, engine options) in minutes, not a result.
+DEMO = {"prepare.dataset": "demo", "prepare.root": "data/demo", "train.epochs": 2, "train.seeds": [0]}
 
 
 # ---------------------------------------------------------------- raw YAML text: keys → trailing comments
@@ -306,9 +318,9 @@ def overrides(settings: dict) -> list[str]:
     return [f"{k}={hydra_value(v)}" for k, v in settings.items()]
 
 
-def command(recipe: Recipe, offline: bool = False, extra: list[str] | None = None) -> list[str]:
-    cmd = [sys.executable, "-m", "dvc", "exp", "run", "-n", recipe.exp_name(offline)]
-    for o in overrides(recipe.settings(offline)):
+def command(recipe: Recipe, offline: bool = False, extra: list[str] | None = None, demo: bool = False) -> list[str]:
+    cmd = [sys.executable, "-m", "dvc", "exp", "run", "-n", recipe.exp_name(offline, demo)]
+    for o in overrides(recipe.settings(offline, demo)):
         cmd += ["-S", o]
     return cmd + list(extra or [])
 
@@ -405,17 +417,20 @@ def listing(markdown: bool = False) -> str:
     return "\n".join(out)
 
 
-def run(name: str, offline: bool = False, dry_run: bool = False, extra: list[str] | None = None) -> int:
+def run(name: str, offline: bool = False, dry_run: bool = False, extra: list[str] | None = None,
+        demo: bool = False) -> int:
     recipe, params = load_checked(name)
-    settings = recipe.settings(offline)
+    settings = recipe.settings(offline, demo)
+    offline = offline or demo
     p = merged(params, settings)
-    cmd = command(recipe, offline, extra)
+    cmd = command(recipe, offline, extra, demo)
     problems = preflight(p)
     if dry_run:
         print(f"# {recipe.name}{' (offline)' if offline else ''}: {recipe.paper} on {recipe.dataset}")
         print(f"# needs: {recipe.needs}")
         for key, value in settings.items():
-            src = recipe.comments.get(("offline", key)) if offline and key in recipe.offline else \
+            src = "--demo smoke run" if demo and key in DEMO else \
+                recipe.comments.get(("offline", key)) if offline and key in recipe.offline else \
                 recipe.comments.get(("set", key), "the runner")
             print(f"#   {key} = {value!r}    <- {src}")
         for line in problems:
@@ -442,6 +457,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m pipeline.recipe", description=__doc__.splitlines()[0])
     ap.add_argument("name", nargs="?", help="recipe name (recipes/<name>.yaml) or a recipe file")
     ap.add_argument("--offline", action="store_true", help="also apply the recipe's `offline:` overrides")
+    ap.add_argument("--demo", action="store_true",
+                    help="the offline variant on the demo corpus, 2 epochs, 1 seed: a smoke run of the recipe's path")
     ap.add_argument("--dry-run", action="store_true", help="print the settings and the dvc command; run nothing")
     ap.add_argument("--list", action="store_true", help="list the recipes")
     ap.add_argument("--markdown", action="store_true", help="with --list: a Markdown table (README)")
@@ -452,7 +469,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.name:
         ap.error("give a recipe name (see --list)")
     try:
-        return run(args.name, args.offline, args.dry_run, extra)
+        return run(args.name, args.offline, args.dry_run, extra, args.demo)
     except RecipeError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
