@@ -15,7 +15,9 @@ from pipeline.engine import Engine, EngineConfig, split_output
 DIMS = {"t": 16, "a": 12, "v": 8}
 SUBSETS = ["t", "a", "v", "ta", "tv", "av", "tav"]
 ABLATIONS = [{"inter": False}, {"intra": False}, {"ffn": False}, {"dual_gate": False}, {"compress": False},
-             {"positions": False}, {"distill": False}, {"lambda_task": 1.0}]
+             {"positions": True}, {"distill": False}, {"lambda_task": 1.0}, {"operand_order": "swapped"},
+             {"compression": "per_utterance"}, {"gate_softmax": "feature"}, {"student_input": "fused"},
+             {"kl_direction": "teacher_student"}, {"detach_teacher": False}, {"heads": 4}, {"ff_mult": 4}]
 
 
 def batch(mods="ta", B=3, T=5, seed=0):
@@ -59,18 +61,19 @@ def test_forward_backward_every_subset(mods):
     ("ta", {"intra": False}, {"at", "ta"}),
 ])
 def test_attention_branches(mods, cfg, branches):
-    assert set(build(mods, **cfg).attn) == branches
+    assert set(build(mods, **cfg).branch) == branches
 
 
 def test_inter_attention_mixes_modalities():
-    """With inter branches, text logits depend on audio at other turns; with inter off (and no gates) not."""
+    """With inter branches, the text stream T_fused depends on audio at other turns; with inter off not."""
     feats, present, mask, speaker, _ = batch("ta")
     moved = {m: f.clone() for m, f in feats.items()}
     moved["a"][0, 3] += 5.0
-    for cfg, changes in (({}, True), ({"inter": False, "dual_gate": False, "distill": False}, False)):
-        model = build("ta", **cfg).eval()
-        t0 = model.lpia(*_streams(model, feats, present, mask))["t"]
-        t1 = model.lpia(*_streams(model, moved, present, mask))["t"]
+    valid = {m: present[m] & mask for m in feats}
+    for cfg, changes in (({}, True), ({"inter": False}, False)):
+        model = build("ta", student_input="fused", **cfg).eval()
+        t0 = model.core(feats, valid)[2]["t"][0]
+        t1 = model.core(moved, valid)[2]["t"][0]
         assert ((t0[0, 0] - t1[0, 0]).abs().max() > 1e-4) == changes
 
 
@@ -103,6 +106,10 @@ def test_speaker_is_ignored():
 @pytest.mark.parametrize("mods", ["ta", "tav", "a"])
 @pytest.mark.parametrize("cfg", ABLATIONS, ids=lambda c: ",".join(f"{k}={v}" for k, v in c.items()))
 def test_ablations_build_and_run(cfg, mods):
+    if len(mods) == 1 and cfg.get("intra") is False:
+        with pytest.raises(ValueError, match="no attention branch"):
+            build(mods, **cfg)
+        return
     model = build(mods, **cfg)
     feats, present, mask, speaker, label = batch(mods)
     out = model(feats, present, mask, speaker)
@@ -114,9 +121,9 @@ def test_ablations_build_and_run(cfg, mods):
     model.eval()
     assert model(feats, present, mask, speaker).shape == (3, 5, 7)
     if cfg.get("ffn", True) is False:
-        assert not hasattr(model, "ff")
+        assert all(b.ffn is None for b in model.branch.values())
     if cfg.get("dual_gate", True) is False:
-        assert not hasattr(model, "uni_gate")
+        assert not hasattr(model, "gate")
 
 
 def test_intra_and_inter_both_off_is_an_error():
@@ -160,12 +167,19 @@ def test_kl_is_zero_when_student_matches_teacher():
     student = teacher.clone()
     student[0, 1] = torch.tensor([1e9, -1e9, 0.0])
     assert distillation_kl(student, teacher, valid).item() == pytest.approx(0.0, abs=1e-7)
-    # hand value: KL(p‖q) = Σ p log(p/q) at temperature τ
+    # hand values at temperature τ: student‖teacher (the paper) and teacher‖student (the switch)
     s = torch.tensor([[[0.0, 0.0, 0.0]]])
     t = torch.tensor([[[1.0, 0.0, 0.0]]])
-    p = torch.softmax(t[0, 0] / 2.0, -1)
-    expected = (p * (p.log() - np.log(1 / 3))).sum().item()
-    assert distillation_kl(s, t, torch.ones(1, 1, dtype=torch.bool), tau=2.0).item() == pytest.approx(expected, rel=1e-5)
+    q = torch.softmax(t[0, 0] / 2.0, -1).tolist()
+    one = torch.ones(1, 1, dtype=torch.bool)
+    st = sum(1 / 3 * np.log((1 / 3) / qj) for qj in q)
+    ts = sum(qj * np.log(qj / (1 / 3)) for qj in q)
+    assert st != pytest.approx(ts, rel=1e-3)
+    assert distillation_kl(s, t, one, tau=2.0).item() == pytest.approx(st, rel=1e-5)
+    assert distillation_kl(s, t, one, tau=2.0, direction="student_teacher").item() == pytest.approx(st, rel=1e-5)
+    assert distillation_kl(s, t, one, tau=2.0, direction="teacher_student").item() == pytest.approx(ts, rel=1e-5)
+    with pytest.raises(ValueError, match="kl_direction"):
+        distillation_kl(s, t, one, direction="forward")
     # the teacher is detached: only the student gets a gradient
     s.requires_grad_(True)
     t.requires_grad_(True)
@@ -185,8 +199,9 @@ def test_loss_equals_the_papers_weighting():
     z, uni = out["logits"], out["unimodal"]
     ce = lambda lg, keep: F.cross_entropy(lg[keep], label[keep], weight=w)  # noqa: E731
     va = mask & present["a"]
-    kl = lambda lg, keep: F.kl_div(F.log_softmax(lg[keep], -1), F.softmax(z.detach()[keep], -1),  # noqa: E731
-                                   reduction="batchmean")
+    # §3.6: KL(student ‖ teacher) = Σ ŷ_m log(ŷ_m / ŷ_teacher), on the gated intra branches' heads
+    kl = lambda lg, keep: F.kl_div(F.log_softmax(z.detach()[keep], -1), F.log_softmax(lg[keep], -1),  # noqa: E731
+                                   reduction="batchmean", log_target=True)
     expected = 1.5 * ce(z, mask) + 1.0 * (ce(uni["t"], mask) + ce(uni["a"], va)) + 0.3 * (kl(uni["t"], mask)
                                                                                          + kl(uni["a"], va))
     torch.testing.assert_close(loss, expected)
@@ -250,3 +265,151 @@ def test_bf16_autocast_keeps_padding_finite(mods):
     assert out["logits"].dtype == torch.bfloat16 and torch.isfinite(out["logits"]).all()
     loss.backward()
     assert torch.isfinite(loss) and all(torch.isfinite(p.grad).all() for p in model.parameters())
+
+
+def test_lpia_keeps_four_branches_with_four_gates_and_linear_fusions():
+    """§3.3–3.4: X_tt, X_aa, X_at, X_ta stay separate [B, U, d]; one gate each; T_fused = Linear([H_tt; H_at])."""
+    model = build("ta").eval()
+    feats, present, mask, speaker, _ = batch("ta")
+    h = model.lpia(*_streams(model, feats, present, mask))
+    assert set(h) == {"tt", "aa", "at", "ta"} and all(v.shape == (3, 5, 16) for v in h.values())
+    assert set(model.gate) == {"tt", "aa", "at", "ta"}
+    assert model.streams == {"t": ["tt", "at"], "a": ["aa", "ta"]}
+    assert model.fuse["t"].in_features == 32 and model.fuse["t"].out_features == 16
+    valid = {m: present[m] & mask for m in feats}
+    z, _, students = model.core(feats, valid)
+    # by hand: gates → Linear fusions → softmax over the two modalities, per feature
+    g = {n: h[n] * torch.sigmoid(model.gate[n].fc(h[n])) for n in h}
+    tf = model.fuse["t"](torch.cat([g["tt"], g["at"]], -1))
+    af = model.fuse["a"](torch.cat([g["aa"], g["ta"]], -1))
+    a = torch.softmax(torch.stack([model.fusion.fc(tf), model.fusion.fc(af)]), 0)
+    torch.testing.assert_close(z[mask], (a[0] * tf + a[1] * af)[mask])
+    torch.testing.assert_close(students["t"][0], g["tt"])  # H_t = GatedFusion(X_tt)
+
+
+def test_operand_order_paper_vs_swapped():
+    """X_at = Attention(X_a, X_t, X_t): its rows are audio positions — an utterance without audio has none;
+    swapped (SDT's reading), X_at is indexed by text queries and exists there."""
+    feats, present, mask, speaker, _ = batch("ta")
+    present["a"][0, 1] = False
+    for order, zero in (("paper", True), ("swapped", False)):
+        model = build("ta", operand_order=order).eval()
+        h = model.lpia(*_streams(model, feats, present, mask))
+        assert bool((h["at"][0, 1] == 0).all()) == zero
+        assert model.operands("at") == (("a", "t") if order == "paper" else ("t", "a"))
+
+
+def test_global_compression_is_broadcast_over_the_utterances():
+    """A_conv = Conv(Mean(Â)) is one vector per dialogue: X_final − Q is the same at every valid utterance
+    (global); per_utterance makes it differ."""
+    feats, present, mask, speaker, _ = batch("ta")
+    for comp, same in (("global", True), ("per_utterance", False)):
+        model = build("ta", compression=comp).eval()
+        x, valid = _streams(model, feats, present, mask)
+        d = model.lpia(x, valid)["tt"] - x["t"]
+        diff = (d[0, 1:] - d[0, :1]).abs().max()
+        assert (diff < 1e-5) == same
+        assert (d[1, 3:] == 0).all()  # padding stays zero
+
+
+def test_feature_softmax_gate_by_hand():
+    from models.lpgnet import FeatureSoftmaxFusion
+
+    fuse = FeatureSoftmaxFusion(3)
+    a, b = torch.randn(1, 2, 3), torch.randn(1, 2, 3)
+    ok = torch.tensor([[True, True]])
+    out = fuse([a, b], [ok, torch.tensor([[True, False]])])
+    exp = torch.softmax(fuse.fc(a), -1) * a + torch.softmax(fuse.fc(b), -1) * b * torch.tensor([1.0, 0.0]).view(1, 2, 1)
+    torch.testing.assert_close(out, exp)
+    m1, m2 = build("ta").eval(), build("ta", gate_softmax="feature").eval()
+    feats, present, mask, speaker, _ = batch("ta")
+    assert not torch.allclose(m1(feats, present, mask, speaker), m2(feats, present, mask, speaker))
+
+
+def test_kl_direction_switch_changes_the_loss_as_by_hand():
+    feats, present, mask, speaker, label = batch("ta")
+    kls = {}
+    for d in ("student_teacher", "teacher_student"):
+        model = build("ta", kl_direction=d, dropout=0.0)
+        out = model(feats, present, mask, speaker)
+        z, uni = out["logits"].detach(), out["unimodal"]
+        by_hand = 0.0
+        for m in "ta":
+            ps, pt = F.softmax(uni[m][mask], -1), F.softmax(z[mask], -1)
+            p, q = (ps, pt) if d == "student_teacher" else (pt, ps)
+            by_hand = by_hand + (p * (p.log() - q.log())).sum(-1).mean()
+        torch.testing.assert_close(out["losses"]["kl"], 0.3 * by_hand)
+        kls[d] = out["losses"]["kl"].item()
+    assert kls["student_teacher"] != pytest.approx(kls["teacher_student"], rel=1e-4)
+
+
+def test_detach_teacher_switch():
+    feats, present, mask, speaker, _ = batch("ta")
+    for detach in (True, False):
+        model = build("ta", detach_teacher=detach, lambda_task=1.0)
+        model(feats, present, mask, speaker)["losses"]["kl"].backward()
+        assert (model.head.weight.grad is None) == detach
+
+
+def test_invalid_switch_values_are_errors():
+    for k in ("operand_order", "compression", "gate_softmax", "kl_direction", "student_input", "mode"):
+        with pytest.raises(ValueError, match=k):
+            build("ta", **{k: "nope"})
+
+
+# --- LPGNet(Frame), §4.4: token/frame sequences per utterance --------------------------------------------------
+
+def frame_batch(B=2, T=3, L=(6, 4), seed=0):
+    """Dialogue batch of sequences: feats [B, T, L, F], present [B, T, L] (frames), dialogue 1 has 2 turns."""
+    g = torch.Generator().manual_seed(seed)
+    mask = torch.ones(B, T, dtype=torch.bool)
+    mask[1, 2:] = False
+    feats, present = {}, {}
+    for m, n in zip("ta", L):
+        feats[m] = torch.randn(B, T, n, DIMS[m], generator=g)
+        lengths = torch.randint(1, n + 1, (B, T), generator=g)
+        present[m] = (torch.arange(n).view(1, 1, n) < lengths.unsqueeze(-1)) & mask.unsqueeze(-1)
+        feats[m] = feats[m] * present[m].unsqueeze(-1)
+    label = torch.randint(0, 7, (B, T), generator=g).masked_fill(~mask, -100)
+    return feats, present, mask, torch.zeros(B, T, dtype=torch.long), label
+
+
+@pytest.mark.parametrize("cfg", [{}, {"operand_order": "swapped"}, {"compression": "per_utterance"},
+                                 {"dual_gate": False}, {"positions": True}])
+def test_frame_mode_forward_backward_and_masking_invariance(cfg):
+    model = build("ta", mode="frame", dropout=0.0, **cfg)
+    feats, present, mask, speaker, label = frame_batch()
+    out = model(feats, present, mask, speaker)
+    assert out["logits"].shape == (2, 3, 7) and (out["logits"][1, 2] == 0).all()
+    loss, _ = total_loss(model, out, label, mask)
+    loss.backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
+    # more padding frames, filled with garbage, and a padded dialogue turn: same predictions, same KL
+    pad = 5
+    feats2 = {m: torch.cat([f.masked_fill(~present[m].unsqueeze(-1), 1e4),
+                            torch.full((*f.shape[:2], pad, f.shape[3]), 1e4)], 2) for m, f in feats.items()}
+    present2 = {m: torch.cat([p, torch.zeros(*p.shape[:2], pad, dtype=torch.bool)], 2) for m, p in present.items()}
+    out2 = model(feats2, present2, mask, speaker)
+    torch.testing.assert_close(out["logits"], out2["logits"])
+    torch.testing.assert_close(out["losses"]["kl"], out2["losses"]["kl"])
+    model.eval()
+    torch.testing.assert_close(model(feats, present, mask, speaker), model(feats2, present2, mask, speaker))
+
+
+def test_frame_mode_truncates_to_max_len_and_takes_utterance_vectors():
+    model = build("ta", mode="frame", max_len=3).eval()
+    feats, present, mask, speaker, _ = frame_batch()
+    cut = {m: f[:, :, :3] for m, f in feats.items()}
+    cut_p = {m: p[:, :, :3] for m, p in present.items()}
+    torch.testing.assert_close(model(feats, present, mask, speaker), model(cut, cut_p, mask, speaker))
+    # text as one vector per utterance (no token sequences stored): a one-frame sequence
+    feats["t"], present["t"] = feats["t"][:, :, 0], mask.clone()
+    assert torch.isfinite(model(feats, present, mask, speaker)).all()
+
+
+def test_frame_mode_overfits_tiny_batch():
+    model = build("ta", mode="frame", dropout=0.0)
+    feats, present, mask, speaker, label = frame_batch()
+    overfit(model, lambda: total_loss(model, model(feats, present, mask, speaker), label, mask))
+    logits = model(feats, present, mask, speaker)
+    assert (logits[mask].argmax(-1) == label[mask]).all()
