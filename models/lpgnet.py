@@ -41,8 +41,9 @@ Paper → code (section / equation of the paper):
   §4.4, Table 2   LPGNet(Frame) (``mode: frame``): each utterance is its own sequence of text tokens and audio
                   frames (truncated to ``max_len`` = 512); U is the token/frame axis. Inputs are
                   ``feats[m]: [B, T, L, F]`` with frame masks ``present[m]: [B, T, L]`` (``pipeline.dataset``
-                  with ``sequences``). A modality given as one vector per utterance (``[B, T, F]``) is a one-frame
-                  sequence. Both modalities are padded to one length, as the paper pads both to 512, so
+                  with ``sequences``: ``{a: frames}`` = ``audio.ssl.store_frames`` / the ``emotion2vec`` extractor's
+                  frames). A modality given as one vector per utterance (``[B, T, F]``; ``sequences.t: null``, as
+                  the text stage stores no token sequences yet) is a one-frame sequence. Both modalities are padded to one length, as the paper pads both to 512, so
                   [H_t; H_at] align position by position; F_final is averaged over the positions valid in any
                   modality into the utterance vector (not in the paper: our choice, the classifier of §3.5
                   needs one vector per utterance), and each student averages its H_m over its valid frames.
@@ -210,8 +211,8 @@ class LPGNet(nn.Module):
         """Which feature column holds each modality's frame sequence in the Frame mode (for ``pipeline.dataset``)."""
         if cfg.get("mode", "utterance") != "frame":
             return None
-        cols = cfg.get("sequences") or {"a": "frames", "t": "tokens"}
-        return {m: c for m, c in cols.items() if m in modalities}
+        cols = cfg.get("sequences") or {"a": "frames"}
+        return {m: c for m, c in cols.items() if m in modalities and c}  # null: one vector per utterance
 
     def operands(self, name: str) -> tuple[str, str]:
         """(query modality, key/value modality) of branch ``name``."""

@@ -24,7 +24,7 @@ import torch
 
 from models import get_model
 from pipeline.common import atomic_write_text, setup_logging
-from pipeline.dataset import Standardizer, dialogues, load_corpus
+from pipeline.dataset import Standardizer, dialogues, load_corpus, model_sequences
 from pipeline.engine import predict, resolve_device
 from pipeline.metrics import classification_metrics, confusion, mean_std
 from pipeline.plots import plot_confusion, plot_curves
@@ -38,7 +38,8 @@ def evaluate(checkpoint: str, utterances: str, reports: str, split: str = "test"
     """Every seed's checkpoint on ``split``: mean ± std metrics; confusion/predictions of the dev-selected seed."""
     ckpt = torch.load(checkpoint, map_location="cpu", weights_only=False)
     labels = ckpt["labels"]
-    corpus = load_corpus(utterances, ckpt["modalities"], feature_dirs)
+    corpus = model_sequences(load_corpus(utterances, ckpt["modalities"], feature_dirs), ckpt["model"], ckpt["cfg"],
+                             feature_dirs)  # Frame mode: the sequences the model was trained on
     norm = Standardizer(ckpt["norm"]["mean"], ckpt["norm"]["std"])
     data = dialogues(corpus, split, norm)
     if not data:

@@ -24,7 +24,7 @@ import torch
 
 from models import get_model
 from pipeline.common import atomic_torch_save, atomic_write_text, load_params, setup_logging
-from pipeline.dataset import Standardizer, dialogues, load_corpus
+from pipeline.dataset import Standardizer, dialogues, load_corpus, model_sequences
 from pipeline.engine import (Engine, EngineConfig, class_weights, init_distributed, parse_modalities, resolve_device,
                              seed_everything)
 from pipeline.metrics import mean_std
@@ -42,7 +42,7 @@ def train(params: dict, utterances: str, out: str, live_dir: str, feature_dirs: 
     ecfg = EngineConfig.from_params(tp)
     rank, n_ranks = init_distributed()  # (0, 1) unless launched by torchrun
     device = resolve_device()
-    corpus = load_corpus(utterances, mods, feature_dirs)
+    corpus = model_sequences(load_corpus(utterances, mods, feature_dirs), name, cfg, feature_dirs)  # Frame mode
     norm = Standardizer().fit(corpus, corpus.split_rows("train"))
     train_d, dev_d = dialogues(corpus, "train", norm), dialogues(corpus, "dev", norm)
     if not train_d or not dev_d:

@@ -1,5 +1,7 @@
 """LPGNet (models/lpgnet.py): branches per modality subset, training-only self-distillation, the paper's loss
 weighting through the engine hooks, ablation switches, padding safety and the masked KL / BatchNorm."""
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -413,3 +415,89 @@ def test_frame_mode_overfits_tiny_batch():
     overfit(model, lambda: total_loss(model, model(feats, present, mask, speaker), label, mask))
     logits = model(feats, present, mask, speaker)
     assert (logits[mask].argmax(-1) == label[mask]).all()
+
+
+def _write_features(directory, utt, dim, frames_of=None):
+    """A feature table as the extract stages write it; ``frames_of(i, label)`` → the row's stored sequence."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from pipeline.schema import feature_schema
+
+    rng = np.random.default_rng(len(str(directory)))
+    rows = utt.to_pylist()
+    extra = [pa.field("frames", pa.list_(pa.list_(pa.float32(), dim)))] if frames_of else []
+    cols = {k: [] for k in ("dialogue_id", "utterance_id", "status", "error", "feature")}
+    cols.update({"frames": []} if frames_of else {})
+    for i, r in enumerate(rows):
+        ok = not (frames_of and i == 1)  # one silent audio row: no vector, no frames
+        seq = frames_of(i, r["label_id"]) if frames_of and ok else None
+        vec = seq.mean(0) if seq is not None else rng.standard_normal(dim).astype(np.float32)
+        cols["dialogue_id"].append(r["dialogue_id"])
+        cols["utterance_id"].append(r["utterance_id"])
+        cols["status"].append("ok" if ok else "silent")
+        cols["error"].append(None if ok else "RMS below audio.silence_rms")
+        cols["feature"].append(vec if ok else np.zeros(dim, np.float32))
+        if frames_of:
+            cols["frames"].append(list(seq) if seq is not None else None)
+    directory.mkdir(parents=True)
+    table = pa.table(cols, schema=feature_schema(dim, "test", extra))
+    pq.write_table(table, directory / "part-00000.parquet")
+    return directory
+
+
+def test_frame_mode_trains_on_stored_sequences(tmp_path, demo_utterances):
+    """LPGNet(Frame) end to end: audio frames stored by the extract stage (``frames`` column, variable length),
+    text as utterance vectors; dataset → sequences [B, T, L, F] with frame masks → train → evaluate."""
+    import pyarrow.parquet as pq
+
+    from pipeline.dataset import Standardizer, collate, dialogues, load_corpus, model_sequences, read_sequences
+    from pipeline.evaluate import evaluate
+    from pipeline.train import train
+
+    utt = pq.read_table(demo_utterances, columns=["dialogue_id", "utterance_id", "label_id"])
+    rng = np.random.default_rng(0)
+
+    def frames(i, label):  # the label is planted in every frame: a model reading the frames can learn it
+        n = 3 + i % 5
+        x = rng.standard_normal((n, 8)).astype(np.float32) * 0.3
+        x[:, max(label, 0) % 8] += 2.0
+        return x
+
+    dirs = {"t": _write_features(tmp_path / "t", utt, 6), "a": _write_features(tmp_path / "a", utt, 8, frames)}
+    table = pq.read_table(dirs["a"] / "part-00000.parquet")
+    seqs = read_sequences(table, "frames", max_len=4)
+    assert [len(s) for s in seqs[:6]] == [3, 0, 4, 4, 4, 3]  # cut at max_len; the silent row has none
+    cfg = {"hidden": 16, "mode": "frame", "max_len": 4, "dropout": 0.0, "positions": True}
+    corpus = model_sequences(load_corpus(demo_utterances, ["t", "a"], dirs), "lpgnet", cfg, dirs)
+    assert set(corpus.seqs) == {"a"}  # no token sequences stored for text: it stays one vector per utterance
+    norm = Standardizer().fit(corpus, corpus.split_rows("train"))
+    b = collate(dialogues(corpus, "train", norm)[:2])
+    assert b["feats"]["a"].dim() == 4 and b["feats"]["a"].shape[2] == 4 and b["feats"]["t"].dim() == 3
+    assert b["present"]["a"].shape == b["feats"]["a"].shape[:3]
+    assert (b["present"]["a"].any(-1) <= b["mask"]).all()
+    assert b["feats"]["a"][~b["present"]["a"]].abs().sum() == 0  # padding frames are zero
+    params = {"model": "lpgnet", "model_params": {"lpgnet": cfg},
+              "train": dict(modalities=["t", "a"], seed=0, epochs=8, batch_size=2, lr=1e-2, weight_decay=0.0,
+                            grad_clip=1.0, patience=20, weighted_loss=False)}
+    ckpt = tmp_path / "model.pt"
+    res = train(params, demo_utterances, ckpt, tmp_path / "live", dirs)
+    assert np.isfinite(res["best_dev_weighted_f1"])
+    hist = json.loads((tmp_path / "live" / "seeds.json").read_text())["seeds"][0]["history"]
+    assert hist[-1]["train"]["accuracy"] > 0.8  # the planted frames are learnt
+    assert hist[-1]["train"]["aux_kl"] >= 0
+    m = evaluate(ckpt, demo_utterances, tmp_path / "reports", feature_dirs=dirs)
+    assert 0.0 <= m["weighted_f1"] <= 1.0
+
+
+def test_frame_mode_without_the_column_is_one_clear_error(tmp_path, demo_utterances):
+    import pyarrow.parquet as pq
+
+    from pipeline.dataset import load_corpus, model_sequences
+
+    utt = pq.read_table(demo_utterances, columns=["dialogue_id", "utterance_id", "label_id"])
+    dirs = {"t": _write_features(tmp_path / "t", utt, 6), "a": _write_features(tmp_path / "a", utt, 8)}
+    corpus = load_corpus(demo_utterances, ["t", "a"], dirs)
+    with pytest.raises(ValueError, match="store_frames"):
+        model_sequences(corpus, "lpgnet", {"mode": "frame"}, dirs)
+    assert model_sequences(corpus, "lpgnet", {"mode": "utterance"}, dirs).seqs == {}
