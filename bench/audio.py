@@ -55,7 +55,7 @@ def make_corpus(root: Path, n: int) -> Path:
 
 
 def run_stage(table: Path, out: Path, feature_set: str) -> float:
-    from pipeline.common import run_sharded
+    from pipeline.runners import run_sharded
     from pipeline.extract_audio import OpenSmileExtractor
 
     ex = OpenSmileExtractor(feature_set)

@@ -67,7 +67,7 @@ def factory(stage: str):
 
 
 def timed_run(stage: str, table: Path, out: Path, shard_size: int, runtime: dict | None) -> float:
-    from pipeline.common import run_sharded
+    from pipeline.runners import run_sharded
 
     from pipeline.extract_audio import AudioDecoder
 

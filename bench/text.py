@@ -49,7 +49,7 @@ def bare(model_name: str, items: list[str], batch_size: int) -> float:
 
 
 def stage(model_name: str, items: list[str], batch_size: int, d: Path) -> float:
-    from pipeline.common import run_sharded
+    from pipeline.runners import run_sharded
     from pipeline.extract_text import TextExtractor
 
     rows = [dict(dialogue_id=f"d{i // 10}", utterance_id=i % 10, speaker="s", text=x, label=None, label_id=-1,

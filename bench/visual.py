@@ -26,7 +26,8 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from pipeline.common import load_params, read_features, run_sharded, setup_logging  # noqa: E402
+from pipeline.common import load_params, read_features, setup_logging  # noqa: E402
+from pipeline.runners import run_sharded  # noqa: E402
 from pipeline.extract_visual import FaceExtractor  # noqa: E402
 from pipeline.media import MediaError, decode_frames  # noqa: E402
 from pipeline.schema import UTTERANCE_SCHEMA  # noqa: E402

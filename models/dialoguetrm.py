@@ -1,95 +1,175 @@
 """DialogueTRM — Mao et al., "DialogueTRM: Exploring Multi-Modal Emotional Dynamics in a Conversation",
-Findings of EMNLP 2021 (preprint arXiv:2010.07637).
+Findings of EMNLP 2021 (``../shared/papers/dialoguetrm.txt``).
 
-Intra-modal emotion dynamics (Sec. 3.2, Eq. 2–6): a hierarchical transformer per modality. The utterance-level
-encoder is the extract stage's feature extractor; here each modality is projected to ``hidden`` and passed through
-``layers`` dialogue-level transformer blocks whose attention is restricted by a context mask (Eq. 5–6: masked
-positions get −∞ before the softmax). ``window[m]`` chooses the context preference per modality: an integer K
-lets an utterance see the utterances within K turns (context-dependent; the paper's default for text), ``0``
-only itself (context-free: the block degenerates to a feed-forward network; the paper's choice for audio and
-visual), ``null`` the whole dialogue.
+Intra-modal emotion dynamics (§4.1):
+  * Eq. 1 (self dependency): f_(u) = BERT([CLS] u [SEP] indi-context [SEP]) at [CLS] — the text stage with
+    ``text.context: dialoguetrm``, ``text.pooling: cls`` (frozen vectors), or end-to-end fine-tuned inside
+    ``train`` (``train.text_encoder``, ``pipeline/text_e2e.py``). Both use one K (``window``) for the indi-context.
+  * Eq. 2–3 (inter-personal dependency): r_i,(u) = Transformer(F_(u), ρ̄_i): a PyTorch ``nn.TransformerEncoder``
+    with default parameters (§5.2: post-LN, ReLU, FFN 2048, dropout 0.1; paper size 6 layers, 12 heads, 768) whose
+    mask ρ̄_i lets turn i attend the K previous turns and itself, never the future (``causal: true``). Switch:
+    ``causal: false`` is a symmetric window |i − j| ≤ K (not the paper). ``window: null`` = every previous turn.
+  * Eq. 4–6 (context-free acoustic / visual): the same transformer with ρ̇_i = only turn i itself. The context
+    preference per modality is ``context: {t: dependent, a: free, v: free}`` (Table 4 flips it per modality).
+  * §5.2 inputs: audio (100-d) and visual (512-d) are projected to ``hidden`` by a linear layer; text is used as
+    is. Not in the paper: when the text width differs from ``hidden`` (e.g. MiniLM's 384 vs a 128 model), a linear
+    projection is added — it is the identity case of the paper otherwise. No position embeddings: the paper adds
+    none to its PyTorch transformer (the causal window is the only order signal).
+Inter-modal emotion dynamics — Multi-Grained Interactive Fusion (MGIF, §4.2):
+  * Eq. 7–11 (prototype dependency, the multi-modal gate): h_u = tanh(W_U r_u), h_a = tanh(W_A r_a),
+    z = σ(W_Z [r_u; r_a]), h_ua = z ⊙ h_u, h_au = (1 − z) ⊙ h_a. Eq. 12–14: one GATE per unordered pair (u,a),
+    (u,v), (a,v): six vectors. Ambiguity: whether GATE(u,a) and GATE(u,v) share W_U. Literal reading (default,
+    ``gate_weights: pair``): each GATE has its own W's; ``gate_weights: modality`` shares W_m across a modality's
+    pairs (W_Z stays per pair). Not in the paper: the linear maps have biases (PyTorch's default).
+  * Eq. 15–16 (representation dependency): M_i = [e_CLS; h_ua; h_au; h_uv; h_vu; h_av; h_va] (the paper's order)
+    into a transformer (paper: 4 layers, 8 heads, 768; its own head count ``rep_heads``), mask ρ_i all ones;
+    o_i = output at e_CLS. Without position/slot embeddings attention is order-blind (the literal reading);
+    ``slot_embeddings: true`` adds a learned embedding per slot (documented option, not in the paper).
+  * Eq. 17–18 (discriminator): P_i = softmax(W_C tanh(W_O o_i)) for categorical emotions (softmax in the loss);
+    W_D tanh(W_O o_i) for dimensional emotions — the same two-layer head with one output per target (valence,
+    arousal, expectancy, power) trained with MSE: build with ``n_classes = number of targets``. Not in the paper:
+    the width of W_O (``head_hidden``, default ``hidden``).
+Absent modalities (not in the paper, which always has its modalities): an absent r is zero, its gated vectors
+are zero and masked out of the representation transformer. With a single modality (the paper's "-U" setting)
+there is nothing to fuse: the discriminator reads r directly.
 
-Inter-modal dynamics — Multi-Grained Interactive Fusion (MGIF, Sec. 3.3):
-  * neuron-grained ("prototype dependency", Eq. 7–14): a multimodal gate per ordered modality pair (i, j),
-    g_ij = σ(W_g [h_i; h_j] + b_g), h_ij = g_ij ⊙ h_i + (1 − g_ij) ⊙ tanh(W_ij h_j + b_ij); three modalities give
-    six gated vectors. (Inferred: the gate follows the paper's description of neuron-level mixing of a
-    modality with its partner; the exact parametrisation of Eq. 7–14 is our reading.)
-  * vector-grained ("representation dependency", Eq. 15–16): a transformer over [CLS; six gated vectors]
-    (plus a learned position/type embedding per slot, inferred: attention is otherwise order-blind); the CLS
-    output is the utterance representation.
-  * discriminator (Eq. 17): two layers with tanh, then softmax (in the loss).
-
-Ablations (paper Tables 4–5): ``window`` per modality (context-dependent vs context-free);
-``gates: false`` (MGIF without prototype dependency: the transformer sees the unimodal vectors),
-``rep_transformer: false`` (without representation dependency: the mean of the gated vectors);
-``fusion: add | concat | max`` replaces MGIF by a plain fusion of the unimodal vectors.
+Ablations: Table 3 "remove transformer" → ``intra_transformer: false`` (r = projected f; the segment-embedding
+and [SEP] removals are text-input switches, see ``pipeline/text_e2e.py``); Table 4 → ``context`` per modality;
+Table 5 → ``rep_transformer: false`` ("w/o representation dependency": the six gated vectors concatenated into the
+head), ``gates: false`` ("w/o prototype dependency": the transformer over [e_CLS; r_u; r_a; r_v]), and the simple
+fusions ``fusion: add | concat | max`` over r (Bilinear, GMU and MulT fusions are not implemented).
 """
 from __future__ import annotations
 
-from itertools import permutations
+from itertools import combinations
 
 import torch
 import torch.nn as nn
 
-from models.layers import MLPHead, ModalityProjector, TransformerEncoder, attention_mask, pool_modalities
+from models.layers import MLPHead, attention_mask, pool_modalities
 from models.registry import register_model
 
+CONTEXTS = ("dependent", "free")
 
-class PairGate(nn.Module):
-    """Neuron-grained multimodal gate h_ij = g ⊙ h_i + (1 − g) ⊙ tanh(W h_j), g = σ(W_g [h_i; h_j])."""
 
-    def __init__(self, d: int):
+def context_mask(valid: torch.Tensor, window: int | None, causal: bool = True) -> torch.Tensor:
+    """Eq. 3 / Eq. 6 as a boolean ``[B, T, T]`` (True = may attend): key j is allowed for query i when it is
+    valid and i − K ≤ j ≤ i (``causal``; |i − j| ≤ K otherwise); ``window=0`` is ρ̇ (only itself), ``None`` every
+    previous turn. The diagonal is always allowed so that no row is empty (a padded or absent query's output is
+    discarded later); without it PyTorch's attention would give NaN."""
+    T = valid.shape[1]
+    m = attention_mask(torch.ones_like(valid), valid, window)
+    if causal:
+        m = m & torch.ones(T, T, dtype=torch.bool, device=valid.device).tril()
+    return m | torch.eye(T, dtype=torch.bool, device=valid.device)
+
+
+def torch_transformer(d: int, heads: int, layers: int, ff_dim: int, dropout: float) -> nn.TransformerEncoder:
+    """§5.2 "implemented with PyTorch API using default parameters": post-LN, ReLU, FFN ``ff_dim`` (2048)."""
+    layer = nn.TransformerEncoderLayer(d, heads, dim_feedforward=ff_dim, dropout=dropout, batch_first=True)
+    return nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
+
+
+def run_masked(enc: nn.TransformerEncoder, x: torch.Tensor, allowed: torch.Tensor, heads: int) -> torch.Tensor:
+    """``enc`` over ``x`` [N, S, d] with a per-sequence boolean ``allowed`` [N, S, S] (PyTorch masks the True ones)."""
+    return enc(x, mask=~allowed.repeat_interleave(heads, dim=0))
+
+
+class Gate(nn.Module):
+    """Eq. 7–11: h_i = tanh(W_I r_i), h_j = tanh(W_J r_j), z = σ(W_Z [r_i; r_j]); returns (z ⊙ h_i, (1 − z) ⊙ h_j).
+
+    ``w_i``/``w_j`` are passed in so that ``gate_weights: modality`` can share them across pairs.
+    """
+
+    def __init__(self, d: int, w_i: nn.Linear, w_j: nn.Linear):
         super().__init__()
-        self.gate, self.partner = nn.Linear(2 * d, d), nn.Linear(d, d)
+        self.w_i, self.w_j = w_i, w_j
+        self.w_z = nn.Linear(2 * d, d)
 
-    def forward(self, hi: torch.Tensor, hj: torch.Tensor) -> torch.Tensor:
-        g = torch.sigmoid(self.gate(torch.cat([hi, hj], dim=-1)))
-        return g * hi + (1 - g) * torch.tanh(self.partner(hj))
+    def forward(self, r_i: torch.Tensor, r_j: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        h_i = torch.tanh(self.w_i(r_i))  # Eq. 7
+        h_j = torch.tanh(self.w_j(r_j))  # Eq. 8
+        z = torch.sigmoid(self.w_z(torch.cat([r_i, r_j], dim=-1)))  # Eq. 9
+        return z * h_i, (1 - z) * h_j  # Eq. 10, 11 ("1 −": the position-wise normalisation)
 
 
 @register_model("dialoguetrm")
 class DialogueTRM(nn.Module):
     def __init__(self, input_dims: dict[str, int], n_classes: int, hidden: int = 128, heads: int = 4,
-                 layers: int = 1, window: dict | None = None, fusion: str = "mgif", gates: bool = True,
-                 rep_transformer: bool = True, rep_layers: int = 1, dropout: float = 0.2):
+                 layers: int = 1, ff_dim: int = 2048, window: int | None = 14, causal: bool = True,
+                 context: dict | None = None, intra_transformer: bool = True, fusion: str = "mgif",
+                 gates: bool = True, gate_weights: str = "pair", rep_transformer: bool = True, rep_layers: int = 1,
+                 rep_heads: int = 4, slot_embeddings: bool = False, head_hidden: int | None = None,
+                 dropout: float = 0.1):
         super().__init__()
         if fusion not in ("mgif", "add", "concat", "max"):
             raise ValueError(f"dialoguetrm: fusion is mgif|add|concat|max; got {fusion!r}")
-        self.proj = ModalityProjector(input_dims, hidden, dropout)
-        mods = self.proj.modalities
-        window = {"t": 4, "a": 0, "v": 0, **(window or {})}
-        self.window = {m: window.get(m, 0) for m in mods}
-        self.intra = nn.ModuleDict({m: TransformerEncoder(hidden, heads, layers, dropout) for m in mods})
-        self.fusion = fusion
-        self.pairs = list(permutations(mods, 2)) if fusion == "mgif" and gates else []
-        self.gates = nn.ModuleDict({i + j: PairGate(hidden) for i, j in self.pairs})
+        if gate_weights not in ("pair", "modality"):
+            raise ValueError(f"dialoguetrm: gate_weights is pair|modality; got {gate_weights!r}")
+        context = {"t": "dependent", "a": "free", "v": "free", **(context or {})}
+        if any(c not in CONTEXTS for c in context.values()):
+            raise ValueError(f"dialoguetrm: context values are dependent|free; got {context}")
+        if window is not None and window < 0:
+            raise ValueError(f"dialoguetrm: window (K) is a turn count >= 0 or null; got {window}")
+        self.mods = sorted(input_dims, key="tav".index)
+        self.heads, self.rep_heads, self.causal, self.window = heads, rep_heads, causal, window
+        self.context = {m: context[m] for m in self.mods}
+        # §5.2: a/v projected to the model width; text as is (a projection only when its width differs)
+        self.proj = nn.ModuleDict({m: nn.Identity() if m == "t" and d == hidden else nn.Linear(d, hidden)
+                                   for m, d in input_dims.items()})
+        self.intra = nn.ModuleDict({m: torch_transformer(hidden, heads, layers, ff_dim, dropout)
+                                    for m in self.mods}) if intra_transformer else None  # Eq. 2, 4, 5
+        self.fusion = fusion if len(self.mods) > 1 else "none"  # one modality ("-U"): nothing to fuse
+        self.pairs = list(combinations(self.mods, 2)) if self.fusion == "mgif" and gates else []  # Eq. 12–14
+        if self.pairs:
+            shared = nn.ModuleDict({m: nn.Linear(hidden, hidden) for m in self.mods}) \
+                if gate_weights == "modality" else None
+            w = (lambda m: shared[m]) if shared is not None else (lambda m: nn.Linear(hidden, hidden))  # noqa: E731
+            self.gates = nn.ModuleDict({i + j: Gate(hidden, w(i), w(j)) for i, j in self.pairs})
+        n_vec = 2 * len(self.pairs) or len(self.mods)
         self.rep = None
-        if fusion == "mgif" and rep_transformer:
-            n_slots = len(self.pairs) or len(mods)
-            self.cls = nn.Parameter(torch.randn(hidden) * 0.02)
-            self.slot = nn.Parameter(torch.randn(n_slots + 1, hidden) * 0.02)
-            self.rep = TransformerEncoder(hidden, heads, rep_layers, dropout)
-        d_out = hidden * len(mods) if fusion == "concat" else hidden
-        self.head = MLPHead(d_out, hidden, n_classes, dropout, act=nn.Tanh)
+        if self.fusion == "mgif" and rep_transformer:  # Eq. 15–16
+            self.cls = nn.Parameter(torch.randn(hidden) * 0.02)  # e_CLS
+            self.slot = nn.Parameter(torch.randn(n_vec + 1, hidden) * 0.02) if slot_embeddings else None
+            self.rep = torch_transformer(hidden, rep_heads, rep_layers, ff_dim, dropout)
+        d_head = hidden * n_vec if self.fusion == "concat" or (self.fusion == "mgif" and self.rep is None) else hidden
+        self.head = MLPHead(d_head, head_hidden or hidden, n_classes, dropout=0.0, act=nn.Tanh)  # Eq. 17
+
+    def intra_modal(self, feats, present, mask) -> tuple[dict, dict]:
+        """Eq. 2–6: r_i per modality ``[B, T, hidden]`` (zero where the modality is absent) and its validity."""
+        r, valid = {}, {}
+        for m in self.mods:
+            ok = present[m] & mask
+            x = self.proj[m](feats[m]) * ok.unsqueeze(-1).to(feats[m].dtype)
+            if self.intra is not None:
+                k = self.window if self.context[m] == "dependent" else 0  # ρ̄_i (Eq. 3) or ρ̇_i (Eq. 6)
+                x = run_masked(self.intra[m], x, context_mask(ok, k, self.causal), self.heads)
+            r[m], valid[m] = x * ok.unsqueeze(-1).to(x.dtype), ok
+        return r, valid
 
     def forward(self, feats, present, mask, speaker):
-        z = self.proj(feats, present)
-        valid = {m: present[m] & mask for m in z}
-        h = {m: self.intra[m](x, attention_mask(mask, valid[m], self.window[m])) * valid[m].unsqueeze(-1).to(x.dtype)
-             for m, x in z.items()}
-        mods = self.proj.modalities
-        if self.fusion != "mgif":
-            return self.head(pool_modalities([h[m] for m in mods], [valid[m] for m in mods], self.fusion))
-        if self.pairs:  # neuron-grained: gated vectors, valid when either side is real
-            vecs = [self.gates[i + j](h[i], h[j]) for i, j in self.pairs]
-            ok = [valid[i] | valid[j] for i, j in self.pairs]
-        else:
-            vecs, ok = [h[m] for m in mods], [valid[m] for m in mods]
-        if self.rep is None:
-            return self.head(pool_modalities(vecs, ok, "mean"))
-        # vector-grained: a transformer over [CLS; slots] of each utterance (B·T short sequences)
+        r, valid = self.intra_modal(feats, present, mask)
+        mods = self.mods
+        if self.fusion == "none":
+            return self.head(r[mods[0]])
+        if self.fusion != "mgif":  # Table 5 simple fusions
+            return self.head(pool_modalities([r[m] for m in mods], [valid[m] for m in mods], self.fusion))
+        if self.pairs:  # Eq. 12–14, in Eq. 15's order: (ua, au), (uv, vu), (av, va)
+            vecs, ok = [], []
+            for i, j in self.pairs:
+                h_ij, h_ji = self.gates[i + j](r[i], r[j])
+                vecs += [h_ij * valid[i].unsqueeze(-1), h_ji * valid[j].unsqueeze(-1)]
+                ok += [valid[i], valid[j]]
+        else:  # "w/o prototype dependency": the unimodal representations
+            vecs, ok = [r[m] for m in mods], [valid[m] for m in mods]
+        if self.rep is None:  # "w/o representation dependency": concatenation into the discriminator
+            return self.head(torch.cat(vecs, dim=-1))
         B, T, d = vecs[0].shape
-        x = torch.stack([self.cls.expand(B, T, d), *vecs], dim=2) + self.slot  # [B, T, 1 + S, d]
-        ok = torch.stack([mask, *ok], dim=2).reshape(B * T, -1)
-        out = self.rep(x.reshape(B * T, -1, d), attention_mask(ok, ok))
-        return self.head(out[:, 0].reshape(B, T, d))
+        x = torch.stack([self.cls.expand(B, T, d), *vecs], dim=2)  # Eq. 15: M_i
+        if self.slot is not None:
+            x = x + self.slot
+        # ρ_i all ones over the real slots (absent modalities' slots and padding are left out; e_CLS always in)
+        keys = torch.stack([torch.ones_like(mask), *ok], dim=2).reshape(B * T, -1)
+        allowed = keys.unsqueeze(1).expand(-1, keys.shape[1], -1)
+        o = run_masked(self.rep, x.reshape(B * T, -1, d), allowed, self.rep_heads)[:, 0]  # Eq. 16: o_i at e_CLS
+        return self.head(o.reshape(B, T, d))

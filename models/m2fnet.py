@@ -1,72 +1,83 @@
-"""M2FNet — Chudasama et al., "M2FNet: Multi-modal Fusion Network for Emotion Recognition in Conversation",
-CVPR Workshops 2022 (arXiv:2206.02187).
+"""M2FNet — Gao, "A Stable Transformer-based Multimodal Framework for Dialogue Emotion Recognition with
+Speaker-Aware Context Modeling" (the seed paper, ``../shared/papers/m2fnet.txt``).
 
-Paper pipeline and where it lives here:
-  1. Utterance-level feature extractors (RoBERTa text; audio/visual extractors trained with the adaptive-margin
-     triplet loss): out of scope — the extract stages provide utterance features.
-  2. Dialogue-level modality encoders: per modality, a transformer encoder over the utterances of the dialogue
-     (``encoder_layers``), here after a projection into the shared width ``hidden``.
-  3. Multi-head attention fusion (Sec. 3.3, Fig. 3): the text stream is the query, audio and visual are keys and
-     values; ``fusion_layers`` fusion layers are stacked, each feeding its output as the next query.
-     Inferred detail: one cross-attention ``TransformerBlock`` per non-query modality in every layer, applied in
-     turn (residual + FFN); text is the query when present, else the first chosen modality.
-  4. Context over the dialogue with speaker awareness → classifier. Our reading of the issue: a bidirectional
-     GRU over fused utterances plus a speaker embedding (``context: gru``), then a two-layer head.
+The paper has no equations; its components map to code as follows:
+  * §3.2 modality-specific features (BERT text, acoustic, pooled visual): the extract stages' utterance vectors.
+  * §3.3 transformer-based multimodal fusion: "transforming [the modality features] into a shared space for
+    multi-head self-attention ... over the text, audio and visual streams". Each chosen modality is projected into
+    the shared width ``hidden`` (``ModalityProjector``), and the utterance's (up to three) modality tokens go
+    through ``fusion_layers`` self-attention transformer blocks; attention never crosses utterances (no
+    per-modality dialogue encoder before fusion, unlike Chudasama et al. 2022). Absent modalities are masked out.
+    Not in the paper: our choice, because one vector per utterance must reach the GRU — the fused tokens are
+    averaged over the utterance's present modalities.
+  * §3.4 speaker-aware context: "a GRU is used after multi-modal fusion ... in order of dialogue ... context from
+    previous utterances"; the Limitations call it "one-way": a unidirectional GRU over the dialogue's fused
+    utterances, so utterance t only sees turns ≤ t. The speaker mechanism is not specified. Not in the paper: our
+    choice, because speaker identity must reach the GRU somehow — a learned speaker embedding (speaker index within
+    the dialogue) is added to the GRU input (``speaker: false`` drops it).
+  * §3.5 classification: "a fully connected classification layer" + softmax: a single ``nn.Linear`` (softmax in
+    the loss).
+  * §3.6 / §4.5 / Table 2 training (inverse-frequency weighted CE, AdamW, gradient clipping, ReduceLROnPlateau and
+    early stopping on validation loss): engine options, set in ``recipes/m2fnet_meld.yaml``.
 
-Ablations (paper Table 5): ``fusion: concat`` (no transformer fusion: concatenation + linear), ``context: none``
-(no GRU context), and no weighted loss (``train.weighted_loss: false``, an engine switch).
+Ablations (Table 5, on the validation split): ``fusion: concat`` ("w/o Transformer Fusion": concatenation of the
+projected modalities + a linear map instead of self-attention), ``context: none`` ("w/o GRU Context": no
+recurrent context modelling and no speaker embedding — each utterance is classified from its own features alone,
+no dialogue context at all), ``train.weighted_loss: false`` ("w/o Weighted Loss", an engine switch).
+
+Chudasama et al.'s M2FNet (per-modality dialogue transformers, text-query cross-attention, BiGRU), which this
+module implemented before, is not kept: its paper is not among the project's sources, so its details could not be
+checked, and its cross-modal attention + BiGRU design is covered by LPGNet / SUMMER / bc_lstm.
 """
 from __future__ import annotations
 
 import torch
 import torch.nn as nn
 
-from models.layers import (MLPHead, ModalityProjector, SpeakerEmbedding, TransformerBlock, TransformerEncoder,
-                           attention_mask, masked_rnn)
+from models.layers import ModalityProjector, SpeakerEmbedding, TransformerEncoder, masked_rnn, pool_modalities
 from models.registry import register_model
 
 
 @register_model("m2fnet")
 class M2FNet(nn.Module):
     def __init__(self, input_dims: dict[str, int], n_classes: int, hidden: int = 128, heads: int = 4,
-                 encoder_layers: int = 1, fusion_layers: int = 5, fusion: str = "attention", context: str = "gru",
+                 fusion_layers: int = 1, fusion: str = "attention", context: str = "gru", speaker: bool = True,
                  dropout: float = 0.2, max_speakers: int = 16):
         super().__init__()
         if fusion not in ("attention", "concat") or context not in ("gru", "none"):
             raise ValueError(f"m2fnet: fusion is attention|concat, context is gru|none; got {fusion}, {context}")
+        # §3.3: each modality into the shared space (width ``hidden``; not in the paper: our choice)
         self.proj = ModalityProjector(input_dims, hidden, dropout)
         mods = self.proj.modalities
-        self.query, self.keys = mods[0], mods[1:]  # ordered(): text first when chosen
-        self.encoders = nn.ModuleDict({m: TransformerEncoder(hidden, heads, encoder_layers, dropout) for m in mods}) \
-            if encoder_layers else None
         self.fusion = fusion
-        if fusion == "attention":
-            # One ModuleDict per fusion layer: the query stream attends to each other modality in turn.
-            self.fuse = nn.ModuleList(
-                nn.ModuleDict({m: TransformerBlock(hidden, heads, dropout, cross=True) for m in self.keys})
-                for _ in range(fusion_layers if self.keys else 0))
-        else:
+        if fusion == "attention":  # §3.3: multi-head self-attention over the utterance's modality tokens
+            self.fuse = TransformerEncoder(hidden, heads, fusion_layers, dropout)
+        else:  # Table 5 "w/o Transformer Fusion": concatenation instead
             self.fuse = nn.Linear(hidden * len(mods), hidden)
         self.context = context
-        if context == "gru":
-            self.speaker = SpeakerEmbedding(max_speakers, hidden)
-            self.gru = nn.GRU(hidden, hidden, batch_first=True, bidirectional=True)
-        self.head = MLPHead(hidden * (3 if context == "gru" else 1), hidden, n_classes, dropout)
+        self.speaker = SpeakerEmbedding(max_speakers, hidden) if context == "gru" and speaker else None
+        if context == "gru":  # §3.4: one-way GRU over the dialogue
+            self.gru = nn.GRU(hidden, hidden, batch_first=True)
+        self.drop = nn.Dropout(dropout)
+        self.fc = nn.Linear(hidden, n_classes)  # §3.5: a single fully connected layer (+ softmax in the loss)
+
+    def fused(self, feats, present, mask) -> torch.Tensor:
+        """§3.3: one fused vector per utterance ``[B, T, hidden]``; it depends on that utterance's features only."""
+        z = self.proj(feats, present)
+        mods = self.proj.modalities
+        valid = [present[m] & mask for m in mods]
+        if self.fusion == "concat":
+            return self.fuse(torch.cat([z[m] for m in mods], dim=-1))
+        B, T, d = z[mods[0]].shape
+        tokens = torch.stack([z[m] for m in mods], dim=2).reshape(B * T, len(mods), d)  # the utterance's t/a/v
+        ok = torch.stack(valid, dim=2).reshape(B * T, len(mods))
+        out = self.fuse(tokens, ok.unsqueeze(2) & ok.unsqueeze(1)).reshape(B, T, len(mods), d)
+        return pool_modalities(list(out.unbind(2)), valid, "mean")
 
     def forward(self, feats, present, mask, speaker):
-        z = self.proj(feats, present)
-        valid = {m: present[m] & mask for m in z}
-        if self.encoders is not None:
-            z = {m: self.encoders[m](x, attention_mask(mask, valid[m])) * valid[m].unsqueeze(-1).to(x.dtype)
-                 for m, x in z.items()}
-        if self.fusion == "attention":
-            u = z[self.query]
-            for layer in self.fuse:
-                for m, block in layer.items():
-                    u = block(u, attention_mask(mask, valid[m]), kv=z[m])
-        else:
-            u = self.fuse(torch.cat([z[m] for m in self.proj.modalities], dim=-1))
+        u = self.fused(feats, present, mask)
         if self.context == "gru":
-            u = u + self.speaker(speaker)
-            u = torch.cat([masked_rnn(self.gru, u, mask), u], dim=-1)
-        return self.head(u)
+            if self.speaker is not None:
+                u = u + self.speaker(speaker)
+            u = masked_rnn(self.gru, u, mask)  # packed: padding never enters; one-way: no future turns
+        return self.fc(self.drop(u))

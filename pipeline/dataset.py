@@ -1,10 +1,13 @@
 """Utterance table + feature tables → dialogue tensors for training and evaluation.
 
 Meets the extract stages only at their Parquet schema (``pipeline.schema``): a modality counts as present
-for an utterance when its feature row has ``status == 'ok'``.
+for an utterance when its feature row has ``status == 'ok'`` and a usable vector. An ``ok`` row whose vector
+holds NaN/inf or a value beyond ``FEATURE_ABS_LIMIT`` is counted as status ``nonfinite`` and treated as absent:
+one such row would otherwise turn the standardiser's statistics, and from there every weight, into NaN.
 """
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -13,9 +16,18 @@ import pyarrow as pa
 import torch
 
 from pipeline.common import key_index, read_features, read_utterances
-from pipeline.schema import feature_matrix
+from pipeline.errors import MissingFileError, UserError
+from pipeline.schema import FEATURE_ABS_LIMIT, feature_matrix, nonfinite_rows
 
+log = logging.getLogger("merc.dataset")
 FEATURE_DIRS = {"t": "data/features/text", "a": "data/features/audio", "v": "data/features/visual"}
+# Standardiser: a dimension whose train std is below STD_FLOOR is only centred (scale 1, as scikit-learn's
+# StandardScaler does for constant features): dividing by a ~0 std would blow tiny dev/test differences up to
+# huge z. Not in any paper: our choice. Z_CLIP bounds |z| so one extreme dev/test vector cannot saturate a model;
+# 10 standard deviations leaves every real value of a roughly normal feature untouched.
+STD_FLOOR = 1e-6
+Z_CLIP = 10.0
+NONFINITE = "nonfinite"  # the status load_corpus gives an ``ok`` row whose vector is unusable
 
 
 @dataclass
@@ -39,8 +51,14 @@ class Corpus:
 
 
 def load_corpus(utterances_path: str | Path, modalities: list[str], feature_dirs: dict[str, str] | None = None) -> Corpus:
-    """Join the requested modalities' features onto the labelled utterances (missing rows → absent)."""
+    """Join the requested modalities' features onto the labelled utterances (missing rows → absent).
+
+    ``ok`` rows with a non-finite (or beyond ``FEATURE_ABS_LIMIT``) value are absent too, with status
+    ``nonfinite`` in ``status_counts`` (so they reach ``metrics.json``'s ``items``)."""
     feature_dirs = {**FEATURE_DIRS, **(feature_dirs or {})}
+    if not Path(utterances_path).is_file():
+        raise MissingFileError(f"no utterance table at {utterances_path}: run the prepare stage first "
+                               "(`dvc repro prepare`)")
     utt = read_utterances(utterances_path)
     labels = np.asarray(utt.column("label_id").to_numpy())
     splits = np.asarray(utt.column("split").to_pylist())
@@ -51,12 +69,23 @@ def load_corpus(utterances_path: str | Path, modalities: list[str], feature_dirs
     feats, present, status_counts = {}, {}, {}
     for m in modalities:
         if m not in feature_dirs:
-            raise ValueError(f"unknown modality {m!r}; use any of {sorted(FEATURE_DIRS)}")
-        table = read_features(feature_dirs[m])
+            raise UserError(f"unknown modality {m!r}; use any of {sorted(FEATURE_DIRS)}")
+        try:
+            table = read_features(feature_dirs[m])
+        except FileNotFoundError as e:
+            raise MissingFileError(str(e)) from e
         mat = feature_matrix(table)
         x = np.zeros((utt.num_rows, mat.shape[1]), dtype=np.float32)
         ok = np.zeros(utt.num_rows, dtype=bool)
         status = table.column("status").to_pylist()
+        bad = nonfinite_rows(mat) & (np.asarray(status) == "ok")
+        for r in np.flatnonzero(bad):
+            status[r] = NONFINITE
+        if bad.any():
+            log.warning("%s features: %d ok row(s) hold NaN/inf or |x| > %.0e (e.g. %s): treated as absent, "
+                        "counted as %r", m, int(bad.sum()), FEATURE_ABS_LIMIT,
+                        (table.column("dialogue_id")[int(np.flatnonzero(bad)[0])].as_py(),
+                         table.column("utterance_id")[int(np.flatnonzero(bad)[0])].as_py()), NONFINITE)
         keys = list(zip(table.column("dialogue_id").to_pylist(), table.column("utterance_id").to_pylist()))
         for r, key in enumerate(keys):
             i = idx.get(key)
@@ -71,30 +100,72 @@ def load_corpus(utterances_path: str | Path, modalities: list[str], feature_dirs
 
 
 class Standardizer:
-    """Per-dimension z-score fitted on the training rows where the modality is present."""
+    """Per-dimension z-score fitted on the training rows where the modality is present.
+
+    Fitted and applied in float64 (a float32 variance overflows from |x| ≈ 1.8e19); a dimension with train
+    std below ``STD_FLOOR`` keeps scale 1; z is clipped to ±``Z_CLIP``. Stats are float64 arrays (tensors in
+    a checkpoint: ``state``/``from_state``)."""
 
     def __init__(self, mean: dict[str, np.ndarray] | None = None, std: dict[str, np.ndarray] | None = None):
-        self.mean, self.std = mean or {}, std or {}
+        as64 = lambda d: {m: np.asarray(v, dtype=np.float64) for m, v in (d or {}).items()}  # noqa: E731
+        self.mean, self.std = as64(mean), as64(std)
+        self.passthrough: set[str] = set()  # modalities left as they are (end-to-end text's token ids)
 
     def fit(self, corpus: Corpus, rows: np.ndarray) -> "Standardizer":
         for m, x in corpus.feats.items():
-            sel = x[rows][corpus.present[m][rows]]
-            self.mean[m] = sel.mean(0) if len(sel) else np.zeros(x.shape[1], np.float32)
-            self.std[m] = sel.std(0) + 1e-6 if len(sel) else np.ones(x.shape[1], np.float32)
+            sel = x[rows][corpus.present[m][rows]].astype(np.float64)
+            if len(sel):
+                std = sel.std(0)
+                self.mean[m], self.std[m] = sel.mean(0), np.where(std < STD_FLOOR, 1.0, std)
+            else:
+                self.mean[m], self.std[m] = np.zeros(x.shape[1]), np.ones(x.shape[1])
         return self
 
     def __call__(self, m: str, x: np.ndarray, present: np.ndarray) -> np.ndarray:
-        return ((x - self.mean[m]) / self.std[m] * present[:, None]).astype(np.float32)
+        if m in self.passthrough:
+            return (x * present[:, None]).astype(np.float32)
+        z = np.clip((x.astype(np.float64) - self.mean[m]) / self.std[m], -Z_CLIP, Z_CLIP)
+        return (z * present[:, None]).astype(np.float32)
 
     def state(self) -> dict:
-        return {"mean": self.mean, "std": self.std}
+        return {"mean": dict(self.mean), "std": dict(self.std)}
+
+    @classmethod
+    def from_state(cls, state: dict) -> "Standardizer":
+        """From ``state()`` as a checkpoint holds it (tensors or arrays)."""
+        conv = lambda d: {m: np.asarray(v.numpy() if hasattr(v, "numpy") else v) for m, v in d.items()}  # noqa: E731
+        return cls(conv(state["mean"]), conv(state["std"]))
 
     def sequence(self, m: str, x: np.ndarray) -> np.ndarray:
-        """A ``[L, F]`` frame sequence with its modality's per-dimension statistics (from the utterance vectors:
-        not in the paper, our choice — emotion2vec's utterance vector is the mean of these very frames)."""
+        """A ``[L, F]`` frame sequence with its modality's per-dimension statistics, clipped like ``__call__``
+        (from the utterance vectors: not in the paper, our choice — emotion2vec's utterance vector is the mean
+        of these very frames)."""
         if x.shape[0] == 0 or m not in self.mean:
             return x.astype(np.float32)
-        return ((x - self.mean[m]) / self.std[m]).astype(np.float32)
+        return np.clip((x.astype(np.float64) - self.mean[m]) / self.std[m], -Z_CLIP, Z_CLIP).astype(np.float32)
+
+
+def train_warnings(corpus: Corpus, labels: list[str]) -> list[str]:
+    """What makes a training run doubtful though it can run: labels with no train example, a single train
+    class, a requested modality absent from every train utterance. Logged as warnings and returned."""
+    rows = corpus.split_rows("train")
+    y = np.asarray(corpus.utterances.column("label_id").to_numpy())[rows]
+    counts = np.bincount(y, minlength=len(labels)) if len(y) else np.zeros(len(labels), int)
+    out = []
+    empty = [labels[i] for i in range(len(labels)) if counts[i] == 0]
+    if empty:
+        out.append(f"labels {empty} have no train example: the model can never learn them (check the prepare "
+                   "stage's split or prepare.labels)")
+    if (counts > 0).sum() == 1:
+        out.append(f"the train split has a single class ({labels[int(np.argmax(counts))]!r}): every prediction "
+                   "will be that class")
+    for m, p in corpus.present.items():
+        if len(rows) and not p[rows].any():
+            out.append(f"modality {m!r} is absent from every train utterance (see its extract stage's statuses): "
+                       f"drop it from train.modalities")
+    for w in out:
+        log.warning("%s", w)
+    return out
 
 
 def dialogues(corpus: Corpus, split: str, norm: Standardizer) -> list[dict]:

@@ -2,8 +2,27 @@
 
 Per epoch: shuffled dialogue batches (``pipeline.dataset.collate``: padding masked, absent modalities flagged),
 CUDA + bf16 autocast when a GPU is there (CPU otherwise), (inverse-frequency weighted) cross-entropy plus any
-auxiliary losses, backward, model hook, gradient clipping, AdamW step; then dev metrics, ReduceLROnPlateau and
-early stopping on dev weighted F1, and the best-on-dev weights kept. Only train and dev are ever seen here.
+auxiliary losses, backward, model hook, gradient clipping, optimiser step; then dev metrics, the lr scheduler and
+early stopping on the dev monitor, and the best-on-dev weights kept. Only train and dev are ever seen here.
+
+Options (``EngineConfig`` = the ``train:`` params; the defaults are the project's own recipe):
+  * ``optimizer``: ``adamw`` (decoupled weight decay, Loshchilov & Hutter) | ``adam`` (coupled L2: the decay
+    term ``weight_decay · θ`` is added to the gradient before Adam's moment estimates, torch's ``Adam``).
+  * ``scheduler``: ``plateau`` (ReduceLROnPlateau on the monitor, ``lr_patience``/``lr_factor``, once per
+    epoch) | ``linear_warmup`` (per optimiser step k = 0 … T−1, T = epochs · steps per epoch:
+    lr_k = lr · (k+1)/W for k < W, then lr · (T−k)/(T−W), W = ``warmup_steps`` — linear warm-up, then linear
+    decay towards 0 at the last step; DialogueTRM §5.2; the same formula as ``pipeline.finetune_text``) |
+    ``none`` (constant lr).
+  * ``monitor``: the dev metric for the best checkpoint, the plateau scheduler and early stopping:
+    ``weighted_f1`` (higher is better) | ``loss`` (dev cross-entropy with the training class weights; lower
+    is better). Ties keep the earliest epoch.
+  * ``early_stopping``: stop after ``patience`` epochs without a better monitor; ``false`` runs all
+    ``epochs`` and still returns the best-on-dev weights.
+  * ``grad_clip``: max global L2 norm of the gradients (null or 0: no clipping); ``clip_before_hooks``: clip
+    before the model's ``before_step`` hook (Ada2I's official code clips before its modulation) instead of
+    after it (default).
+  * ``weighted_loss``: class weights in the CE, w_c = N / (C · n_c) over the training labels
+    (``class_weights``); ``false``: unweighted CE.
 
 Model contract (``models.layers``): ``forward(feats, present, mask, speaker)`` returns logits ``[B, T, C]``.
 Optional hooks, so models with extra objectives plug in without a second training loop:
@@ -12,8 +31,9 @@ Optional hooks, so models with extra objectives plug in without a second trainin
   * ``aux_loss(out, batch) -> {name: scalar}``: the same, for losses that need the labels (``batch["label"]``,
     padding = -100), e.g. distillation or modality-disparity terms. Called in training only; the task loss's
     class weights reach it as ``batch["class_weight"]`` (None when unweighted), so extra CE terms can match it.
-  * ``before_step(epoch=, step=)``: after backward, before clipping and the optimiser step — gradient
-    modulation (e.g. Ada2I's 1 − tanh(α·ρ)) edits ``p.grad`` here.
+  * ``before_step(epoch=, step=)``: after backward, before the optimiser step and (unless
+    ``clip_before_hooks``) before clipping — gradient modulation (e.g. Ada2I's 1 − tanh(α·ρ)) edits ``p.grad``
+    here.
   * ``epoch_logs() -> {name: float}``: extra per-epoch values logged as ``train/<name>`` (e.g. ρ per modality).
 
 Multi-GPU / multi-process (``torchrun --nproc-per-node N``): ``init_distributed`` reads torchrun's environment
@@ -29,6 +49,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 import random
 from dataclasses import dataclass, fields
@@ -41,6 +62,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from pipeline.dataset import collate
+from pipeline.errors import NonFiniteError, UserError
 from pipeline.metrics import classification_metrics
 from pipeline.schema import EMOTIONS
 
@@ -53,8 +75,31 @@ def parse_modalities(spec: str | list | tuple) -> list[str]:
     mods = list(spec) if not isinstance(spec, str) else list(spec.replace(",", "").replace(" ", ""))
     bad = [m for m in mods if m not in MODALITIES]
     if not mods or bad or len(set(mods)) != len(mods):
-        raise ValueError(f"train.modalities must be a non-empty subset of {MODALITIES} (e.g. 'tav', 'ta'); got {spec!r}")
+        raise UserError(f"train.modalities must be a non-empty subset of {MODALITIES} (e.g. 'tav', 'ta'); got {spec!r}")
     return [m for m in MODALITIES if m in mods]
+
+
+def check_engine_params(tp: dict, where: str = "train") -> None:
+    """One-line ``UserError`` for engine settings that cannot train (``epochs: 0`` would save no weights)."""
+    def bad(key, need):
+        v = tp[key]
+        hint = " (YAML reads 1e-3 as text: write 0.001)" if isinstance(v, str) and "e" in v.lower() else ""
+        return UserError(f"params.yaml {where}.{key} must be {need}, got {v!r}{hint}")
+
+    for key in ("epochs", "batch_size", "patience", "lr_patience"):
+        if key in tp and not (key in ("patience", "lr_patience") and tp[key] is None) and \
+                (isinstance(tp[key], bool) or not isinstance(tp[key], int) or tp[key] < 1):
+            raise bad(key, "a whole number >= 1")
+    for key in ("lr",):
+        if key in tp and (isinstance(tp[key], bool) or not isinstance(tp[key], (int, float))
+                          or not np.isfinite(tp[key]) or tp[key] <= 0):
+            raise bad(key, "a number > 0 (e.g. 0.001)")
+    for key in ("weight_decay", "grad_clip"):
+        if key in tp and tp[key] is not None and (isinstance(tp[key], bool) or not isinstance(tp[key], (int, float))
+                                                  or not np.isfinite(tp[key]) or tp[key] < 0):
+            raise bad(key, "a number >= 0")
+    if "lr_factor" in tp and not (isinstance(tp["lr_factor"], (int, float)) and 0 < tp["lr_factor"] <= 1):
+        raise bad("lr_factor", "in (0, 1]")
 
 
 def seed_everything(seed: int) -> None:
@@ -119,24 +164,51 @@ def class_weights(labels: np.ndarray, n_classes: int) -> torch.Tensor:
     return torch.tensor(w, dtype=torch.float32)
 
 
+OPTIMIZERS = ("adamw", "adam")
+SCHEDULERS = ("plateau", "linear_warmup", "none")
+MONITORS = ("weighted_f1", "loss")
+
+
 @dataclass
 class EngineConfig:
-    """The ``train`` params the loop reads (extra keys such as ``seed`` or ``modalities`` are ignored here)."""
+    """The ``train`` params the loop reads (extra keys such as ``seed`` or ``modalities`` are ignored here).
+
+    The defaults are the project's recipe (AdamW, plateau on dev weighted F1, early stop, clip 1.0 after hooks)."""
 
     epochs: int = 40
     batch_size: int = 8
     lr: float = 1e-3
     weight_decay: float = 0.01
-    grad_clip: float = 1.0
-    patience: int = 8           # epochs without a better dev weighted F1 before stopping
-    lr_patience: int = 3        # ReduceLROnPlateau on dev weighted F1
+    grad_clip: float | None = 1.0    # max gradient L2 norm; null or 0: no clipping
+    patience: int = 8           # epochs without a better dev monitor before stopping
+    lr_patience: int = 3        # ReduceLROnPlateau on the dev monitor
     lr_factor: float = 0.5
     weighted_loss: bool = True
     amp: bool = True            # bf16 autocast on CUDA; no effect on CPU
+    optimizer: str = "adamw"    # adamw (decoupled decay) | adam (coupled L2)
+    scheduler: str = "plateau"  # plateau | linear_warmup | none
+    warmup_steps: int = 0       # linear_warmup: optimiser steps of linear warm-up
+    monitor: str = "weighted_f1"  # weighted_f1 | loss: dev metric for best epoch, plateau, early stopping
+    early_stopping: bool = True   # false: run all epochs (the best-on-dev weights are still kept)
+    clip_before_hooks: bool = False  # clip before the model's before_step hook (Ada2I official) or after it
+
+    def __post_init__(self):
+        for key, allowed in (("optimizer", OPTIMIZERS), ("scheduler", SCHEDULERS), ("monitor", MONITORS)):
+            if getattr(self, key) not in allowed:
+                raise ValueError(f"train.{key} must be one of {', '.join(allowed)}; got {getattr(self, key)!r}")
+        if self.scheduler == "linear_warmup" and int(self.warmup_steps) < 0:
+            raise ValueError(f"train.warmup_steps must be >= 0; got {self.warmup_steps!r}")
 
     @classmethod
     def from_params(cls, tp: dict) -> "EngineConfig":
         return cls(**{f.name: tp[f.name] for f in fields(cls) if f.name in tp})
+
+
+def linear_warmup_factor(k: int, warmup: int, total: int) -> float:
+    """lr multiplier at optimiser step ``k`` (0-based): (k+1)/W while k < W, then (T−k)/(T−W) down towards 0."""
+    if k < warmup:
+        return (k + 1) / warmup
+    return max(0.0, (total - k) / max(total - warmup, 1))
 
 
 def split_output(out) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -185,9 +257,24 @@ class Engine:
                                                if self.device.startswith("cuda") else None,
                                                find_unused_parameters=True)
         self.weight = weight.to(self.device) if weight is not None and cfg.weighted_loss else None
-        self.opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-        self.sched = torch.optim.lr_scheduler.ReduceLROnPlateau(self.opt, mode="max", factor=cfg.lr_factor,
-                                                                patience=cfg.lr_patience)
+        # adam: torch adds weight_decay·θ to the gradient (coupled L2); adamw decays θ directly (decoupled)
+        opt_cls = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
+        self.opt = opt_cls(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.sched = None       # per-epoch scheduler (plateau), stepped with the dev monitor
+        self.step_sched = None  # per-step scheduler (linear_warmup), built by ``fit`` once T is known
+        if cfg.scheduler == "plateau":
+            self.sched = torch.optim.lr_scheduler.ReduceLROnPlateau(
+                self.opt, mode="max" if cfg.monitor == "weighted_f1" else "min", factor=cfg.lr_factor,
+                patience=cfg.lr_patience)
+
+    def steps_per_epoch(self, n_train: int) -> int:
+        """Optimiser steps in one epoch over ``n_train`` dialogues (this rank's share under DDP)."""
+        batch_size = self.cfg.batch_size if self.world_size == 1 else max(1, self.cfg.batch_size // self.world_size)
+        return math.ceil(len(rank_share(n_train, self.rank, self.world_size)) / batch_size)
+
+    def _clip(self) -> None:
+        if self.cfg.grad_clip:  # null / 0: no clipping
+            nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
 
     def loss(self, logits: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
         return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), label.reshape(-1),
@@ -218,12 +305,22 @@ class Engine:
             loss = task + sum(aux.values()) if aux else task
             self.opt.zero_grad(set_to_none=True)
             loss.backward()
+            # stop at the first NaN/inf instead of training on (and saving) garbage; after backward, so under
+            # DDP every rank reaches the gradient check (the all-reduce spreads a NaN to all of them)
+            self._check_finite({"task": task, **{f"aux_{k}": v for k, v in aux.items()}}, epoch, step)
+            if cfg.clip_before_hooks:
+                self._clip()
             if hasattr(model, "before_step"):
                 model.before_step(epoch=epoch, step=step)
                 if self.world_size > 1:
                     self._average_grads()  # a hook using rank-local statistics must not split the replicas
-            nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            if not cfg.clip_before_hooks:
+                self._clip()
+            if hasattr(model, "before_step"):
+                self._check_finite({}, epoch, step, "after before_step")  # a hook may divide by zero too
             self.opt.step()
+            if self.step_sched is not None:
+                self.step_sched.step()
             n = int(b["mask"].sum())
             n_total += n
             for k, v in {"loss": task, **{f"aux_{k}": v for k, v in aux.items()}}.items():
@@ -246,6 +343,24 @@ class Engine:
                 logs = {k: float(np.mean([p[k] for p in parts if k in p])) for k in logs}
             out.update(logs)
         return out
+
+    def _check_finite(self, terms: dict, epoch: int, step: int, when: str = "") -> None:
+        """``NonFiniteError`` naming epoch, step and the loss term, or else the parameter whose gradient, is NaN/inf.
+
+        One device sync per check (all flags stacked); names are looked up only once something is wrong."""
+        grads = [(n, p.grad) for n, p in self.model.named_parameters() if p.grad is not None]
+        flags = [torch.isfinite(v.detach()).all() for v in terms.values()] + [torch.isfinite(g).all() for _, g in grads]
+        if not flags or bool(torch.stack(flags).all()):
+            return
+        where = f"training stopped at epoch {epoch} step {step}{f' ({when})' if when else ''}"
+        hint = (f"lower train.lr (now {self.opt.param_groups[0]['lr']:g}), keep train.grad_clip on, or check "
+                "the features")
+        for name, v in terms.items():
+            if not torch.isfinite(v.detach()).all():
+                raise NonFiniteError(f"{where}: loss term {name!r} is {float(v.detach()):g} ({hint})")
+        bad = next(n for (n, g) in grads if not torch.isfinite(g).all())
+        raise NonFiniteError(f"{where}: the gradient of {bad!r} is non-finite though every loss term is finite "
+                             f"({hint})")
 
     def _average_grads(self) -> None:
         for p in self.model.parameters():
@@ -274,9 +389,22 @@ class Engine:
         return {"loss": float(loss), **{k: m[k] for k in ("accuracy", "weighted_f1", "macro_f1")}}
 
     def fit(self, train_d: list[dict], dev_d: list[dict], seed: int = 0, live=None, desc: str = "train") -> dict:
-        """Train until ``epochs`` or early stop; keep the best-dev-weighted-F1 weights (earliest on ties)."""
+        """Train until ``epochs`` or early stop; keep the best-on-dev-monitor weights (earliest on ties).
+
+        Returns the best epoch's ``dev_weighted_f1`` and ``dev_loss`` (whatever the monitor), ``epoch``,
+        ``state_dict``, ``epochs_run`` and the per-epoch ``history``."""
+        cfg = self.cfg
+        if cfg.scheduler == "linear_warmup":
+            total = cfg.epochs * self.steps_per_epoch(len(train_d))
+            if cfg.warmup_steps >= total:
+                log.warning("train.warmup_steps %d >= %d training steps: the lr never decays", cfg.warmup_steps,
+                            total)
+            self.step_sched = torch.optim.lr_scheduler.LambdaLR(
+                self.opt, lambda k: linear_warmup_factor(k, int(cfg.warmup_steps), total))
         rng = np.random.default_rng(seed)
-        best = {"dev_weighted_f1": -1.0, "epoch": -1, "state_dict": None}
+        maximize = cfg.monitor == "weighted_f1"
+        best = {"dev_weighted_f1": -1.0, "dev_loss": None, "epoch": -1, "state_dict": None}
+        best_value = -math.inf if maximize else math.inf
         history, bad = [], 0
         for epoch in tqdm(range(self.cfg.epochs), desc=desc, unit="epoch", leave=False, disable=self.rank > 0):
             row = {"train": self.train_epoch(train_d, rng, epoch), "dev": self.evaluate(dev_d)}
@@ -286,19 +414,22 @@ class Engine:
                     for k, v in metrics.items():
                         live.log_metric(f"{split}/{k}", v)
                 live.next_step()
-            dev_f1 = row["dev"]["weighted_f1"]
-            self.sched.step(dev_f1)
-            if dev_f1 > best["dev_weighted_f1"]:
+            value = row["dev"][cfg.monitor]
+            if self.sched is not None:
+                self.sched.step(value)
+            if value > best_value if maximize else value < best_value:
                 state = {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()}
-                best, bad = {"dev_weighted_f1": dev_f1, "epoch": epoch, "state_dict": state}, 0
+                best_value, bad = value, 0
+                best = {"dev_weighted_f1": row["dev"]["weighted_f1"], "dev_loss": row["dev"]["loss"],
+                        "epoch": epoch, "state_dict": state}
             else:
                 bad += 1
-            if bad >= self.cfg.patience:
-                log.info("early stop at epoch %d (best dev weighted F1 %.4f at epoch %d)", epoch,
-                         best["dev_weighted_f1"], best["epoch"])
+            if cfg.early_stopping and bad >= cfg.patience:
+                log.info("early stop at epoch %d (best dev %s %.4f at epoch %d)", epoch, cfg.monitor, best_value,
+                         best["epoch"])
                 break
-        return {**best, "epochs_run": len(history), "history": history}
+        return {**best, "monitor": cfg.monitor, "epochs_run": len(history), "history": history}
 
 
-__all__ = ["Engine", "EngineConfig", "class_weights", "init_distributed", "is_main", "parse_modalities", "predict",
-           "rank_share", "resolve_device", "seed_everything", "split_output", "world"]
+__all__ = ["Engine", "EngineConfig", "check_engine_params", "class_weights", "init_distributed", "is_main",
+           "linear_warmup_factor", "parse_modalities", "predict", "rank_share", "resolve_device", "seed_everything", "split_output", "world"]

@@ -1,15 +1,19 @@
 """Stage ``evaluate``: the dev-selected checkpoint(s) on the test split → metrics, confusion matrix, predictions.
 
 Writes (fixed paths, so ``dvc metrics diff`` / ``dvc exp show`` compare runs of any model):
-  reports/metrics.json          accuracy, weighted/macro F1 (mean over the checkpoint's seeds) and their ``*_std``,
-                                per-seed results (``seeds``), per-class P/R/F1/support, item counts
+  reports/metrics.json          accuracy, weighted/macro F1, macro/weighted precision and recall, one-vs-all
+                                binary accuracy/F1 (``pipeline.metrics``; mean over the checkpoint's seeds) and
+                                their ``*_std``, per-seed results (``seeds``), per-class P/R/F1/support/accuracy,
+                                item counts
   reports/plots/confusion.csv   one row per test utterance (actual, predicted): DVC ``confusion`` template
   reports/confusion.png         the confusion matrix (counts) as a heatmap with emotion names
   reports/confusion_normalized.png   the same, each row divided by its total (recall on the diagonal)
   reports/curves.png            per-epoch train/dev loss, accuracy, weighted F1 (from DVCLive's TSVs)
   reports/predictions.csv       dialogue_id, utterance_id, actual, predicted
 
-Run: ``python -m pipeline.evaluate``.
+Run: ``python -m pipeline.evaluate`` (test split, the DVC stage). ``python -m pipeline.evaluate --split dev`` writes
+the same files for the dev split under ``reports/dev/`` (M2FNet Table 5 is on validation); the test split is read
+only by this module, never by training or selection.
 """
 from __future__ import annotations
 
@@ -20,32 +24,46 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import torch
 
-from models import get_model
+from pipeline.checkpoint import load_checkpoint
+from pipeline import text_e2e
 from pipeline.common import atomic_write_text, setup_logging
-from pipeline.dataset import Standardizer, dialogues, load_corpus, model_sequences
+from pipeline.dataset import Standardizer, dialogues, model_sequences
 from pipeline.engine import predict, resolve_device
-from pipeline.metrics import classification_metrics, confusion, mean_std
+from pipeline.errors import UserError, run_main
+from pipeline.metrics import SCALARS, classification_metrics, confusion, mean_std
 from pipeline.plots import plot_confusion, plot_curves
+from pipeline.train import build_model
 
 log = logging.getLogger("merc.evaluate")
-SUMMARY = ("accuracy", "weighted_f1", "macro_f1")
+SUMMARY = SCALARS  # every scalar metric: mean and std over seeds
+SPLIT_REPORTS = {"test": "reports", "dev": "reports/dev"}
+CHECKPOINT_KEYS = ("model", "cfg", "input_dims", "modalities", "norm", "labels", "state_dict")
 
 
 def evaluate(checkpoint: str, utterances: str, reports: str, split: str = "test",
              feature_dirs: dict | None = None, live_plots: str | None = None) -> dict:
     """Every seed's checkpoint on ``split``: mean ± std metrics; confusion/predictions of the dev-selected seed."""
-    ckpt = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    ckpt = load_checkpoint(checkpoint, "model checkpoint", "re-create it with the train stage (`dvc repro train`)")
+    missing = [k for k in CHECKPOINT_KEYS if k not in ckpt]
+    if missing:
+        raise UserError(f"model checkpoint {checkpoint} lacks {missing}: not a checkpoint of this merc's train "
+                        "stage; re-create it (`dvc repro train`)")
     labels = ckpt["labels"]
-    corpus = model_sequences(load_corpus(utterances, ckpt["modalities"], feature_dirs), ckpt["model"], ckpt["cfg"],
-                             feature_dirs)  # Frame mode: the sequences the model was trained on
-    norm = Standardizer(ckpt["norm"]["mean"], ckpt["norm"]["std"])
+    e2e = ckpt.get("text_encoder")  # end-to-end text: token rows instead of the text feature table
+    corpus = text_e2e.corpus_with_tokens(utterances, ckpt["modalities"], feature_dirs, e2e)
+    corpus = model_sequences(corpus, ckpt["model"], ckpt["cfg"], feature_dirs)  # Frame mode: as trained
+    norm = Standardizer.from_state(ckpt["norm"])
+    if e2e:
+        text_e2e.keep_tokens(norm)
     data = dialogues(corpus, split, norm)
     if not data:
-        raise RuntimeError(f"no labelled {split} dialogues in {utterances}")
+        raise UserError(f"no labelled {split} dialogues in {utterances}: check the prepare stage's output")
     device = resolve_device()
-    model = get_model(ckpt["model"], input_dims=ckpt["input_dims"], n_classes=len(labels), **ckpt["cfg"]).to(device)
+    model = text_e2e.with_encoder(
+        lambda d: build_model(ckpt["model"], ckpt["cfg"], d, len(labels),
+                              where=f"model checkpoint {checkpoint} (model {ckpt['model']!r})"),
+        ckpt["input_dims"], e2e, device)[0].to(device)
     runs = ckpt.get("runs") or [{k: ckpt.get(k, 0) for k in ("seed", "state_dict", "epoch", "dev_weighted_f1")}]
     per_seed, selected = [], None
     for run in runs:
@@ -66,12 +84,15 @@ def evaluate(checkpoint: str, utterances: str, reports: str, split: str = "test"
         model=ckpt["model"],
         n_params=sum(p.numel() for p in model.parameters()),
         split=split,
+        dataset=_dataset(corpus),
         modalities="".join(ckpt["modalities"]),
         selected_seed=int(run["seed"]),
         selected_epoch=int(run["epoch"]),
         dev_weighted_f1=float(run["dev_weighted_f1"]),
         # keyed by seed, not a list: `dvc exp show --json` drops lists from metrics, and the report reads it
         seeds={str(r["seed"]): r for r in per_seed},
+        # per modality, how many of the split's utterances had a usable vector
+        present={m: int(p[corpus.split_rows(split)].sum()) for m, p in corpus.present.items()},
         items={
             "skipped_unlabelled": corpus.skipped.get(split, 0),
             # Per modality, how many of this split's utterances had no usable vector and why.
@@ -93,8 +114,17 @@ def evaluate(checkpoint: str, utterances: str, reports: str, split: str = "test"
     if live_plots and Path(live_plots).exists():
         plot_curves(live_plots, out / "curves.png")
     log.info("%s %s over %d seed(s): accuracy %.4f ± %.4f, weighted F1 %.4f ± %.4f, macro F1 %.4f ± %.4f",
-             ckpt["model"], split, len(per_seed), *(metrics[k + s] for k in SUMMARY for s in ("", "_std")))
+             ckpt["model"], split, len(per_seed), *(metrics[k + s] for k in SUMMARY[:3] for s in ("", "_std")))
     return metrics
+
+
+def _dataset(corpus) -> str:
+    """The prepare adapter that made the utterance table (``demo``, ``meld``, …), from its provenance metadata."""
+    raw = (corpus.utterances.schema.metadata or {}).get(b"provenance")
+    try:
+        return str(json.loads(raw).get("adapter", "unknown")) if raw else "unknown"
+    except (ValueError, AttributeError):
+        return "unknown"
 
 
 def main() -> None:
@@ -102,11 +132,14 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--checkpoint", default="data/model/model.pt")
     ap.add_argument("--utterances", default="data/prepared/utterances.parquet")
-    ap.add_argument("--reports", default="reports")
+    ap.add_argument("--split", choices=sorted(SPLIT_REPORTS), default="test",
+                    help="test (the stage) or dev (M2FNet Table 5's validation numbers)")
+    ap.add_argument("--reports", default=None, help="output folder (default: reports, or reports/dev for --split dev)")
     ap.add_argument("--live-plots", default="reports/train/plots/metrics")
     args = ap.parse_args()
-    evaluate(args.checkpoint, args.utterances, args.reports, live_plots=args.live_plots)
+    evaluate(args.checkpoint, args.utterances, args.reports or SPLIT_REPORTS[args.split], split=args.split,
+             live_plots=args.live_plots)
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

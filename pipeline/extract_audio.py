@@ -39,8 +39,13 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from pipeline.common import FeatureExtractor, load_params, run_sharded, setup_logging, stage_runtime
+from pipeline.common import load_params, setup_logging
+from pipeline.errors import UserError, run_main
+from pipeline.imported import imported_or
+from pipeline.runners import run_sharded, stage_runtime, weights_digest
+from pipeline.shards import FeatureExtractor
 from pipeline.media import MediaError, load_audio
+from pipeline.schema import nonfinite_error
 
 log = logging.getLogger("merc.extract_audio")
 SAMPLE_RATE = 16000
@@ -50,7 +55,7 @@ class AudioDecoder:
     """The CPU half of every audio extractor: decoding, silence and duration checks, no model.
 
     Apart from the extractor so that ``runtime: ray`` can decode on CPU workers while the model's actors
-    embed (``pipeline.common.run_sharded(decoder=...)``); the local runner calls it inside ``process``.
+    embed (``pipeline.runners.run_sharded(decoder=...)``); the local runner calls it inside ``process``.
     """
 
     def __init__(self, max_duration_s: float | None = 30.0, silence_rms: float = 1e-4):
@@ -80,6 +85,8 @@ class AudioDecoder:
 class AudioExtractor(FeatureExtractor):
     """Decoding (``AudioDecoder``) then ``embed`` of the decodable clips; subclasses implement ``embed``."""
 
+    needs_media = True  # flagged utterances (bad_times, missing_media, no_media, …) are never decoded
+
     base_fields = [pa.field("duration_s", pa.float32()), pa.field("rms", pa.float32()),
                    pa.field("truncated", pa.bool_())]
 
@@ -107,9 +114,9 @@ class AudioExtractor(FeatureExtractor):
                 todo.append((i, signal))
         if todo:
             for (i, _), out in zip(todo, self.embed([s for _, s in todo])):
-                bad = int((~np.isfinite(out["feature"])).sum())
-                if bad:
-                    records[i].update(status="error", error=f"{self.name} returned {bad} non-finite values")
+                err = nonfinite_error(self.name, out["feature"])
+                if err:
+                    records[i].update(status="error", error=err)
                 else:
                     records[i].update(out, status="ok", error=None)
         return records
@@ -124,7 +131,8 @@ class OpenSmileExtractor(AudioExtractor):
         try:
             fs = opensmile.FeatureSet[feature_set]
         except KeyError:
-            raise ValueError(f"audio.feature_set {feature_set!r} unknown; try eGeMAPSv02 or ComParE_2016") from None
+            raise UserError(f"params.yaml audio.feature_set {feature_set!r} unknown; try eGeMAPSv02 or "
+                            "ComParE_2016") from None
         self.smile = opensmile.Smile(feature_set=fs, feature_level=opensmile.FeatureLevel.Functionals)
         self.smile_lld = opensmile.Smile(feature_set=fs, feature_level=opensmile.FeatureLevel.LowLevelDescriptors) \
             if lld else None
@@ -153,8 +161,8 @@ def load_speech_encoder(name: str, device: str):
     try:
         model = AutoModel.from_pretrained(name)
     except (OSError, ValueError) as e:
-        raise RuntimeError(f"could not load speech encoder {name!r}: {e}. Give a local directory with config + "
-                           "weights, or a Hugging Face id reachable from here.") from e
+        raise UserError(f"could not load speech encoder {name!r} (params.yaml audio.ssl.model): {e}. Give a local "
+                        "directory with config + weights, or a Hugging Face id reachable from here.") from e
     try:
         fe = AutoFeatureExtractor.from_pretrained(name)
     except (OSError, ValueError):
@@ -301,14 +309,17 @@ def build_extractor(p: dict) -> AudioExtractor:
     if p["extractor"] == "emotion2vec":
         e = p["emotion2vec"]
         return Emotion2vecExtractor(e["model"], e.get("store_frames", False), **common)
-    raise ValueError(f"audio.extractor must be opensmile or ssl, or emotion2vec; got {p['extractor']!r}")
+    raise UserError(f"params.yaml audio.extractor must be opensmile or ssl, or emotion2vec; got {p['extractor']!r}")
 
 
 def relevant_config(p: dict) -> dict:
     """The params that change this stage's output (the other extractor's settings do not)."""
     drop = {"ssl"} if p["extractor"] == "opensmile" else {"feature_set", "lld"}
     drop |= {"emotion2vec"} if p["extractor"] != "emotion2vec" else {"ssl"}
-    return {k: v for k, v in p.items() if k not in drop and k != "shard_size"}
+    config = {k: v for k, v in p.items() if k not in drop and k != "shard_size"}
+    if p["extractor"] in ("ssl", "emotion2vec"):  # a local encoder's bytes, not only its path, decide validity
+        config["weights_digest"] = weights_digest(p[p["extractor"]]["model"])
+    return config
 
 
 def main() -> None:
@@ -319,10 +330,12 @@ def main() -> None:
     args = ap.parse_args()
     p = load_params("audio")
     # under runtime ray, clips are decoded by CPU workers (AudioDecoder) and streamed to the model's actors
-    run_sharded(functools.partial(build_extractor, p), args.utterances, args.out, config=relevant_config(p),
-                shard_size=p["shard_size"], runtime=stage_runtime("audio"),
-                decoder=functools.partial(AudioDecoder, p["max_duration_s"], p["silence_rms"]))
+    ex, config = imported_or(args.utterances, "a", functools.partial(build_extractor, p), relevant_config(p))
+    run_sharded(ex, args.utterances, args.out, config=config,
+                shard_size=p["shard_size"], runtime=stage_runtime("audio"), stage="extract_audio",
+                decoder=None if "imported" in config else functools.partial(AudioDecoder, p["max_duration_s"],
+                                                                            p["silence_rms"]))
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -11,16 +11,19 @@ from __future__ import annotations
 import argparse
 import functools
 import logging
-from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import torch
 
-from pipeline.common import (FeatureExtractor, file_digest, load_params, run_sharded, setup_logging,
-                             stage_runtime)
+from pipeline.common import load_params, setup_logging
+from pipeline.errors import UserError, run_main
+from pipeline.imported import imported_or
+from pipeline.runners import run_sharded, stage_runtime, weights_digest
+from pipeline.schema import nonfinite_error
+from pipeline.shards import FeatureExtractor
 from pipeline.text_context import DialogueIndex, build_pair
-from pipeline.textenc import encode_batch, load_encoder, tokenize_pairs
+from pipeline.textenc import encode_batch, load_encoder, resolve_model, tokenize_pairs
 
 log = logging.getLogger("merc.extract_text")
 
@@ -38,7 +41,7 @@ class TextExtractor(FeatureExtractor):
                  layers: int = 1, context: str = "utterance", window: int = 8, budget: int = 256,
                  future: bool = False, index: DialogueIndex | None = None, device: str | None = None):
         if pooling not in ("mean", "cls"):
-            raise ValueError(f"text.pooling must be mean or cls, got {pooling!r}")
+            raise UserError(f"params.yaml text.pooling must be mean or cls, got {pooling!r}")
         if context != "utterance" and index is None:
             raise ValueError(f"text.context={context!r} needs the dialogue index of the utterance table")
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -79,7 +82,9 @@ class TextExtractor(FeatureExtractor):
         if good:
             vecs, n_tok = self.encode([self.pair(rows[i]) for i in good])
             for j, i in enumerate(good):
-                records[i] = dict(status="ok", error=None, feature=vecs[j], n_tokens=int(n_tok[j]))
+                err = nonfinite_error(self.name, vecs[j])  # e.g. fp16 overflow in a fine-tuned encoder
+                records[i] = dict(status="error" if err else "ok", error=err, feature=None if err else vecs[j],
+                                  n_tokens=int(n_tok[j]))
         return records
 
 
@@ -90,8 +95,8 @@ def encoder_and_config(p: dict) -> tuple[str, dict]:
         config["finetune"] = {"enabled": False}  # fine-tuning knobs cannot change frozen vectors: keep the shards
     else:
         model = p["finetune"]["out"]  # the encoder the finetune_text stage trained (dev-selected)
-        # its weights, not only its params, decide whether finished shards are still valid
-        config["encoder_digest"] = file_digest(Path(model) / "model.safetensors")
+    # a local encoder's files (weights, tokenizer, config), not only its name, decide whether shards are valid
+    config["weights_digest"] = weights_digest(resolve_model(model))
     return model, config
 
 
@@ -111,9 +116,10 @@ def main() -> None:
     # a factory, not an instance: under runtime ray each actor loads the encoder itself
     ex = functools.partial(TextExtractor, model, p["pooling"], p["max_length"], p["batch_size"], p["layers"],
                            p["context"], p["window"], p["budget"], p["future"], index)
+    ex, config = imported_or(args.utterances, "t", ex, config)  # a feature pickle's vectors, when imported
     run_sharded(ex, args.utterances, args.out, config=config, shard_size=p["shard_size"],
-                runtime=stage_runtime("text"))
+                runtime=stage_runtime("text"), stage="extract_text")
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -37,8 +37,13 @@ import pyarrow as pa
 import torch
 import torch.nn.functional as F
 
-from pipeline.common import FeatureExtractor, load_params, run_sharded, setup_logging, stage_runtime
+from pipeline.common import load_params, setup_logging
+from pipeline.errors import MissingFileError, UserError, run_main
+from pipeline.imported import imported_or
+from pipeline.runners import run_sharded, stage_runtime, weights_digest
+from pipeline.shards import FeatureExtractor
 from pipeline.media import MediaError, decode_frames
+from pipeline.schema import nonfinite_error
 
 log = logging.getLogger("merc.extract_visual")
 
@@ -137,7 +142,8 @@ def load_face_cnn(checkpoint: str | None = None) -> torch.nn.Module:
 
     path = Path(checkpoint) if checkpoint else Path(facial_emotion_recognition.__file__).parent / "model" / "model.pkl"
     if not path.exists():
-        raise FileNotFoundError(f"face CNN weights not found at {path}: install facial-emotion-recognition==0.3.4")
+        raise MissingFileError(f"face CNN weights not found at {path}: install facial-emotion-recognition==0.3.4 "
+                               "or set visual.weights to a checkpoint file")
     net = NetworkV2(in_c=1, nl=32, out_f=7)
     state = torch.load(path, map_location="cpu", weights_only=True)
     net.load_state_dict(state["network"] if "network" in state else state)
@@ -165,11 +171,12 @@ def _torchvision_net(name: str, weights: str | None) -> tuple[torch.nn.Module, i
         label = f"checkpoint:{weights}"
     else:
         if weights not in enum.__members__:
-            raise ValueError(f"{weights!r} is neither a file nor one of {name}'s weights {list(enum.__members__)}")
+            raise UserError(f"params.yaml visual.weights: {weights!r} is neither a file nor one of {name}'s "
+                            f"weights {list(enum.__members__)}")
         try:
             net.load_state_dict(enum[weights].get_state_dict(progress=False))
         except OSError as e:  # URLError and friends: offline machine, nothing in torch's hub cache
-            raise RuntimeError(f"cannot load torchvision weights {name}.{weights} ({e}); there is no internet "
+            raise UserError(f"cannot load torchvision weights {name}.{weights} ({e}); there is no internet "
                                "here: put the file in torch's hub cache or pass a local checkpoint path") from e
         label = f"torchvision:{weights}"
     if isinstance(attr, int):
@@ -181,7 +188,7 @@ def _torchvision_net(name: str, weights: str | None) -> tuple[torch.nn.Module, i
         state = state.get("state_dict", state.get("model", state))
         missing, _ = net.load_state_dict(state, strict=False)  # unexpected = the checkpoint's own head
         if missing:
-            raise ValueError(f"checkpoint {weights} does not fit {name}: missing {missing[:5]}")
+            raise UserError(f"visual.weights checkpoint {weights} does not fit {name}: missing {missing[:5]}")
     t = enum.DEFAULT.transforms()  # only its constants: building it downloads nothing
     crop = t.crop_size[0] if isinstance(t.crop_size, (list, tuple)) else t.crop_size
     return net.eval(), dim, label, (crop, tuple(t.mean), tuple(t.std))
@@ -193,7 +200,7 @@ class Backbone:
     def __init__(self, name: str = "fer_cnn", weights: str | None = None, pooling: str = "mean",
                  device: str = "cpu"):
         if pooling not in ("mean", "max"):
-            raise ValueError(f"pooling must be mean or max, not {pooling!r}")
+            raise UserError(f"params.yaml visual.pooling must be mean or max, not {pooling!r}")
         self.name, self.pooling, self.device = name, pooling, torch.device(device)
         self.temporal = name in VIDEO_MODELS
         if name == "fer_cnn":  # trained on FER-2013-style 48×48 grayscale faces, input (x − 0.5) / 0.5
@@ -243,6 +250,7 @@ class Backbone:
 
 # ---------------------------------------------------------------- the stage
 class FaceExtractor(FeatureExtractor):
+    needs_media = True  # flagged utterances (bad_times, missing_media, no_media, …) are never decoded
     extra_fields = [
         pa.field("face_found", pa.bool_()),
         pa.field("n_faces", pa.int32()),        # most faces in one sampled frame
@@ -322,7 +330,9 @@ class FaceExtractor(FeatureExtractor):
         rec, faces = self.faces_of(frames)
         if faces is None:
             return dict(rec, status="no_face", error=None)
-        return dict(rec, status="ok", error=None, feature=self.backbone(faces))
+        vec = self.backbone(faces)
+        err = nonfinite_error(self.name, vec)  # fp16 autocast on GPU can overflow
+        return dict(rec, status="error", error=err) if err else dict(rec, status="ok", error=None, feature=vec)
 
     def process(self, rows: list[dict]) -> list[dict]:
         return [self.process_one(r) for r in rows]
@@ -335,9 +345,12 @@ def main() -> None:
     ap.add_argument("--out", default="data/features/visual")
     args = ap.parse_args()
     p = load_params("visual")
-    run_sharded(functools.partial(FaceExtractor.from_params, p), args.utterances, args.out, config=p,
-                shard_size=p["shard_size"], runtime=stage_runtime("visual"))
+    # a local checkpoint's bytes, not only its path, decide whether finished shards are still valid
+    config = {**p, "weights_digest": weights_digest(p.get("weights"))}
+    ex, config = imported_or(args.utterances, "v", functools.partial(FaceExtractor.from_params, p), config)
+    run_sharded(ex, args.utterances, args.out, config=config, shard_size=p["shard_size"],
+                runtime=stage_runtime("visual"), stage="extract_visual")
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -7,6 +7,10 @@ dev weighted F1 decides whether the encoder is kept. The best encoder + tokenize
 reads vectors from it. The test split is never read. This is the text teacher later models distil from.
 With ``text.finetune.enabled: false`` the stage only writes a marker file, so the pipeline shape is fixed.
 
+``text.finetune.out`` must be the stage's declared output (``data/text_encoder`` in dvc.yaml) or a folder
+inside it: anything else is refused. The stage deletes only files it wrote itself (listed in its marker,
+``finetune.json`` / ``DISABLED.json``), never whatever else the folder holds.
+
 Run: ``python -m pipeline.finetune_text`` (reads ``text`` from params.yaml).
 """
 from __future__ import annotations
@@ -25,6 +29,7 @@ import torch.nn as nn
 from tqdm import tqdm
 
 from pipeline.common import load_params, setup_logging
+from pipeline.errors import UserError, run_main
 from pipeline.metrics import classification_metrics
 from pipeline.schema import label_names
 from pipeline.text_context import DialogueIndex, build_pair
@@ -67,14 +72,56 @@ def _grouped_order(lengths: np.ndarray, size: int, rng: np.random.Generator, gro
     return np.concatenate([batches[i] for i in rng.permutation(len(batches))]) if batches else order
 
 
-def finetune(utterances: str | Path, p: dict, out: str | Path, device: str | None = None) -> dict:
+DECLARED_OUT = "data/text_encoder"  # the stage's `outs` in dvc.yaml
+MARKERS = ("finetune.json", "DISABLED.json")
+# What save_pretrained writes for the encoders we use; only for folders from before markers listed their files.
+LEGACY_FILES = ("config.json", "model.safetensors", "pytorch_model.bin", "tokenizer.json", "tokenizer_config.json",
+                "special_tokens_map.json", "vocab.txt", "vocab.json", "merges.txt", "added_tokens.json",
+                "spiece.model", "sentencepiece.bpe.model", "generation_config.json")
+
+
+def check_out(out: str | Path, declared: str | Path = DECLARED_OUT) -> Path:
+    """``out`` if it is the declared output folder or inside it; else a one-line ``UserError``."""
+    out, root = Path(out), Path(declared)
+    if out.resolve() != root.resolve() and root.resolve() not in out.resolve().parents:
+        raise UserError(f"params.yaml text.finetune.out is {str(out)!r}, outside the finetune_text stage's output "
+                        f"{declared} (dvc.yaml): set it to {declared} (or a folder inside it)")
+    return out
+
+
+def _own_files(out: Path) -> list[str]:
+    """The files a previous run of this stage wrote into ``out`` (from its marker)."""
+    names = []
+    for marker in MARKERS:
+        if (out / marker).is_file():
+            try:
+                listed = json.loads((out / marker).read_text()).get("files")
+            except (ValueError, AttributeError):
+                listed = None
+            names += [marker, *(listed if isinstance(listed, list) else LEGACY_FILES)]
+    # only plain names inside ``out``: a crafted marker must not point elsewhere
+    return sorted({n for n in names if isinstance(n, str) and n and Path(n).name == n and n not in (".", "..")})
+
+
+def _clear_own(out: Path) -> None:
+    """Delete what this stage wrote before (a previous encoder must not look current), nothing else."""
+    for name in _own_files(out):
+        path = out / name
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        elif path.exists() or path.is_symlink():
+            path.unlink()
+
+
+def finetune(utterances: str | Path, p: dict, out: str | Path, device: str | None = None,
+             declared: str | Path | None = None) -> dict:
+    """Fine-tune (or, disabled, write the marker) into ``out``; ``declared``: refuse ``out`` outside it."""
     f = p["finetune"]
-    out = Path(out)
+    out = check_out(out, declared) if declared is not None else Path(out)
     if not f["enabled"]:
         out.mkdir(parents=True, exist_ok=True)
-        for child in out.iterdir():  # a previous fine-tuned encoder must not look current
-            shutil.rmtree(child) if child.is_dir() else child.unlink()
-        (out / "DISABLED.json").write_text(json.dumps({"enabled": False}) + "\n")
+        _clear_own(out)
+        (out / "DISABLED.json").write_text(json.dumps({"enabled": False, "files": []}) + "\n")
         return {"enabled": False}
     random.seed(f["seed"])
     np.random.seed(f["seed"])
@@ -98,7 +145,8 @@ def finetune(utterances: str | Path, p: dict, out: str | Path, device: str | Non
     warm = int(f.get("warmup", 0.1) * total)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda k: (k + 1) / max(warm, 1) if k < warm else max(0.0, (total - k) / max(total - warm, 1)))
-    best, tmp = -1.0, out.with_name(out.name + ".tmp")
+    out.mkdir(parents=True, exist_ok=True)
+    best, tmp = -1.0, out / ".finetune.tmp"  # inside the output: nothing outside it is created or deleted
     for epoch in range(f["epochs"]):
         model.train()
         order = _grouped_order(lengths, f["batch_size"], rng)
@@ -125,10 +173,14 @@ def finetune(utterances: str | Path, p: dict, out: str | Path, device: str | Non
             shutil.rmtree(tmp, ignore_errors=True)
             model.save_pretrained(tmp)
             tok.save_pretrained(tmp)
+            files = sorted(x.name for x in tmp.iterdir())
             (tmp / "finetune.json").write_text(json.dumps({"epoch": epoch, "dev_weighted_f1": dev_f1,
-                                                           "base": p["model"], "labels": labels}, indent=2))
-    shutil.rmtree(out, ignore_errors=True)
-    tmp.rename(out)
+                                                           "base": p["model"], "labels": labels,
+                                                           "files": files}, indent=2))
+    _clear_own(out)
+    for name in sorted(x.name for x in tmp.iterdir() if x.name != "finetune.json") + ["finetune.json"]:
+        (tmp / name).replace(out / name)  # the marker last: it says the folder holds a complete encoder
+    tmp.rmdir()
     return json.loads((out / "finetune.json").read_text())
 
 
@@ -138,8 +190,8 @@ def main() -> None:
     ap.add_argument("--utterances", default="data/prepared/utterances.parquet")
     args = ap.parse_args()
     p = load_params("text")
-    log.info("%s", finetune(args.utterances, p, p["finetune"]["out"]))
+    log.info("%s", finetune(args.utterances, p, p["finetune"]["out"], declared=DECLARED_OUT))
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -5,6 +5,7 @@ Shared by the audio and visual stages; raises ``MediaError`` with a reason a per
 from __future__ import annotations
 
 import bisect
+import math
 from pathlib import Path
 
 import av
@@ -15,16 +16,56 @@ class MediaError(Exception):
     """A clip that cannot be used: missing, corrupt, or lacking the wanted stream."""
 
 
+# Shortest span an utterance may have: one sample at the audio stages' 16 kHz.
+MIN_SPAN_S = 1.0 / 16000
+# Containers that are lists of other resources (playlists, concat lists, session descriptions): FFmpeg would
+# fetch what they name (URLs, other files). A media path is one local file, so these are refused.
+PLAYLIST_SUFFIXES = {".m3u8", ".m3u", ".sdp", ".ffconcat", ".concat", ".pls", ".xspf"}
+PLAYLIST_FORMATS = {"hls", "applehttp", "concat", "sdp", "rtsp", "rtp", "ffmetadata", "tee", "dash"}
+
+
+def span_error(start_s, end_s, min_span_s: float = MIN_SPAN_S) -> str | None:
+    """Why ``[start_s, end_s)`` is not a usable utterance span (None when it is; null times mean whole clip)."""
+    if (start_s is None) != (end_s is None):
+        return f"need both start_s and end_s or neither; got {start_s}, {end_s}"
+    if start_s is None:
+        return None
+    try:
+        start, end = float(start_s), float(end_s)
+    except (TypeError, ValueError):
+        return f"start_s/end_s are not numbers: {start_s!r}, {end_s!r}"
+    if not (math.isfinite(start) and math.isfinite(end)):
+        return f"non-finite span [{start}, {end}]"
+    if start < 0 or end < 0:
+        return f"negative time in span [{start}, {end}]"
+    if end <= start:
+        return f"span [{start}, {end}] ends before it starts"
+    if end - start < min_span_s:
+        return f"span [{start}, {end}] is shorter than one audio sample ({min_span_s:.2e} s)"
+    return None
+
+
 def _open(path: str | Path):
+    """Open ``path`` as a local media file: never as a URL or protocol (``x:y.mp4``), never a playlist."""
     path = Path(path)
     if not path.exists():
         raise MediaError(f"file not found: {path}")
+    if not path.is_file():
+        raise MediaError(f"not a regular file: {path}")
     if path.stat().st_size == 0:
         raise MediaError(f"zero-length file: {path}")
+    if path.suffix.lower() in PLAYLIST_SUFFIXES:
+        raise MediaError(f"refused {path}: playlists and stream descriptions are not opened (give the clip itself)")
     try:
-        return av.open(str(path))
+        # "file:" + absolute path: FFmpeg must not read "x:y.mp4" as protocol x; only the file protocol is
+        # allowed, so a crafted container cannot make FFmpeg fetch URLs.
+        container = av.open(f"file:{path.resolve()}", options={"protocol_whitelist": "file"})
     except (av.error.FFmpegError, UnicodeDecodeError) as e:
         raise MediaError(f"cannot open {path}: {type(e).__name__}: {e}") from e
+    if set(container.format.name.split(",")) & PLAYLIST_FORMATS:
+        container.close()
+        raise MediaError(f"refused {path}: a {container.format.name} playlist/stream list, not a media file")
+    return container
 
 
 def probe_duration(path: str | Path) -> float | None:
@@ -46,10 +87,13 @@ def load_audio(path: str | Path, sample_rate: int = 16000, max_duration: float |
     because swresample's own stereo→mono matrix scales each side by 1/√2 (identical channels would come
     out 1.41× louder than the source).
     """
+    for t in (start_s, end_s):
+        if t is not None and not (math.isfinite(float(t)) and float(t) >= 0):
+            raise MediaError(f"bad span [{start_s}, {end_s}] in {path}: times must be finite and >= 0")
     start = float(start_s or 0.0)
     span = None if end_s is None else float(end_s) - start
-    if span is not None and span <= 0:
-        raise MediaError(f"empty span [{start_s}, {end_s}] in {path}")
+    if span is not None and span < MIN_SPAN_S:
+        raise MediaError(f"empty span [{start_s}, {end_s}] in {path}: shorter than one audio sample")
     limits = [x for x in (span, max_duration) if x is not None]
     limit = int(round(min(limits) * sample_rate)) if limits else None
     with _open(path) as container:

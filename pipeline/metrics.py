@@ -1,26 +1,61 @@
-"""Classification metrics (scikit-learn) in the layout every report reads."""
+"""Classification metrics (scikit-learn) in the layout every report reads.
+
+What the papers report, and the key here:
+  * accuracy, weighted F1 (every paper; SUMMER's w-ACC = weighted per-class accuracy = accuracy), macro F1;
+  * macro- and weighted-average precision and recall (M2FNet Table 3): ``macro_precision``, ``macro_recall``,
+    ``weighted_precision``, ``weighted_recall`` (weights = true-class support, so weighted recall = accuracy);
+  * per-class precision / recall / F1 / support and ``accuracy`` (SUMMER Tables 1-2 "ACC" per emotion: the
+    share of that emotion's utterances predicted correctly, i.e. its recall);
+  * LPGNet §4.1 "average binary accuracy and F1-score … one-vs-all … for each emotion class … averaged across
+    all classes": for each class c, the binary problem "c vs the rest" (y == c against ŷ == c);
+    ``ova_accuracy`` = mean over classes of its binary accuracy; ``ova_f1`` = mean over classes of the binary
+    F1 of the positive class c (the literal reading; it equals macro F1); ``ova_f1_weighted`` = mean over
+    classes of the binary problem's support-weighted F1 (positive and negative class), the per-emotion F1 of
+    the earlier binary-IEMOCAP protocol (MulT's ``eval_iemocap``) — the alternative reading, reported beside it.
+
+Averages over classes ("macro", one-vs-all) use the classes present in ``y_true`` or ``y_pred``
+(scikit-learn's convention when ``labels`` is not forced), so a class absent from both does not count.
+"""
 from __future__ import annotations
 
 import numpy as np
-from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precision_recall_fscore_support
+from sklearn.metrics import (accuracy_score, confusion_matrix, f1_score, precision_recall_fscore_support,
+                             precision_score, recall_score)
+
+SCALARS = ("accuracy", "weighted_f1", "macro_f1", "macro_precision", "macro_recall", "weighted_precision",
+           "weighted_recall", "ova_accuracy", "ova_f1", "ova_f1_weighted")
+
+
+def one_vs_all(y_true: np.ndarray, y_pred: np.ndarray) -> dict:
+    """LPGNet §4.1: binary accuracy / F1 of "class c vs rest", averaged over the classes seen (see module doc)."""
+    classes = np.union1d(y_true, y_pred)
+    acc, f1, f1w = [], [], []
+    for c in classes:
+        t, p = y_true == c, y_pred == c
+        acc.append(float((t == p).mean()))
+        f1.append(float(f1_score(t, p, zero_division=0)))
+        f1w.append(float(f1_score(t, p, average="weighted", zero_division=0)))
+    mean = lambda v: float(np.mean(v)) if v else 0.0  # noqa: E731
+    return {"ova_accuracy": mean(acc), "ova_f1": mean(f1), "ova_f1_weighted": mean(f1w)}
 
 
 def classification_metrics(y_true, y_pred, labels: list[str]) -> dict:
-    """Accuracy, weighted/macro F1 and per-class precision/recall/F1/support over ``labels``.
-
-    Macro F1 averages over the classes present in ``y_true`` or ``y_pred`` (scikit-learn's convention
-    when ``labels`` is not forced), so an absent class does not count as a zero.
-    """
+    """The scalars in ``SCALARS`` and per-class precision/recall/F1/support/accuracy over ``labels``."""
     y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
     ids = list(range(len(labels)))
     p, r, f, s = precision_recall_fscore_support(y_true, y_pred, labels=ids, zero_division=0)
+    avg = {f"{a}_{name}": float(fn(y_true, y_pred, average=a, zero_division=0))
+           for a in ("macro", "weighted") for name, fn in (("precision", precision_score), ("recall", recall_score))}
     return {
         "n": int(len(y_true)),
         "accuracy": float(accuracy_score(y_true, y_pred)) if len(y_true) else 0.0,
         "weighted_f1": float(f1_score(y_true, y_pred, average="weighted", zero_division=0)),
         "macro_f1": float(f1_score(y_true, y_pred, average="macro", zero_division=0)),
+        **avg,
+        **one_vs_all(y_true, y_pred),
         "per_class": {
-            name: {"precision": float(p[i]), "recall": float(r[i]), "f1": float(f[i]), "support": int(s[i])}
+            name: {"precision": float(p[i]), "recall": float(r[i]), "f1": float(f[i]), "support": int(s[i]),
+                   "accuracy": float(r[i])}  # SUMMER's per-emotion ACC = recall
             for i, name in enumerate(labels)
         },
     }

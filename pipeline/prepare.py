@@ -6,7 +6,10 @@ Adapters (``pipeline/adapters``), chosen by ``prepare.dataset``:
   * ``demo``: the embedded demo corpus in ``data/demo``, laid out exactly like MELD.Raw and read by the MELD
     adapter (without the official-size check); it lets the whole pipeline run offline from a fresh clone.
   * ``iemocap``: ``IEMOCAP_full_release`` (Sessions 1-5), 6- or 4-class protocol, Session 5 as test.
+  * ``mosei``: CMU-MOSEI's raw release (segment transcripts, videos, label.csv or the SDK's .csd + folds).
   * ``manifest``: a CSV/Parquet listing any corpus's utterances (see the README).
+  * ``features``: a pre-extracted feature pickle (DialogueRNN/MMGCN or Ada2I layout, read by a restricted
+    unpickler); the extract stages then serve its vectors (``pipeline.imported``).
 
 The table's schema metadata records the label set (``labels``) and provenance (adapter, root, params,
 counts). Run: ``python -m pipeline.prepare`` (reads ``prepare`` from params.yaml).
@@ -21,16 +24,19 @@ from pathlib import Path
 import pandas as pd
 import pyarrow as pa
 
-from pipeline.adapters import _probe, iemocap, manifest, meld
+from pipeline.adapters import _probe, features, iemocap, manifest, meld, mosei
 from pipeline.common import atomic_write_table, load_params, setup_logging
+from pipeline.errors import MissingFileError, UserError, run_main
+from pipeline.media import span_error
 from pipeline.schema import KEY, SPLITS, UTTERANCE_SCHEMA, validate
 
 log = logging.getLogger("merc.prepare")
 
-ADAPTERS = {"meld": meld.load, "demo": meld.load, "iemocap": iemocap.load, "manifest": manifest.load}
+ADAPTERS = {"meld": meld.load, "demo": meld.load, "iemocap": iemocap.load, "manifest": manifest.load,
+            "features": features.load, "mosei": mosei.load}
 # Every ``prepare`` parameter and its default; params.yaml may leave out any but dataset and root.
 DEFAULTS = dict(
-    target="emotion",       # meld/demo: emotion | sentiment
+    target="emotion",       # meld/demo: emotion | sentiment; mosei: sentiment2 | sentiment7
     check_counts="warn",    # meld: warn | strict | off
     max_excess_s=10.0,      # meld: clip longer than its CSV span by more than this → long_media
     max_clip_s=60.0,        # meld: clip longer than this → long_media (whatever the CSV says)
@@ -38,33 +44,43 @@ DEFAULTS = dict(
     iemocap_classes=6,      # iemocap: 6 | 4
     dev_fraction=0.2,       # iemocap: share of training dialogues held out as dev
     seed=0,                 # iemocap: seed of that draw
-    labels=None,            # manifest: the label set (None: sorted unique labels)
+    labels=None,            # manifest: the label set (None: sorted unique labels); features: class names in index order
+    features_format="auto",  # features: auto | dialoguernn | ada2i (pipeline/adapters/features.py)
+    features_label_key=None,  # features: which label set of a pickle that has several (Ada2I's MOSEI: 2class | 7class)
 )
 
 
 def prepare(dataset: str, root: str | Path, out: str | Path, params: dict | None = None) -> pa.Table:
     """Run adapter ``dataset`` on ``root`` and write the utterance table to ``out`` atomically."""
     if dataset not in ADAPTERS:
-        raise ValueError(f"unknown dataset {dataset!r}; known: {sorted(ADAPTERS)}")
+        raise UserError(f"params.yaml prepare.dataset: unknown dataset {dataset!r}; use one of {sorted(ADAPTERS)}")
     unknown = set(params or {}) - set(DEFAULTS) - {"dataset", "root"}
     if unknown:
-        raise ValueError(f"unknown prepare params {sorted(unknown)}; known: {sorted(DEFAULTS)}")
+        raise UserError(f"unknown prepare params {sorted(unknown)} in params.yaml; known: {sorted(DEFAULTS)}")
     p = {**DEFAULTS, **{k: v for k, v in (params or {}).items() if k not in ("dataset", "root")}}
+    check_labels(p["labels"])
     _probe.cache_clear()  # the probe cache lives for one run: files may change between runs in one process
-    res = ADAPTERS[dataset](root, p, dataset)
+    try:
+        res = ADAPTERS[dataset](root, p, dataset)
+    except FileNotFoundError as e:
+        if isinstance(e, UserError):
+            raise
+        raise MissingFileError(f"prepare.root {root}: {e}") from e
     df = res.rows.reindex(columns=[c for c in UTTERANCE_SCHEMA.names if c != "label_id"])
     df = df.astype(object).where(df.notna(), None)  # NaN → null in every column
+    flag_bad_spans(df)
     dup = df.duplicated(KEY)
     if dup.any():
-        raise ValueError(f"duplicate keys: {df.loc[dup, KEY].values.tolist()[:5]}")
+        raise UserError(f"prepare.root {root}: duplicate (dialogue_id, utterance_id) keys "
+                        f"{df.loc[dup, KEY].values.tolist()[:5]}: each utterance must appear once")
     index = {name: i for i, name in enumerate(res.labels)}
     stray = set(df.label.dropna()) - set(index)
     if stray:  # adapters only emit labels of their set; this guards the contract
         raise ValueError(f"labels {sorted(stray)} are not in the label set {res.labels}")
     df["label_id"] = [index.get(x, -1) if x is not None else -1 for x in df.label]
     df = df.sort_values(["split", "dialogue_id", "utterance_id"], key=_natural_key).reset_index(drop=True)
-    provenance = dict(adapter=dataset, root=str(root), root_resolved=str(Path(root).resolve()), params=p,
-                      counts=res.counts)
+    # no absolute path (e.g. the resolved root): a clone at another path must produce the same bytes
+    provenance = dict(adapter=dataset, root=str(root), params=p, counts=res.counts)
     table = validate(pa.Table.from_pandas(df, preserve_index=False), UTTERANCE_SCHEMA)
     table = table.replace_schema_metadata({"labels": json.dumps(res.labels),
                                            "provenance": json.dumps(provenance, sort_keys=True, default=str)})
@@ -72,6 +88,33 @@ def prepare(dataset: str, root: str | Path, out: str | Path, params: dict | None
     log.info("wrote %s: %d utterances, labels %s, statuses %s", out, len(df), res.labels,
              df.status.value_counts().to_dict())
     return table
+
+
+def check_labels(labels) -> None:
+    """``prepare.labels``: null, or a list of distinct non-empty strings (YAML reads ``[yes, no]`` as booleans
+    and ``1`` as a number: quote them); anything else is a one-line ``UserError``."""
+    if labels is None:
+        return
+    if not isinstance(labels, list) or not labels:
+        raise UserError(f"params.yaml prepare.labels must be null or a non-empty list of label names (e.g. "
+                        f"[neutral, joy, anger]), got {labels!r}")
+    odd = [x for x in labels if not isinstance(x, str) or not x.strip()]
+    if odd:
+        raise UserError(f"params.yaml prepare.labels must hold label names as strings; {odd} are not (quote them "
+                        f"in YAML: '1', 'yes')")
+    dup = sorted({x for x in labels if labels.count(x) > 1})
+    if dup:
+        raise UserError(f"params.yaml prepare.labels lists {dup} more than once: each label once, in label order")
+
+
+def flag_bad_spans(df: pd.DataFrame) -> None:
+    """Every adapter's rows: a negative or non-finite time, or a span shorter than one audio sample, is
+    ``bad_times`` (media stages then never decode it), whatever the adapter checked itself."""
+    for i, (status, start, end) in enumerate(zip(df.status, df.start_s, df.end_s)):
+        err = span_error(start, end) if status == "ok" else None
+        if err:
+            df.iloc[i, df.columns.get_loc("status")] = "bad_times"
+            df.iloc[i, df.columns.get_loc("error")] = err
 
 
 def _natural_key(col: pd.Series) -> pd.Series:
@@ -93,4 +136,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

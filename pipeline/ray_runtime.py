@@ -1,4 +1,4 @@
-"""Ray backend of ``pipeline.common.run_sharded`` (params ``runtime.backend: ray``).
+"""Ray backend of ``pipeline.runners.run_sharded`` (params ``runtime.backend: ray``).
 
 The shard plan is the local one: shard k = rows [k·shard_size, (k+1)·shard_size) of the utterance table.
 A Ray Dataset of the shard numbers still to do is mapped with ``map_batches`` over a callable class, so
@@ -32,7 +32,8 @@ import numpy as np
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
-from pipeline.common import FeatureExtractor, decode_safely, select_rows, setup_logging, write_shard
+from pipeline.common import setup_logging
+from pipeline.shards import FeatureExtractor, decode_safely, select_rows, write_shard
 
 log = logging.getLogger("merc.ray")
 ROOT = Path(__file__).resolve().parents[1]

@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.common import atomic_write_text, load_params, setup_logging
+from pipeline.errors import UserError, run_main
 from pipeline.metrics import mean_std
 from pipeline.plots import plot_grouped_bars
 
@@ -44,7 +45,7 @@ IGNORED = {"text.batch_size", "text.shard_size", "audio.shard_size", "audio.ssl.
            "train.seed", "train.seeds", "text.finetune.seed"}
 
 
-class ReportError(Exception):
+class ReportError(UserError):
     """A report that cannot be made; the message says what to run."""
 
 
@@ -300,4 +301,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

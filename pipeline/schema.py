@@ -29,7 +29,9 @@ label set with ``label_names``.
 
 Feature tables (``extract_*`` outputs, a directory of ``part-NNNNN.parquet`` shards):
     dialogue_id, utterance_id   the key, one row per utterance of the utterance table
-    status       string   ``ok`` or a modality status (``FEATURE_STATUS``); only ``ok`` rows carry a real vector
+    status       string   ``ok`` or a modality status (``FEATURE_STATUS``); only ``ok`` rows carry a real vector.
+                          Media stages give text-only utterances (``no_media``) ``absent`` and copy any other
+                          non-``ok`` utterance status (``bad_times``, ``missing_media``, …) with its error
     error        string   the reason for any non-``ok`` status (which file, what failed)
     feature      fixed_size_list<float32>[dim]   zeros unless status is ``ok``
     ...          modality-specific extra columns (see each stage's ``EXTRA_FIELDS``)
@@ -70,8 +72,10 @@ UTTERANCE_SCHEMA = pa.schema(
 )
 
 # Statuses a feature row may carry. ``ok`` is the only one with a meaningful vector;
-# ``no_face``/``silent`` are facts about the clip, ``error`` is a failure to read it.
-FEATURE_STATUS = ("ok", "no_face", "silent", "error")
+# ``no_face``/``silent`` are facts about the clip, ``error`` is a failure to read it, ``absent`` a text-only
+# utterance (no media: not an error). Utterances ``prepare`` flagged keep their status in the media stages.
+FEATURE_STATUS = ("ok", "no_face", "silent", "absent", "error", "missing_media", "corrupt_media", "long_media",
+                  "bad_times")
 
 
 def feature_schema(dim: int, feature_name: str, extra: list[pa.Field] | None = None,
@@ -109,3 +113,27 @@ def feature_matrix(table: pa.Table) -> np.ndarray:
     col = table.column("feature").combine_chunks()
     dim = col.type.list_size
     return np.asarray(col.values.to_numpy(zero_copy_only=False), dtype=np.float32).reshape(-1, dim)
+
+
+# A feature value beyond this magnitude is a numerical blow-up, not a measurement: its square overflows float32
+# (max ≈ 3.4e38) from |x| ≈ 1.8e19, so statistics over it go inf/NaN. Not in any paper: our choice, far above
+# anything our encoders (O(1)–O(100)) and openSMILE functionals produce, with ample headroom below that overflow.
+FEATURE_ABS_LIMIT = 1e15
+
+
+def nonfinite_rows(mat: np.ndarray) -> np.ndarray:
+    """Per row of ``[rows, dim]``: does it hold NaN, ±inf or a value beyond ``FEATURE_ABS_LIMIT``?"""
+    mat = np.asarray(mat)
+    if mat.ndim == 1:
+        mat = mat[None]
+    with np.errstate(invalid="ignore"):
+        return ~(np.abs(mat) <= FEATURE_ABS_LIMIT).all(axis=1)  # NaN compares False: caught too
+
+
+def nonfinite_error(name: str, vec) -> str | None:
+    """The error text for an extractor's vector with NaN/inf/huge entries, None when it is usable: every
+    extract stage checks its vectors with this before calling a row ``ok``."""
+    v = np.asarray(vec, dtype=np.float64).reshape(-1)
+    with np.errstate(invalid="ignore"):
+        bad = int((~(np.abs(v) <= FEATURE_ABS_LIMIT)).sum())
+    return f"{name} returned {bad} non-finite values (NaN/inf or |x| > {FEATURE_ABS_LIMIT:.0e})" if bad else None

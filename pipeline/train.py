@@ -15,18 +15,23 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import inspect
 import json
 import logging
 from pathlib import Path
 
 import numpy as np
-import torch
 
-from models import get_model
-from pipeline.common import atomic_torch_save, atomic_write_text, load_params, setup_logging
-from pipeline.dataset import Standardizer, dialogues, load_corpus, model_sequences
-from pipeline.engine import (Engine, EngineConfig, class_weights, init_distributed, parse_modalities, resolve_device,
-                             seed_everything)
+from models import get_model, list_models
+from models.registry import model_class
+from pipeline.bundle import write_bundle
+from pipeline import text_e2e
+from pipeline.checkpoint import save_checkpoint as save_plain
+from pipeline.common import atomic_write_text, load_params, setup_logging
+from pipeline.dataset import Standardizer, dialogues, load_corpus, model_sequences, train_warnings
+from pipeline.engine import (Engine, EngineConfig, check_engine_params, class_weights, init_distributed,
+                             parse_modalities, resolve_device, seed_everything)
+from pipeline.errors import MissingFileError, UserError, run_main
 from pipeline.metrics import mean_std
 from pipeline.schema import label_names
 
@@ -36,18 +41,30 @@ log = logging.getLogger("merc.train")
 
 def train(params: dict, utterances: str, out: str, live_dir: str, feature_dirs: dict | None = None) -> dict:
     tp, name = params["train"], params["model"]
-    cfg = dict(params.get("model_params", {}).get(name) or {})
+    if not isinstance(name, str) or name not in list_models():
+        raise UserError(f"params.yaml model: unknown model {name!r}; use one of {list_models()}")
+    cfg = dict((params.get("model_params") or {}).get(name) or {})
     mods = parse_modalities(tp["modalities"])
-    seeds = [int(s) for s in (tp.get("seeds") or [tp["seed"]])]
+    check_engine_params(tp, "train")
+    seeds = tp.get("seeds") or [tp.get("seed", 0)]
+    if not isinstance(seeds, list) or any(isinstance(s, bool) or not isinstance(s, int) for s in seeds):
+        raise UserError(f"params.yaml train.seeds must be a list of whole numbers (or [] to use train.seed), "
+                        f"got {seeds!r}")
     ecfg = EngineConfig.from_params(tp)
     rank, n_ranks = init_distributed()  # (0, 1) unless launched by torchrun
     device = resolve_device()
-    corpus = model_sequences(load_corpus(utterances, mods, feature_dirs), name, cfg, feature_dirs)  # Frame mode
+    e2e = text_e2e.config(tp)  # train.text_encoder: the text encoder fine-tuned here, end to end
+    corpus = text_e2e.corpus_with_tokens(utterances, mods, feature_dirs, e2e)
+    corpus = model_sequences(corpus, name, cfg, feature_dirs)  # LPGNet(Frame): stored frame sequences
     norm = Standardizer().fit(corpus, corpus.split_rows("train"))
+    if e2e:
+        text_e2e.keep_tokens(norm)  # token ids must reach the encoder unchanged
     train_d, dev_d = dialogues(corpus, "train", norm), dialogues(corpus, "dev", norm)
     if not train_d or not dev_d:
-        raise RuntimeError("train needs labelled train and dev dialogues: check the prepare stage's output")
+        raise UserError("train needs labelled train and dev dialogues: check the prepare stage's output "
+                        "(data/prepared/utterances.parquet: its split and label columns)")
     labels = label_names(corpus.utterances.schema)  # the prepared table's label set (MELD, IEMOCAP, ...)
+    train_warnings(corpus, labels)
     weight = class_weights(np.concatenate([d["label"] for d in train_d]), len(labels))
 
     from dvclive import Live
@@ -58,7 +75,8 @@ def train(params: dict, utterances: str, out: str, live_dir: str, feature_dirs: 
             contextlib.nullcontext() as live:
         for k, seed in enumerate(seeds):
             seed_everything(seed)  # before the model is built: same seed, same initial weights
-            model = get_model(name, input_dims=corpus.dims, n_classes=len(labels), **cfg)
+            model, dims = text_e2e.with_encoder(
+                lambda d: build_model(name, cfg, d, len(labels)), corpus.dims, e2e, device)
             n_params = sum(p.numel() for p in model.parameters())
             log.info("model %s (%s params) on %s%s, modalities %s, seed %d", name, f"{n_params:,}", device,
                      f" x{n_ranks} ranks" if n_ranks > 1 else "", "".join(mods), seed)
@@ -72,12 +90,16 @@ def train(params: dict, utterances: str, out: str, live_dir: str, feature_dirs: 
             live.summary["best"] = {"dev_weighted_f1": runs[0]["dev_weighted_f1"], "epoch": runs[0]["epoch"]}
             live.summary["seeds"] = {"n": len(seeds), "dev_weighted_f1_mean": dev_mean,
                                      "dev_weighted_f1_std": dev_std}
-    best = max(runs, key=lambda r: r["dev_weighted_f1"])  # earliest seed on ties
+    # the seed whose best epoch scores best on the dev monitor (earliest seed on ties)
+    best = min(runs, key=lambda r: r["dev_loss"]) if ecfg.monitor == "loss" else \
+        max(runs, key=lambda r: r["dev_weighted_f1"])
     result = {"best_dev_weighted_f1": best["dev_weighted_f1"], "best_epoch": best["epoch"], "seed": best["seed"],
               "dev_weighted_f1_mean": dev_mean, "dev_weighted_f1_std": dev_std}
     if not main:  # replicas are identical: rank 0 writes
         return result
-    save_checkpoint(out, name, cfg, corpus.dims, mods, norm, runs, best, labels)
+    save_checkpoint(out, name, cfg, dims, mods, norm, runs, best, labels, e2e)
+    write_bundle(Path(out).with_name("bundle"), params, name, cfg, labels, mods, dims, norm, best, feature_dirs,
+                 text_encoder=e2e)
     summary = {"model": name, "modalities": "".join(mods), "n_params": n_params,
                "dev_weighted_f1_mean": dev_mean, "dev_weighted_f1_std": dev_std, "selected_seed": best["seed"],
                "seeds": [{k: r[k] for k in ("seed", "dev_weighted_f1", "epoch", "epochs_run", "history")}
@@ -86,12 +108,35 @@ def train(params: dict, utterances: str, out: str, live_dir: str, feature_dirs: 
     return result
 
 
-def save_checkpoint(out, name, cfg, dims, mods, norm, runs, best, labels) -> None:
-    atomic_torch_save({"model": name, "cfg": cfg, "input_dims": dims, "modalities": mods, "norm": norm.state(),
-                       "labels": labels, "seed": best["seed"], "state_dict": best["state_dict"],
-                       "epoch": best["epoch"], "dev_weighted_f1": best["dev_weighted_f1"],
-                       "runs": [{k: r[k] for k in ("seed", "state_dict", "epoch", "dev_weighted_f1")} for r in runs]},
-                      out)
+def build_model(name: str, cfg: dict, dims: dict, n_classes: int, where: str | None = None):
+    """``get_model`` with a model's settings errors (unknown key, bad value, missing teacher) as one line naming
+    ``where`` the settings come from (default: ``params.yaml model_params.<name>``)."""
+    where = where or f"params.yaml model_params.{name}"
+    if name not in list_models():
+        raise UserError(f"{where}: unknown model {name!r}; registered: {list_models()}")
+    sig = inspect.signature(model_class(name)).parameters
+    if not any(p.kind is p.VAR_KEYWORD for p in sig.values()):
+        known = sorted(set(sig) - {"input_dims", "n_classes"})
+        unknown = sorted(set(cfg) - set(known))
+        if unknown:
+            raise UserError(f"{where}: unknown setting(s) {unknown}; {name} takes {known}")
+    try:
+        return get_model(name, input_dims=dims, n_classes=n_classes, **cfg)
+    except UserError:
+        raise
+    except FileNotFoundError as e:
+        raise MissingFileError(f"{where}: {e}") from e
+    except (ValueError, TypeError) as e:  # the models' own checks of their settings
+        raise UserError(f"{where}: {e}") from e
+
+
+def save_checkpoint(out, name, cfg, dims, mods, norm, runs, best, labels, text_encoder=None) -> None:
+    """Plain tensors and values only (``pipeline.checkpoint``): evaluate reads it with ``weights_only=True``."""
+    save_plain({"model": name, "cfg": cfg, "input_dims": dims, "modalities": mods, "norm": norm.state(),
+                "text_encoder": text_encoder, "labels": labels, "seed": best["seed"], "state_dict": best["state_dict"],
+                "epoch": best["epoch"], "dev_weighted_f1": best["dev_weighted_f1"],
+                "runs": [{k: r[k] for k in ("seed", "state_dict", "epoch", "dev_weighted_f1")} for r in runs]},
+               out)
 
 
 def main() -> None:
@@ -113,4 +158,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

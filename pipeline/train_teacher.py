@@ -1,10 +1,18 @@
 """Stage ``train_teacher``: SUMMER's phase 1 — the unimodal teacher (``summer_teacher``) trained by the shared engine.
 
-Reads only ``model_params.summer.teacher`` (modality, architecture, its own engine settings), so switching
-``model`` or the student's settings leaves this stage cached. Train split to fit, dev to select the epoch; the
-test split is never read. Writes the frozen-to-be teacher (``data/teacher/teacher.pt``: modality, architecture,
-input width, labels, normaliser, best-on-dev weights) and ``reports/teacher/metrics.json`` (its dev scores).
-The student (``models.summer``) loads it from ``model_params.summer.teacher_path``.
+Reads ``model_params.summer.teacher`` (modality, architecture incl. its own SDMoE — paper §3.5 "pre-trained
+using the SDMoE module", ``moe: none`` for the Fig. 4 comparison — and its own engine settings), so the student's
+settings leave this stage cached, and ``model`` (below). Train split to fit, dev to select the epoch; the
+test split is read once, after selection, only to report the teacher's own row (paper Tables 1–2 list it).
+Writes the frozen-to-be teacher (``data/teacher/teacher.pt``: plain tensors/numbers/strings only — modality,
+architecture, input widths, labels, normaliser, best-on-dev weights) and ``reports/teacher/metrics.json`` (its
+dev scores at the selected epoch and its test scores). The student (``models.summer``) loads it from
+``model_params.summer.teacher_path``.
+
+Only ``model: summer`` pays for it: for any other model the stage trains nothing and writes the marker
+``data/teacher/none.json`` (and empty teacher metrics). The stage reads ``model`` for this alone, so a switch
+between SUMMER and another model re-runs it, and DVC's run cache restores a teacher trained before
+("Stage 'train_teacher' is cached") instead of training it again.
 
 Run: ``python -m pipeline.train_teacher``.
 """
@@ -16,32 +24,37 @@ import json
 import logging
 
 import numpy as np
-import torch
 
 from models import get_model
 from models.summer import TEACHER_ARCH, SummerTeacher
-from pipeline.common import atomic_torch_save, atomic_write_text, load_params, setup_logging
-from pipeline.dataset import Standardizer, dialogues, load_corpus
-from pipeline.engine import Engine, EngineConfig, class_weights, parse_modalities, resolve_device, seed_everything
+from pipeline.checkpoint import save_checkpoint
+from pipeline.common import atomic_write_text, load_params, setup_logging
+from pipeline.dataset import Standardizer, dialogues, load_corpus, train_warnings
+from pipeline.engine import (Engine, EngineConfig, check_engine_params, class_weights, parse_modalities, predict,
+                             resolve_device, seed_everything)
+from pipeline.errors import UserError, run_main
+from pipeline.metrics import classification_metrics
 from pipeline.schema import label_names
 
 log = logging.getLogger("merc.train_teacher")
 
 
 def train_teacher(tcfg: dict, utterances: str, out: str, metrics: str, feature_dirs: dict | None = None) -> dict:
-    """Train the ``tcfg["modality"]`` teacher; save it to ``out`` and its dev scores to ``metrics``."""
+    """Train the ``tcfg["modality"]`` teacher; save it to ``out`` and its dev and test scores to ``metrics``."""
     mods = parse_modalities(tcfg.get("modality", "t"))
     if len(mods) != 1:
-        raise ValueError(f"the SUMMER teacher is unimodal: teacher.modality is t, a or v; got {tcfg['modality']!r}")
+        raise UserError(f"the SUMMER teacher is unimodal: model_params.summer.teacher.modality is t, a or v; got {tcfg['modality']!r}")
     m = mods[0]
     arch = {k: tcfg[k] for k in TEACHER_ARCH if k in tcfg}
+    check_engine_params(tcfg, "model_params.summer.teacher")
     seed = int(tcfg.get("seed", 0))
     corpus = load_corpus(utterances, mods, feature_dirs)
     norm = Standardizer().fit(corpus, corpus.split_rows("train"))  # per modality: the student's text stats too
     train_d, dev_d = dialogues(corpus, "train", norm), dialogues(corpus, "dev", norm)
     if not train_d or not dev_d:
-        raise RuntimeError("train_teacher needs labelled train and dev dialogues: check the prepare stage's output")
+        raise UserError("train_teacher needs labelled train and dev dialogues: check the prepare stage's output")
     labels = label_names(corpus.utterances.schema)
+    train_warnings(corpus, labels)
     weight = class_weights(np.concatenate([d["label"] for d in train_d]), len(labels))
     seed_everything(seed)
     model = get_model("summer_teacher", input_dims=corpus.dims, n_classes=len(labels), modality=m, **arch)
@@ -54,8 +67,18 @@ def train_teacher(tcfg: dict, utterances: str, out: str, metrics: str, feature_d
     best = res["history"][res["epoch"]]["dev"]
     summary = {"modality": m, "epoch": res["epoch"], "epochs_run": res["epochs_run"],
                **{f"dev_{k}": v for k, v in best.items()}}
+    test_d = dialogues(corpus, "test", norm)
+    if test_d:  # the selected (best-on-dev) weights on test: the teacher's own row of Tables 1-2
+        model.load_state_dict(res["state_dict"])
+        pred, y, _, _ = predict(model, test_d, int(tcfg.get("batch_size", 8)), device)
+        tm = classification_metrics(y, pred, labels)
+        summary.update({f"test_{k}": tm[k] for k in ("accuracy", "weighted_f1", "macro_f1")}, test_n=tm["n"],
+                       test_per_class_f1={c: v["f1"] for c, v in tm["per_class"].items()})
+    else:
+        log.warning("teacher: no labelled test dialogues, so no test scores are written")
     atomic_write_text(json.dumps(summary, indent=1) + "\n", metrics)
-    log.info("teacher %s: best dev weighted F1 %.4f at epoch %d", m, res["dev_weighted_f1"], res["epoch"])
+    log.info("teacher %s: best dev weighted F1 %.4f at epoch %d; test weighted F1 %s", m, res["dev_weighted_f1"],
+             res["epoch"], f"{summary['test_weighted_f1']:.4f}" if "test_weighted_f1" in summary else "n/a")
     return summary
 
 
@@ -67,8 +90,9 @@ def teacher_defaults() -> dict:
 
 def save_teacher(out, modality: str, arch: dict, dims: dict, labels: list[str], norm: Standardizer, res: dict,
                  seed: int = 0) -> None:
-    """The teacher checkpoint ``models.summer.Summer`` loads: modality, full architecture, widths, best weights."""
-    atomic_torch_save({"model": "summer_teacher", "modality": modality, "arch": arch, "input_dims": dims,
+    """The teacher checkpoint ``models.summer.Summer`` loads: modality, full architecture, widths, best weights
+    (plain tensors and values: it is read with ``weights_only=True``)."""
+    save_checkpoint({"model": "summer_teacher", "modality": modality, "arch": arch, "input_dims": dims,
                        "labels": labels, "norm": norm.state(), "state_dict": res["state_dict"], "epoch": res["epoch"],
                        "dev_weighted_f1": res["dev_weighted_f1"], "seed": seed}, out)
 
@@ -80,8 +104,26 @@ def main() -> None:
     ap.add_argument("--out", default="data/teacher/teacher.pt")
     ap.add_argument("--metrics", default="reports/teacher/metrics.json")
     args = ap.parse_args()
-    train_teacher(load_params()["model_params"]["summer"]["teacher"], args.utterances, args.out, args.metrics)
+    params = load_params()
+    if params.get("model") != "summer":
+        skip_teacher(params.get("model"), args.out, args.metrics)
+        return
+    log.info("training the SUMMER teacher")
+    train_teacher(params["model_params"]["summer"]["teacher"], args.utterances, args.out, args.metrics)
+
+
+def skip_teacher(model: str | None, out: str, metrics: str) -> None:
+    """No teacher for ``model``: the marker ``none.json`` beside where the teacher would be, empty metrics.
+
+    The marker does not name the model, so every non-SUMMER model leaves the same bytes (``train`` and
+    ``evaluate`` read the folder: it must not differ between them)."""
+    from pathlib import Path
+
+    log.info("model %s uses no SUMMER teacher: nothing to train", model)
+    atomic_write_text(json.dumps({"teacher": None, "why": "only model summer uses a teacher"}) + "\n",
+                      Path(out).parent / "none.json")
+    atomic_write_text("{}\n", metrics)
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

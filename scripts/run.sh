@@ -6,4 +6,4 @@ bash scripts/setup.sh
 VENV="${MERC_VENV:-.venv}"
 export PATH="$PWD/$VENV/bin:$PATH" DVC_NO_ANALYTICS=1 HF_HUB_OFFLINE=1
 dvc repro "$@"
-dvc metrics show --md
+python -m pipeline.summary  # dataset, model, test scores, item counts, where the plots are

@@ -4,7 +4,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.common import FeatureExtractor, read_features, run_sharded
+from pipeline.common import read_features
+from pipeline.runners import run_sharded
+from pipeline.shards import FeatureExtractor
 from pipeline.schema import UTTERANCE_SCHEMA, feature_matrix
 
 

@@ -109,7 +109,7 @@ def test_torchrun_two_gloo_ranks_match_single_process(tmp_path, demo_utterances,
     assert ranks[0]["calls"] == ["live", "checkpoint"] and ranks[1]["calls"] == []  # rank 0 writes, only
     assert ranks[0]["result"] == ranks[1]["result"]  # gathered dev metrics: the same selection on every rank
 
-    ckpt = torch.load(tmp_path / "ddp" / "model.pt", weights_only=False)
+    ckpt = torch.load(tmp_path / "ddp" / "model.pt", weights_only=True)
     assert not any(k.startswith("module.") for k in ckpt["state_dict"])  # the bare model's weights
     assert ckpt["epoch"] == ranks[0]["result"]["best_epoch"]
     seeds = json.loads((tmp_path / "ddp" / "live" / "seeds.json").read_text())

@@ -5,7 +5,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from conftest import DEMO
-from pipeline.common import read_features, run_sharded
+from pipeline.common import read_features
+from pipeline.errors import UserError
+from pipeline.runners import run_sharded
 from pipeline.extract_audio import OpenSmileExtractor, SSLExtractor, build_extractor, relevant_config
 from pipeline.schema import UTTERANCE_SCHEMA, feature_matrix
 
@@ -62,7 +64,7 @@ def test_ssl_chunking_layers_and_batching(tmp_path):
 
 
 def test_missing_ssl_weights_are_a_clear_error(tmp_path):
-    with pytest.raises(RuntimeError, match="could not load speech encoder"):
+    with pytest.raises(UserError, match="could not load speech encoder"):
         SSLExtractor(str(tmp_path / "absent"))
 
 

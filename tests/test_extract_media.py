@@ -17,8 +17,9 @@ def test_audio_demo_statuses(demo_features, demo_utterances):
     assert t.num_rows == 59
     assert t.schema.field("feature").type.list_size == 88  # eGeMAPSv02 functionals
     assert r[("train_dia2", 3)]["status"] == "silent" and r[("train_dia2", 3)]["rms"] == 0
-    assert r[("train_dia3", 5)]["status"] == "error" and "dia3_utt5.mp4" in r[("train_dia3", 5)]["error"]
-    assert r[("test_dia1", 3)]["status"] == "error" and "not found" in r[("test_dia1", 3)]["error"]
+    # flagged by prepare, so never decoded: the utterance's status and error carry over
+    assert r[("train_dia3", 5)]["status"] == "corrupt_media" and "dia3_utt5.mp4" in r[("train_dia3", 5)]["error"]
+    assert r[("test_dia1", 3)]["status"] == "missing_media" and "not found" in r[("test_dia1", 3)]["error"]
     ok = [v for v in r.values() if v["status"] == "ok"]
     assert len(ok) == 56
     assert all(1.0 < v["duration_s"] < 6.0 and v["rms"] > 1e-3 for v in ok)
@@ -81,8 +82,8 @@ def test_visual_demo_statuses(demo_features):
     assert no_face["status"] == "no_face" and not no_face["face_found"] and no_face["n_faces"] == 0
     two = r[("test_dia0", 5)]
     assert two["status"] == "ok" and two["n_faces"] == 2 and two["n_tracks"] == 2 and two["face_found"]
-    assert r[("train_dia3", 5)]["status"] == "error"
-    assert r[("test_dia1", 3)]["status"] == "error" and "not found" in r[("test_dia1", 3)]["error"]
+    assert r[("train_dia3", 5)]["status"] == "corrupt_media"
+    assert r[("test_dia1", 3)]["status"] == "missing_media" and "not found" in r[("test_dia1", 3)]["error"]
     ok = [v for v in r.values() if v["status"] == "ok"]
     assert len(ok) == 56  # the silent clip still has a face
     assert all(v["n_faces"] == v["n_tracks"] == 1 for k, v in r.items() if v["status"] == "ok" and k != ("test_dia0", 5))

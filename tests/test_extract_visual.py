@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from conftest import SHARED
-from pipeline.common import read_features, run_sharded
+from pipeline.common import read_features
+from pipeline.runners import run_sharded
 from pipeline.extract_visual import (Backbone, FaceExtractor, Track, align_face, choose_speaker_track,
                                      link_tracks)
 from pipeline.media import decode_frames, frame_indices, sample_frames
@@ -196,8 +197,9 @@ def test_demo_edge_cases(extractor, demo_utterances, tmp_path):
     no_face = r[("train_dia1", 5)]
     assert no_face["status"] == "no_face" and not no_face["face_found"] and no_face["n_faces"] == 0
     assert not any(no_face["feature"]) and no_face["error"] is None
-    assert r[("train_dia3", 5)]["status"] == "error" and "dia3_utt5" in r[("train_dia3", 5)]["error"]
-    assert r[("test_dia1", 3)]["status"] == "error" and "not found" in r[("test_dia1", 3)]["error"]
+    # rows prepare flagged are not decoded: they keep the utterance's status and error
+    assert r[("train_dia3", 5)]["status"] == "corrupt_media" and "dia3_utt5" in r[("train_dia3", 5)]["error"]
+    assert r[("test_dia1", 3)]["status"] == "missing_media" and "not found" in r[("test_dia1", 3)]["error"]
     one = r[("train_dia0", 1)]
     assert one["status"] == "ok" and one["n_faces"] == one["n_tracks"] == 1
     assert one["face_frames"] == one["frames_sampled"] == 8 and one["face_prob"] > 0.9

@@ -1,6 +1,9 @@
 """SUMMER (models/summer.py) and its teacher stage (pipeline/train_teacher.py): every modality subset and ablation,
-the frozen teacher, dynamic routing, DynAttn mask, IKD losses under padding, and the two phases on the demo."""
+the frozen teacher (its own SDMoE on and off), dynamic routing (Eq. 3-4), the DynAttn mask and attenuation (Eq. 7-8)
+against hand computations, IKD per branch (Eq. 11-15) against a hand-computed toy and under padding, the
+paper-size model, and the two phases on the demo."""
 import json
+import math
 
 import numpy as np
 import pytest
@@ -10,7 +13,8 @@ from modelkit import one_thread, overfit, toy_batch, toy_dialogues  # noqa: F401
 import torch.nn.functional as F
 
 from models import get_model
-from models.summer import SDMoE, Summer, SummerTeacher, dynattn_mask
+from models.summer import (DialogueRNN, DynamicRouter, DynAttention, Summer, SummerTeacher, dynattn_mask,
+                           smooth_targets)
 from pipeline.dataset import Standardizer
 from pipeline.engine import Engine, EngineConfig, split_output
 from pipeline.train_teacher import save_teacher, teacher_defaults
@@ -19,7 +23,12 @@ DIMS = {"t": 16, "a": 12, "v": 8}
 SUBSETS = ["t", "a", "v", "ta", "tv", "av", "tav"]
 TINY = {"hidden": 16, "heads": 4, "experts": 3}
 VARIANTS = [{}, {"moe": "plain"}, {"fusion": "self_attention"}, {"ikd": False},
-            {"fusion": "self_attention", "ikd": False}, {"moe": "plain", "fusion": "self_attention", "ikd": False}]
+            {"fusion": "self_attention", "ikd": False}, {"moe": "plain", "fusion": "self_attention", "ikd": False},
+            {"fusion_layers": 2, "branch_query": "anchor"}, {"teacher": {"moe": "none", "modality": "a"}},
+            {"global_moe": "dense", "gate_context": False, "route_stats": "expert", "route_renorm": True},
+            {"smooth_form": "printed", "engine_ce": True, "inner_loss": "l2", "kl_direction": "teacher_student",
+             "learn_phi": False, "audio_reduce": 6, "dialoguernn": []}]
+IKD_KEYS = {"ikd_cross", "ikd_align", "ikd_inner", "smooth"}
 VIDS = ["default" if not c else ",".join(f"{k}={v}" for k, v in c.items()) for c in VARIANTS]
 
 
@@ -47,7 +56,7 @@ def test_forward_backward_every_subset(mods, cfg):
     feats, present, mask, speaker, label = batch(mods)
     loss, aux = full_loss(model, feats, present, mask, speaker, label)
     assert model(feats, present, mask, speaker).shape == (3, 5, 7)
-    expect = {"smooth"} | ({"ikd_kl", "ikd_ce", "ikd_mse"} if cfg.get("ikd", True) else set())
+    expect = (IKD_KEYS | ({"engine_ce"} if not cfg.get("engine_ce") else set())) if cfg.get("ikd", True) else set()
     assert set(aux) == expect and all(torch.isfinite(v) for v in aux.values())
     loss.backward()
     for n, p in model.named_parameters():
@@ -75,63 +84,207 @@ def test_padding_and_absent_modalities_do_not_leak(cfg):
     torch.testing.assert_close(out, model(feats, present, mask, speaker))
 
 
-def test_overfits_tiny_batch_with_ikd():
-    model = build("tav", dropout=0.0)
-    feats, present, mask, speaker, label = batch("tav")
-    overfit(model, lambda: full_loss(model, feats, present, mask, speaker, label))
+OVERFIT = [{}, {"moe": "plain"}, {"fusion": "self_attention"}, {"ikd": False}, {"teacher": {"modality": "a"}},
+           {"fusion_layers": 2}]
+
+
+@pytest.mark.parametrize("cfg", OVERFIT, ids=lambda c: ",".join(f"{k}={v}" for k, v in c.items()) or "default")
+def test_every_ablation_overfits_a_tiny_batch(cfg):
+    """The objective the engine optimises (Eq. 15 alone by default: the engine's CE is cancelled) fits 13 labels."""
+    model = build("ta", dropout=0.0, **{"experts": 2, **cfg})  # t + a: both cross directions, no DialogueRNN loop
+    feats, present, mask, speaker, label = batch("ta")
+    overfit(model, lambda: full_loss(model, feats, present, mask, speaker, label), steps=80)
     logits = model(feats, present, mask, speaker)
     assert (logits[mask].argmax(-1) == label[mask]).all()
-    # label smoothing (ε = 0.1, 7 classes) caps confidence: its optimum has CE = −log(0.9 + 0.1/7) ≈ 0.09
-    assert F.cross_entropy(logits[mask], label[mask]).item() < 0.25
 
 
-def test_dynamic_routing_drops_outliers():
-    moe = SDMoE(hidden=8, experts=3, route_sigma=2.0).train()
-    g = torch.tensor([[0.3, 0.3, 0.4]] * 11 + [[0.95, 0.03, 0.02]]).unsqueeze(0)  # [1, 12, 3]; token 11 an outlier
+def test_dynattn_mask_hand_computed_3x3():
+    """Eq. 7: M_ij = 1 where |s_tr − s_st| > 0.5 (exactly 0.5 is not masked)."""
+    s_tr = torch.tensor([[1.0, 0.25, -0.5], [0.0, 1.0, 0.5], [0.25, 0.25, 0.25]]).view(1, 1, 3, 3)
+    s_st = torch.tensor([[0.375, 0.125, 0.25], [0.0, 0.25, 0.5], [1.0, -0.5, 0.75]]).view(1, 1, 3, 3)
+    # |diff| = [[.625, .125, .75], [0, .75, 0], [.75, .75, .5]]
+    expect = torch.tensor([[1.0, 0, 1], [0, 1, 0], [1, 1, 0]])
+    torch.testing.assert_close(dynattn_mask(s_tr, s_st)[0, 0], expect, rtol=0, atol=0)
+    assert dynattn_mask(s_tr, s_st, threshold=0.7)[0, 0].sum() == 4  # only the .75s
+    # different head counts: compared on head means
+    two = torch.cat([s_st, s_st + 2.0], 1)  # head mean = s_st + 1
+    torch.testing.assert_close(dynattn_mask(s_tr, two)[0, 0], (abs(s_tr - s_st - 1) > 0.5).float()[0, 0])
+
+
+def identity_attention(phi=0.5, learn_phi=True):
+    att = DynAttention(2, 1, phi=phi, learn_phi=learn_phi)
+    with torch.no_grad():
+        for lin in (att.q, att.k, att.v, att.o):
+            lin.weight.copy_(torch.eye(2))
+            lin.bias.zero_()
+    return att
+
+
+def test_dynattn_attenuation_against_hand_computation():
+    """Eq. 8 with Q = K = V = x (identity projections, one head, d = 2): out_i = Σ_j (1 − φ M_ij) softmax_j(s_i) x_j."""
+    x = torch.tensor([[[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]]])
+    s = [[1 / math.sqrt(2) * (a[0] * b[0] + a[1] * b[1]) for b in x[0].tolist()] for a in x[0].tolist()]
+    guide = torch.tensor(s).view(1, 1, 3, 3).clone()
+    guide[0, 0, 0, 2] += 1.0  # the teacher disagrees on (0, 2) and (2, 1) only
+    guide[0, 0, 2, 1] -= 0.75
+    att = identity_attention(phi=0.5)
+    out, scores = att(x, guide=guide)
+    torch.testing.assert_close(scores[0, 0], torch.tensor(s))
+    expect = []
+    for i in range(3):
+        e = [math.exp(v) for v in s[i]]
+        a = [v / sum(e) for v in e]
+        a = [w * (1 - 0.5 * ((i, j) in {(0, 2), (2, 1)})) for j, w in enumerate(a)]  # attenuated, not renormalised
+        expect.append([sum(a[j] * x[0, j, c].item() for j in range(3)) for c in range(2)])
+    torch.testing.assert_close(out[0], torch.tensor(expect))
+    plain, _ = att(x)  # without a guide: ordinary attention
+    assert (plain[0, 0] - out[0, 0]).abs().sum() > 0.05 and torch.allclose(plain[0, 1], out[0, 1])
+    # padding keys never count: a masked key gets no weight whatever the teacher says
+    mask = torch.tensor([[[True, True, False]] * 3])
+    out_m, _ = att(x, mask=mask, guide=guide)
+    e0 = [math.exp(v) for v in s[0][:2]]
+    torch.testing.assert_close(out_m[0, 0], torch.tensor([e0[0] / sum(e0), e0[1] / sum(e0)]))
+
+
+def test_phi_is_learned_or_set():
+    x = torch.tensor([[[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]]])
+    guide = torch.full((1, 1, 3, 3), 5.0)  # every pair differs by > 0.5: all attenuated
+    att = identity_attention(phi=0.3)
+    out, _ = att(x, guide=guide)
+    out.sum().backward()
+    assert isinstance(att.phi, torch.nn.Parameter) and att.phi.grad is not None and att.phi.grad.abs() > 0
+    torch.testing.assert_close(out, 0.7 * att(x)[0].detach())  # (1 − φ) times plain attention (o is linear, b = 0)
+    fixed = identity_attention(phi=0.3, learn_phi=False)
+    assert "phi" not in dict(fixed.named_parameters()) and float(fixed.phi) == pytest.approx(0.3)
+    # in the student: one φ per DynAttn block, learnable unless learn_phi=false
+    model = build("ta")
+    names = [n for n, _ in model.named_parameters() if n.endswith(".phi")]
+    assert len(names) == 2 + 2  # intra t, a + cross ta, at (one level)
+    feats, present, mask, speaker, label = batch("ta")
+    full_loss(model, feats, present, mask, speaker, label)[0].backward()
+    assert all(dict(model.named_parameters())[n].grad is not None for n in names)
+    assert not [n for n, _ in build("ta", learn_phi=False).named_parameters() if n.endswith(".phi")]
+
+
+def test_dynamic_routing_keeps_exactly_the_band():
+    """Eq. 3: weights whose logit W_g lies outside (μ − 2σ, μ + 2σ) are zero, the others are Softmax(W_g)/T."""
+    w = torch.zeros(1, 12, 3)
+    w[0, 11, 0] = 10.0  # one extreme logit
+    w[0, 5, 1] = -1.0
     valid = torch.ones(1, 12, dtype=torch.bool)
-    out = moe.route(g, valid)
-    # token 11's weights are far outside mu +- 2 sigma for every expert: all would go, so they are kept as they are
-    torch.testing.assert_close(out[0, 11], g[0, 11])
-    g2 = g.clone()
-    g2[0, 11] = torch.tensor([0.3, 0.02, 0.68])  # only experts 1 and 2 lie outside: dropped, expert 0 renormalised
-    out2 = moe.route(g2, valid)
-    torch.testing.assert_close(out2[0, 11], torch.tensor([1.0, 0.0, 0.0]))
-    torch.testing.assert_close(out2[0, :11], g2[0, :11])  # inliers untouched
-    assert moe.dropped[0] == 3 + 2  # three weights of the first call's outlier, two of the second's
-    # padding neither counts in the statistics nor gets routed away
-    g3 = torch.cat([g2, torch.full((1, 4, 3), 5.0)], 1)
-    out3 = moe.route(g3, torch.cat([valid, torch.zeros(1, 4, dtype=torch.bool)], 1))
-    torch.testing.assert_close(out3[0, :12], out2[0])
-    # evaluation uses the running statistics: a token's weights do not depend on the rest of the batch
-    moe.eval()
-    one = moe.route(g2[:, 11:], valid[:, 11:])
-    torch.testing.assert_close(one[0, 0], moe.route(g2, valid)[0, 11])
+    r = DynamicRouter(3, route_sigma=2.0, temperature=2.0).train()
+    flat = w.flatten()
+    mu, sd = flat.mean(), flat.std(unbiased=False)  # over every entry of W_g ("tensor")
+    expect = (w - mu).abs() < 2 * sd
+    keep = r.band(w, valid)
+    torch.testing.assert_close(keep, expect)
+    assert not keep[0, 11, 0] and keep.sum() == 35
+    r.eval()  # running statistics = the first batch's: the same band, no noise
+    g = r(w, valid)
+    torch.testing.assert_close(g, w.softmax(-1) * expect / 2.0)
+    torch.testing.assert_close(r(w[:, 11:], valid[:, 11:]), g[:, 11:])  # independent of the rest of the batch
+    # per expert: the statistics of each column
+    re = DynamicRouter(3, stats="expert").train()
+    col = (w - w.mean(1, keepdim=True)).abs() < 2 * w.std(1, unbiased=False, keepdim=True)
+    torch.testing.assert_close(re.band(w, valid), col | (w.std(1, unbiased=False, keepdim=True) == 0))
+    # per token over 3 experts: |z| ≤ √2 < 2, so nothing can ever leave the band
+    assert DynamicRouter(3, stats="token").band(torch.randn(2, 7, 3) * 50, torch.ones(2, 7, dtype=torch.bool)).all()
+    # padding takes no part in the statistics
+    wp = torch.cat([w, torch.full((1, 4, 3), 1e3)], 1)
+    vp = torch.cat([valid, torch.zeros(1, 4, dtype=torch.bool)], 1)
+    torch.testing.assert_close(DynamicRouter(3).train().band(wp, vp)[:, :12], expect)
+    # renormalised variant: the kept weights sum to 1
+    rn = DynamicRouter(3, renorm=True).eval()
+    rn.running_mean.fill_(0.0)
+    rn.running_std.fill_(float(sd))
+    torch.testing.assert_close(rn(w, valid).sum(-1), torch.ones(1, 12))
 
 
-def test_gumbel_temperature_is_learned_and_logged():
+def test_gumbel_tau_is_learned_and_logged():
     model = build("ta")
     feats, present, mask, speaker, label = batch("ta")
     loss, _ = full_loss(model, feats, present, mask, speaker, label)
     loss.backward()
-    assert model.moe["t"].log_tau.grad.abs() > 0
+    assert model.moe["t"].router.log_tau.grad.abs() > 0
     logs = model.epoch_logs()
-    assert set(logs) == {"tau_t", "tau_a", "route_dropped_t", "route_dropped_a"}
-    assert logs["tau_t"] == pytest.approx(1.0) and 0 <= logs["route_dropped_t"] <= 1
-    assert "log_tau" not in dict(build("ta", moe="plain").moe["t"].named_parameters())
+    assert {"tau_t", "tau_a", "tau_global", "route_dropped_t", "route_dropped_global", "dyn_masked",
+            "phi_mean"} <= set(logs)
+    assert logs["tau_t"] == pytest.approx(1.0) and 0 <= logs["route_dropped_t"] <= 1 and 0 <= logs["dyn_masked"] <= 1
+    assert not any(k.startswith("tau") for k in build("ta", moe="plain", global_moe="dense").epoch_logs())
 
 
-def test_dynattn_mask_from_teacher_features():
-    h = torch.tensor([[[1.0, 0.0], [0.9, 0.1], [0.0, 1.0], [-1.0, 0.0], [7.0, 7.0]]])  # last turn is padding
-    mask = torch.tensor([[True, True, True, True, False]])
-    m = dynattn_mask(h, mask)[0]
-    assert m.diagonal()[:4].all() and not m[4].any() and not m[:, 4].any()
-    assert m[0, 1] and not m[0, 3] and not m[0, 2]  # turn 0 keeps the similar turn 1, not the opposite turn 3
-    assert dynattn_mask(h, mask, threshold=-10.0)[0][:4, :4].all()  # a low threshold keeps the whole dialogue
+def test_smooth_targets_follow_eq14():
+    """Eq. 14's "where": ε on the true class, (1 − ε)/(C − 1) on each other class."""
+    q = smooth_targets(torch.tensor([2, 0]), 5, 0.8)
+    torch.testing.assert_close(q, torch.tensor([[0.05, 0.05, 0.8, 0.05, 0.05], [0.8, 0.05, 0.05, 0.05, 0.05]]))
+    with pytest.raises(ValueError, match="true class"):
+        build("t", smooth_eps=0.1)  # 0.1 < 1/7: not a smoothing of the true label
+
+
+def hand_model(**cfg):
+    """Two branches (t, a), 3 classes, hidden 4; the frozen teacher's classifier is W = [I_3 | 0], b = 0."""
+    torch.manual_seed(0)
+    m = get_model("summer", input_dims={"t": 4, "a": 4}, n_classes=3, hidden=4, heads=2, experts=2, **cfg)
+    m.teacher.classifier.weight.copy_(torch.eye(3, 4))
+    m.teacher.classifier.bias.zero_()
+    return m
+
+
+def test_ikd_per_branch_against_hand_computation():
+    model = hand_model(smooth_eps=0.9, kappa1=1.0, kappa2=0.5, kappa3=2.0, kappa4=3.0, smooth_form="printed")
+    f_t, f_a = torch.tensor([[[2.0, 0, 0, 0]]]), torch.zeros(1, 1, 4)
+    h_t, logits = torch.tensor([[[0.0, 1, 0, 0]]]), torch.tensor([[[1.0, 0, 0]]])
+    model._cache = {"logits": logits, "branches": [f_t, f_a], "h_t": h_t}
+    aux = model.aux_loss(logits, {"mask": torch.ones(1, 1, dtype=torch.bool), "label": torch.tensor([[0]])})
+
+    def softmax(v):
+        e = [math.exp(x) for x in v]
+        return [x / sum(e) for x in e]
+
+    pbar, pt, pa = softmax([0, 1, 0]), softmax([2, 0, 0]), softmax([0, 0, 0])
+    kl = lambda p, q: sum(a * math.log(a / b) for a, b in zip(p, q))  # noqa: E731  Eq. 11: KL(p_hat || p_bar)
+    assert aux["ikd_cross"].item() == pytest.approx(1.0 * (kl(pt, pbar) + kl(pa, pbar)), rel=1e-5)
+    assert aux["ikd_align"].item() == pytest.approx(0.5 * (-math.log(pt[0]) - math.log(pa[0])), rel=1e-5)  # Eq. 12
+    assert aux["ikd_inner"].item() == pytest.approx(2.0 * ((4 + 1) / 4 + (0 + 1) / 4), rel=1e-5)  # Eq. 13, MSE
+    p = softmax([1, 0, 0])
+    q = [0.9, 0.05, 0.05]
+    assert aux["smooth"].item() == pytest.approx(3.0 * -sum(a * b for a, b in zip(p, q)), rel=1e-5)  # Eq. 14
+    assert aux["engine_ce"].item() == pytest.approx(math.log(p[0]), rel=1e-5)  # cancels the engine's CE
+    # the other readings: usual KD direction, L2 norm (the formula), soft-target CE (the text; the default)
+    model = hand_model(smooth_eps=0.9, kl_direction="teacher_student", inner_loss="l2", engine_ce=True)
+    model._cache = {"logits": logits, "branches": [f_t, f_a], "h_t": h_t}
+    aux = model.aux_loss(logits, {"mask": torch.ones(1, 1, dtype=torch.bool), "label": torch.tensor([[0]])})
+    assert aux["ikd_cross"].item() == pytest.approx(kl(pbar, pt) + kl(pbar, pa), rel=1e-5)
+    assert aux["ikd_inner"].item() == pytest.approx(math.sqrt(5) + 1.0, rel=1e-5)
+    assert aux["smooth"].item() == pytest.approx(2.0 * -sum(b * math.log(a) for a, b in zip(p, q)), rel=1e-5)
+    assert "engine_ce" not in aux
+
+
+def test_engine_ce_is_cancelled_exactly():
+    """With engine_ce=false the engine's (class-weighted) CE + aux has the gradient of Eq. 15 alone."""
+    model = build("ta", dropout=0.0).eval()
+    model.training = True  # forward keeps its cache; submodules stay in eval (no Gumbel noise)
+    feats, present, mask, speaker, label = batch("ta")
+    w = torch.linspace(0.5, 2.0, 7)
+    grads = []
+    for with_engine in (True, False):
+        model.zero_grad()
+        logits = model(feats, present, mask, speaker)
+        aux = model.aux_loss(logits, {"mask": mask, "label": label, "class_weight": w})
+        if with_engine:
+            loss = F.cross_entropy(logits.reshape(-1, 7), label.reshape(-1), weight=w, ignore_index=-100) \
+                + sum(aux.values())
+        else:
+            loss = sum(v for k, v in aux.items() if k != "engine_ce")
+        loss.backward()
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters()})
+    for n in grads[0]:
+        torch.testing.assert_close(grads[0][n], grads[1][n], rtol=1e-5, atol=1e-6)
 
 
 def test_padded_batch_gives_finite_ikd_losses_equal_to_unpadded():
-    """Heavy padding (one dialogue of 1 turn in a batch of 6) must not produce NaN (SDT's kl_div pitfall), and the
-    losses must equal those of the real utterances alone."""
+    """Heavy padding (one dialogue of 1 turn in a batch of 3) gives finite per-branch terms equal to those of the
+    real utterances alone."""
     model = build("tav").eval()  # eval: no Gumbel noise or dropout, so both calls compute the same thing
     feats, present, mask, speaker, label = batch("tav", B=3, T=6)
     mask[0, :] = False
@@ -140,10 +293,9 @@ def test_padded_batch_gives_finite_ikd_losses_equal_to_unpadded():
     model.training = True  # only to make forward keep what aux_loss needs; submodules stay in eval mode
     logits = model(feats, present, mask, speaker)
     aux = model.aux_loss(logits, {"mask": mask, "label": label})
-    assert all(torch.isfinite(v) for v in aux.values())
+    assert set(aux) == IKD_KEYS | {"engine_ce"} and all(torch.isfinite(v) for v in aux.values())
     sum(aux.values()).backward()
     assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
-    # the same losses from the batch cut to the real part of dialogue 1 and 2 only + dialogue 0 alone
     cut = lambda x, b, n: x[b : b + 1, :n]  # noqa: E731
     per = []
     for b in range(3):
@@ -152,18 +304,51 @@ def test_padded_batch_gives_finite_ikd_losses_equal_to_unpadded():
                    cut(mask, b, n), cut(speaker, b, n))
         per.append((n, model.aux_loss(lg, {"mask": cut(mask, b, n), "label": cut(label, b, n)})))
     N = sum(n for n, _ in per)
-    for k in ("ikd_kl", "ikd_ce", "smooth"):  # per-utterance means: the padded batch is their weighted mean
+    for k in ("ikd_cross", "ikd_align", "smooth", "engine_ce"):  # per-utterance means: the weighted mean
         torch.testing.assert_close(aux[k], sum(n * a[k] for n, a in per) / N, rtol=1e-4, atol=1e-5)
 
 
-def test_label_smoothing_term_makes_the_loss_proportional_to_smoothed_ce():
-    model = build("t", ikd=False, label_smoothing=0.1)
-    feats, present, mask, speaker, label = batch("t")
-    logits = model(feats, present, mask, speaker)
-    aux = model.aux_loss(logits, {"mask": mask, "label": label})
-    ce = F.cross_entropy(logits[mask], label[mask])
-    smoothed = F.cross_entropy(logits[mask], label[mask], label_smoothing=0.1)
-    torch.testing.assert_close(ce + aux["smooth"], smoothed / 0.9)
+def test_dialoguernn_is_causal_and_speaker_aware():
+    torch.manual_seed(0)
+    rnn = DialogueRNN(4, 6, max_speakers=4)
+    u = torch.randn(2, 5, 4)
+    mask = torch.tensor([[True] * 5, [True] * 3 + [False] * 2])
+    spk = torch.tensor([[0, 1, 0, 1, 0], [1, 1, 0, 0, 0]])
+    out = rnn(u, mask, spk)
+    assert out.shape == (2, 5, 6) and not out[1, 3:].any()  # padding outputs are zero
+    u2 = u.clone()
+    u2[:, 3:] = 7.0  # later turns (and padding) never change earlier outputs
+    torch.testing.assert_close(rnn(u2, mask, spk)[:, :3], out[:, :3])
+    spk2 = spk.clone()
+    spk2[0, 2] = 1  # turn 2 by the other speaker: its party state differs
+    assert (rnn(u, mask, spk2)[0, 2] - out[0, 2]).abs().max() > 1e-4
+
+
+def test_paper_size_model_instantiates():
+    """§4.3: hidden 1024, 4 heads, 6 fusion layers; MELD inputs t/a/v 768/6373 (ComParE → 512)/1000 (→ 256)."""
+    with torch.device("meta"):
+        model = get_model("summer", input_dims={"t": 768, "a": 6373, "v": 1000}, n_classes=7, hidden=1024, heads=4,
+                          fusion_layers=6, audio_reduce=512, dialoguernn=["v"],
+                          teacher={"hidden": 1024, "layers": 6})
+    n = sum(p.numel() for p in model.parameters())
+    print(f"SUMMER paper size: {n:,} trainable parameters")
+    assert len(model.intra) == 6 and len(model.cross[0]) == 6 and model.head.in_features == 1024
+    assert model.front.reduce.out_features == 512 and model.front.dims == {"t": 768, "a": 512, "v": 256}
+    assert len(model.teacher.blocks) == 6 and n > 100_000_000
+
+
+@pytest.mark.parametrize("moe", ["sdmoe", "none"])
+def test_teacher_with_and_without_its_sdmoe(moe):
+    """§3.5: the teacher is pre-trained with its own SDMoE; ``moe: none`` is the Fig. 4 comparison."""
+    torch.manual_seed(0)
+    t = SummerTeacher({"t": DIMS["t"]}, 7, hidden=16, heads=4, layers=2, moe=moe, experts=3)
+    assert (t.moe is not None) == (moe == "sdmoe")
+    feats, present, mask, speaker, _ = batch("t")
+    h, scores = t.encode(feats, present, mask, speaker)
+    assert h.shape == (3, 5, 16) and len(scores) == 2 and scores[0].shape == (3, 4, 5, 5)
+    res = Engine(t, EngineConfig(epochs=1, batch_size=2, lr=3e-3), "cpu").fit(dialogues(mods="t"),
+                                                                            dialogues(3, 1, "t"), seed=0)
+    assert ("tau_moe" in res["history"][0]["train"]) == (moe == "sdmoe")
 
 
 def tiny_teacher(tmp_path, modality="t", hidden=16):
@@ -195,12 +380,13 @@ def test_teacher_is_loaded_and_stays_frozen_through_engine_training(tmp_path):
     assert model.training and not model.teacher.training
     assert not any(m.training for m in model.teacher.modules())  # its dropout is off too
     seen = []  # the teacher's mode and grad state every time it runs inside the engine's training steps
-    model.teacher.encoder.register_forward_hook(
-        lambda mod, args, out: seen.append((mod.training, out.requires_grad, torch.is_grad_enabled())))
+    model.teacher.blocks[-1].register_forward_hook(
+        lambda mod, args, out: seen.append((mod.training, out[0].requires_grad, torch.is_grad_enabled())))
     res = Engine(model, EngineConfig(epochs=2, batch_size=2, lr=1e-2), "cpu", torch.ones(7)).fit(
         dialogues(), dialogues(3, seed=1), seed=0)
     assert seen and not any(training or needs_grad or grad_on for training, needs_grad, grad_on in seen)
-    assert {"aux_ikd_kl", "aux_ikd_ce", "aux_ikd_mse", "aux_smooth", "tau_t"} <= set(res["history"][0]["train"])
+    assert {"aux_ikd_cross", "aux_ikd_align", "aux_ikd_inner", "aux_smooth", "aux_engine_ce", "tau_t",
+            "dyn_masked"} <= set(res["history"][0]["train"])
     model.train()  # as the engine does each epoch
     assert not model.teacher.training
     for k, v in model.teacher.state_dict().items():
@@ -250,19 +436,20 @@ def test_two_phases_on_demo(tmp_path, demo_utterances, demo_features):
     tcfg = {"modality": "t", "hidden": 32, "heads": 4, "epochs": 3, "batch_size": 2, "lr": 3e-3, "seed": 0}
     summary = train_teacher(tcfg, demo_utterances, tmp_path / "teacher.pt", tmp_path / "tm.json", demo_features)
     assert json.loads((tmp_path / "tm.json").read_text()) == summary and summary["modality"] == "t"
-    ck = torch.load(tmp_path / "teacher.pt", weights_only=False)
+    assert 0 <= summary["test_weighted_f1"] <= 1 and summary["test_n"] == 12  # the teacher's own test row
+    ck = torch.load(tmp_path / "teacher.pt", weights_only=True)  # plain contents only
     assert ck["arch"]["hidden"] == 32 and ck["input_dims"] == {"t": 384} and len(ck["labels"]) == 7
     cfg = {"hidden": 32, "experts": 2, "teacher_path": str(tmp_path / "teacher.pt"), "teacher": tcfg}
     params = {"model": "summer", "model_params": {"summer": cfg},
               "train": dict(modalities="tav", seed=0, epochs=2, batch_size=2, lr=3e-3, patience=5)}
     train(params, demo_utterances, tmp_path / "model.pt", tmp_path / "live", demo_features)
-    saved = torch.load(tmp_path / "model.pt", weights_only=False)
+    saved = torch.load(tmp_path / "model.pt", weights_only=True)
     for k, v in ck["state_dict"].items():  # the frozen teacher travels unchanged inside the student's checkpoint
         torch.testing.assert_close(saved["state_dict"][f"teacher.{k}"], v, rtol=0, atol=0)
     m = evaluate(tmp_path / "model.pt", demo_utterances, tmp_path / "reports", feature_dirs=demo_features)
     assert m["model"] == "summer" and m["n"] == 12 and 0 <= m["weighted_f1"] <= 1
     live = json.loads((tmp_path / "live" / "metrics.json").read_text())
-    assert "aux_ikd_kl" in live["train"] and "tau_t" in live["train"]
+    assert "aux_ikd_cross" in live["train"] and "tau_t" in live["train"]
 
 
 def test_split_output_contract():

@@ -106,9 +106,10 @@ def test_finetune_selects_on_dev_and_is_deterministic(tmp_path):
     utt = utterance_table(tmp_path, data)
     p = dict(model=tiny_encoder(tmp_path, "bert"), pooling="mean", layers=2, context="speaker", window=4,
              budget=32, future=False, max_length=64,
-             finetune=dict(enabled=True, out=str(tmp_path / "enc"), epochs=2, lr=1e-3, batch_size=4, seed=0))
+             finetune=dict(enabled=True, out=str(tmp_path / "enc"), epochs=3, lr=3e-3, batch_size=4, seed=0))
     info = finetune(utt, p, tmp_path / "enc")
-    assert info["epoch"] in (0, 1) and info["dev_weighted_f1"] == 1.0  # trivially separable
+    # trivially separable: learnt within 3 epochs (2 epochs at lr 1e-3 were not enough for every random init)
+    assert info["epoch"] in (0, 1, 2) and info["dev_weighted_f1"] == 1.0
     assert (tmp_path / "enc" / "model.safetensors").exists() and not (tmp_path / "enc.tmp").exists()
     info2 = finetune(utt, p, tmp_path / "enc2")
     from safetensors.numpy import load_file

@@ -30,7 +30,7 @@ def test_train_and_evaluate_demo(tmp_path, demo_utterances, demo_features, model
     assert 0 <= res["best_epoch"] < 6
     live = json.loads((tmp_path / "live" / "metrics.json").read_text())
     assert {"train", "dev"} <= set(live) and "weighted_f1" in live["dev"]
-    saved = torch.load(ckpt, weights_only=False)
+    saved = torch.load(ckpt, weights_only=True)
     assert saved["epoch"] == res["best_epoch"]  # the checkpoint is the best-on-dev epoch
     assert saved["input_dims"] == {"t": 384, "a": 88, "v": 256}
 
@@ -40,8 +40,8 @@ def test_train_and_evaluate_demo(tmp_path, demo_utterances, demo_features, model
     assert on_disk["weighted_f1"] == pytest.approx(m["weighted_f1"])
     assert set(on_disk["per_class"]) == set(EMOTIONS)
     assert on_disk["n"] == 12  # demo test split: 12 labelled utterances, the missing clip included (text)
-    # the test split's missing clip shows as an errored item in audio and visual
-    assert on_disk["items"]["a_error"] == 1 and on_disk["items"]["v_error"] == 1
+    # the test split's missing clip keeps prepare's status (missing_media) in audio and visual
+    assert on_disk["items"]["a_missing_media"] == 1 and on_disk["items"]["v_missing_media"] == 1
     cm = pd.read_csv(tmp_path / "reports" / "plots" / "confusion.csv")
     assert len(cm) == 12 and set(cm.columns) == {"actual", "predicted"}
     assert (cm.actual == cm.predicted).mean() == pytest.approx(on_disk["accuracy"])
@@ -60,12 +60,12 @@ def test_training_is_deterministic(tmp_path, demo_utterances, demo_features):
     b = train(params("dialogue_gru", ("t",), epochs=3), demo_utterances, tmp_path / "b.pt", tmp_path / "lb",
               demo_features)
     assert a == b
-    sa, sb = torch.load(tmp_path / "a.pt", weights_only=False), torch.load(tmp_path / "b.pt", weights_only=False)
+    sa, sb = torch.load(tmp_path / "a.pt", weights_only=True), torch.load(tmp_path / "b.pt", weights_only=True)
     for k in sa["state_dict"]:
         torch.testing.assert_close(sa["state_dict"][k], sb["state_dict"][k], rtol=0, atol=0)
     train(params("dialogue_gru", ("t",), epochs=3, seed=1), demo_utterances, tmp_path / "c.pt", tmp_path / "lc",
           demo_features)
-    sc = torch.load(tmp_path / "c.pt", weights_only=False)
+    sc = torch.load(tmp_path / "c.pt", weights_only=True)
     assert any(not torch.equal(sa["state_dict"][k], sc["state_dict"][k]) for k in sa["state_dict"])
 
 
@@ -81,7 +81,7 @@ def test_seeds_report_mean_and_std(tmp_path, demo_utterances, demo_features):
     p = params("concat_mlp", epochs=3)
     p["train"].update(modalities="ta", seeds=[0, 1])
     res = train(p, demo_utterances, tmp_path / "m.pt", tmp_path / "live", demo_features)
-    saved = torch.load(tmp_path / "m.pt", weights_only=False)
+    saved = torch.load(tmp_path / "m.pt", weights_only=True)
     assert [r["seed"] for r in saved["runs"]] == [0, 1] and saved["modalities"] == ["t", "a"]
     assert saved["seed"] == res["seed"] and saved["dev_weighted_f1"] == max(r["dev_weighted_f1"] for r in saved["runs"])
     seeds = json.loads((tmp_path / "live" / "seeds.json").read_text())

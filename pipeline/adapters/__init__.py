@@ -6,6 +6,7 @@ the table's provenance metadata. Bad media never raises here: it becomes a row s
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -26,11 +27,13 @@ class Prepared:
 
 
 def rel_path(path: Path) -> str:
-    """Paths inside the repo are stored relative to it so the table is the same in every clone."""
+    """Paths inside the repo are stored relative to it so the table is the same in every clone; others as
+    ``prepare.root`` spelled them (``../shared/meld/…`` stays relative, ``/data/meld/…`` absolute), never
+    resolved against this clone's location."""
     try:
-        return str(path.resolve().relative_to(Path.cwd().resolve()))
+        return str(Path(path).resolve().relative_to(Path.cwd().resolve()))
     except ValueError:
-        return str(path.resolve())
+        return os.path.normpath(str(path))
 
 
 @lru_cache(maxsize=4096)  # IEMOCAP dialogues and manifest recordings are shared by many utterances

@@ -1,12 +1,14 @@
 """Manifest: any corpus described by one CSV or Parquet file (``prepare.root`` is that file).
 
-Columns: ``utterance_id, speaker, text, label, split, media_path`` (required; values may be empty: an
-empty ``media_path`` is a text-only row, a wav is an audio-only one, an empty label is unlabelled) and
-``dialogue_id, start_s, end_s, audio_path`` (optional). Without ``dialogue_id`` every row is its own
+Columns: ``utterance_id, speaker, text, label, split`` (required; values may be empty: an empty label is
+unlabelled) and ``media_path, dialogue_id, start_s, end_s, audio_path`` (optional). Without a ``media_path``
+column the corpus is text-only; an empty ``media_path`` is a text-only row (status ``no_media``: the audio and
+visual stages give it ``absent``), a wav is an audio-only one. Without ``dialogue_id`` every row is its own
 dialogue (``utterance_id`` names it); with it, ``utterance_id`` is the integer position in the dialogue.
 Relative paths are relative to the manifest's folder. The label set is ``prepare.labels`` or, when null,
-the sorted unique labels. Structural faults (missing columns, duplicate keys, unknown splits or labels)
-raise naming the rows; bad media or times become row statuses.
+the sorted unique labels. Structural faults (missing columns, duplicate keys, unknown splits or labels; an
+empty, header-only or non-UTF-8 file) raise a one-line ``UserError`` naming the file or rows; bad media or
+times become row statuses.
 """
 from __future__ import annotations
 
@@ -17,21 +19,37 @@ import numpy as np
 import pandas as pd
 
 from pipeline.adapters import Prepared, probe, rel_path
+from pipeline.errors import UserError
+from pipeline.media import span_error
 from pipeline.schema import SPLITS
 
 log = logging.getLogger("merc.prepare.manifest")
 
-REQUIRED = ["utterance_id", "speaker", "text", "label", "split", "media_path"]
-OPTIONAL = ["dialogue_id", "start_s", "end_s", "audio_path"]
+REQUIRED = ["utterance_id", "speaker", "text", "label", "split"]
+OPTIONAL = ["media_path", "dialogue_id", "start_s", "end_s", "audio_path"]
+HEADER = ",".join(REQUIRED + OPTIONAL)
 
 
 def _read(path: Path) -> pd.DataFrame:
     if not path.is_file():
         raise FileNotFoundError(f"manifest {path} does not exist: set prepare.root to a .csv or .parquet file")
-    if path.suffix.lower() == ".parquet":
-        df = pd.read_parquet(path)
-    else:  # strings stay strings ("007" is an id, not 7); times are converted below
-        df = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8")
+    try:
+        if path.suffix.lower() == ".parquet":
+            df = pd.read_parquet(path)
+        else:  # strings stay strings ("007" is an id, not 7); times are converted below
+            df = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8")
+    except pd.errors.EmptyDataError:
+        raise UserError(f"manifest {path} is empty: write a header line ({HEADER}) and one row per utterance "
+                        "(see README, manifest)") from None
+    except UnicodeDecodeError as e:
+        raise UserError(f"manifest {path} is not UTF-8 text (byte {e.object[e.start:e.start + 1]!r} at offset "
+                        f"{e.start}): save it as UTF-8") from None
+    except (OSError, ValueError) as e:
+        raise UserError(f"manifest {path} cannot be read as {'Parquet' if path.suffix.lower() == '.parquet' else 'CSV'}"
+                        f" ({type(e).__name__}: {e}): give a .csv (UTF-8) or .parquet file") from None
+    if df.empty:
+        raise UserError(f"manifest {path} has no utterance rows (header only?): add one row per utterance under "
+                        f"the header {HEADER}")
     # object columns holding None for blanks (pandas' string dtype would turn them back into NaN)
     blank = lambda v: v is None or (isinstance(v, float) and np.isnan(v)) or (isinstance(v, str) and not v.strip())
     return pd.DataFrame({c: pd.Series([None if blank(v) else v for v in df[c]], dtype=object) for c in df.columns})
@@ -47,37 +65,39 @@ def load(root: str | Path, params: dict, adapter: str = "manifest") -> Prepared:
     df = _read(path)
     missing = [c for c in REQUIRED if c not in df.columns]
     if missing:
-        raise ValueError(f"manifest {path} lacks columns {missing}; required {REQUIRED}, optional {OPTIONAL}")
+        raise UserError(f"manifest {path} lacks columns {missing}; required {REQUIRED}, optional {OPTIONAL}")
+    if "media_path" not in df.columns:
+        log.info("manifest %s has no media_path column: a text-only corpus", path)
     for c in OPTIONAL:
         if c not in df.columns:
             df[c] = None
     if df.utterance_id.isna().any():
-        raise ValueError(f"manifest {path}: utterance_id empty on lines {_rows(df, df.utterance_id.isna())}")
+        raise UserError(f"manifest {path}: utterance_id empty on lines {_rows(df, df.utterance_id.isna())}")
     if df.dialogue_id.isna().all():  # each clip its own dialogue
         df["dialogue_id"], df["utterance_id"] = df.utterance_id.astype(str), 0
     elif df.dialogue_id.isna().any():
-        raise ValueError(f"manifest {path}: dialogue_id empty on lines {_rows(df, df.dialogue_id.isna())}")
+        raise UserError(f"manifest {path}: dialogue_id empty on lines {_rows(df, df.dialogue_id.isna())}")
     else:
         ids = pd.to_numeric(df.utterance_id, errors="coerce")
         bad = ids.isna() | (ids != ids.round())
         if bad.any():
-            raise ValueError(f"manifest {path}: utterance_id must be an integer position when dialogue_id is "
+            raise UserError(f"manifest {path}: utterance_id must be an integer position when dialogue_id is "
                              f"given; lines {_rows(df, bad)}")
         df["utterance_id"] = ids.astype(int)
     df["dialogue_id"] = df.dialogue_id.astype(str)
     bad = ~df.split.isin(SPLITS)
     if bad.any():
-        raise ValueError(f"manifest {path}: unknown splits {sorted(set(map(str, df.split[bad])))} on lines "
+        raise UserError(f"manifest {path}: unknown splits {sorted(set(map(str, df.split[bad])))} on lines "
                          f"{_rows(df, bad)}; use {list(SPLITS)}")
     dup = df.duplicated(["dialogue_id", "utterance_id"], keep=False)
     if dup.any():
         keys = df.loc[dup, ["dialogue_id", "utterance_id"]].drop_duplicates().values.tolist()[:5]
-        raise ValueError(f"manifest {path}: duplicate keys {keys} on lines {_rows(df, dup, 10)}")
+        raise UserError(f"manifest {path}: duplicate keys {keys} on lines {_rows(df, dup, 10)}")
     present = sorted(set(df.label.dropna().astype(str)))
     labels = [str(x) for x in params["labels"]] if params.get("labels") else present
     unknown = sorted(set(present) - set(labels))
     if unknown:
-        raise ValueError(f"manifest {path}: labels {unknown} are not in prepare.labels {labels}")
+        raise UserError(f"manifest {path}: labels {unknown} are not in prepare.labels {labels}")
     unparsable = pd.Series(False, index=df.index)
     for c in ("start_s", "end_s"):
         num = pd.to_numeric(df[c], errors="coerce")
@@ -93,9 +113,9 @@ def load(root: str | Path, params: dict, adapter: str = "manifest") -> Prepared:
         status, error, dur = "no_media", "manifest row has no media_path", None
         if media is not None:
             status, error, dur = probe(media, end) if params["probe_media"] else ("ok", None, None)
-            if status == "ok" and (r.unparsable or (start is None) != (end is None)
-                                   or (start is not None and end <= start)):
-                status, error = "bad_times", f"need numbers start_s < end_s or neither; got {start}, {end}"
+            why = f"start_s/end_s are not numbers: got {start}, {end}" if r.unparsable else span_error(start, end)
+            if status == "ok" and why:
+                status, error = "bad_times", f"{why} (need numbers 0 <= start_s < end_s, or neither)"
         out.append(dict(
             dialogue_id=r.dialogue_id, utterance_id=r.utterance_id, speaker=r.speaker, text=r.text or "",
             label=None if r.label is None else str(r.label), split=r.split,

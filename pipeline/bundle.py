@@ -1,0 +1,206 @@
+"""The self-describing trained model (``data/model/bundle/``) that ``pipeline.predict`` reads, and nothing else.
+
+Written by the ``train`` stage beside ``model.pt``; a directory of three files:
+  bundle.json   everything that is not a tensor, as JSON: format/version, model name and config, label set,
+                modality list, input widths, the selected seed/epoch/dev F1, the extractor settings the features
+                were built with (the ``text``/``audio``/``visual`` params, the text encoder actually loaded and
+                its weights' SHA-256 when fine-tuned, a visual checkpoint's SHA-256), the feature tables' names
+                and widths, and the SHA-256 of the two tensor files
+  weights.pt    the dev-selected seed's ``state_dict`` (tensors only)
+  norm.pt       the training-split standardiser (``pipeline.dataset.Standardizer``): ``mean.<m>``/``std.<m>``
+Both ``.pt`` files hold plain ``{str: Tensor}`` dicts, so they load with ``torch.load(weights_only=True)``: nothing
+is unpickled. The directory is written to a temporary sibling and renamed into place (never half a bundle).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import torch
+
+from pipeline.common import file_digest
+from pipeline.errors import UserError
+
+log = logging.getLogger("merc.bundle")
+FORMAT, VERSION = "merc-bundle", 1
+EXTRACTOR_SECTIONS = {"t": "text", "a": "audio", "v": "visual"}
+
+
+class BundleError(UserError):
+    """A bundle that cannot be used here; the message is one line saying what is missing or wrong."""
+
+
+def extractor_settings(params: dict) -> dict:
+    """The extract stages' settings as recorded in a bundle: the params sections plus what they resolve to.
+
+    ``text_encoder`` is the encoder the extract stage loads (``pipeline.extract_text.encoder_and_config``): the
+    fine-tuned directory and its weights' digest when ``text.finetune.enabled``. A ``visual.weights`` checkpoint
+    file gets its digest too, so a bundle cannot silently run with other weights.
+    """
+    out: dict = {}
+    if params.get("text"):
+        from pipeline.extract_text import encoder_and_config
+
+        text = params["text"]
+        try:
+            model, config = encoder_and_config(text)
+            out["text_encoder"] = {"model": model, "sha256": config.get("encoder_digest")}
+        except FileNotFoundError as e:  # fine-tuned encoder absent (a test's params): recorded as unknown
+            out["text_encoder"] = {"model": text["finetune"]["out"], "sha256": None, "error": str(e)}
+        out["text"] = text
+    if params.get("audio"):
+        out["audio"] = params["audio"]
+    if params.get("visual"):
+        vis = params["visual"]
+        out["visual"] = vis
+        w = vis.get("weights")
+        out["visual_weights_sha256"] = file_digest(w) if w and Path(w).is_file() else None
+    return out
+
+
+def feature_provenance(feature_dirs: dict[str, str | Path], modalities: list[str]) -> dict:
+    """``feature_name`` and ``dim`` from each used feature table's shard metadata (what the model was fed)."""
+    out = {}
+    for m in modalities:
+        shards = sorted(Path(feature_dirs[m]).glob("part-*.parquet"))
+        if shards:
+            meta = pq.read_schema(shards[0]).metadata or {}
+            out[m] = {k: meta.get(k.encode(), b"").decode() or None for k in ("feature_name", "dim", "weights")}
+    return out
+
+
+def write_bundle(directory: str | Path, params: dict, model: str, cfg: dict, labels: list[str],
+                 modalities: list[str], input_dims: dict[str, int], norm, best: dict,
+                 feature_dirs: dict[str, str | Path] | None = None, text_encoder: dict | None = None) -> Path:
+    """Write the bundle atomically (temp directory + rename) and return its path.
+
+    ``text_encoder``: ``train.text_encoder``'s settings when the text encoder was fine-tuned inside ``train``
+    (end to end): recorded, and ``load_bundle`` refuses such a bundle (predict rebuilds feature extractors only).
+
+    ``best``: the selected run (``state_dict``, ``seed``, ``epoch``, ``dev_weighted_f1``); ``norm``: the fitted
+    ``Standardizer``; ``params``: the whole params dict (its ``text``/``audio``/``visual`` sections are recorded).
+    """
+    from pipeline.dataset import FEATURE_DIRS
+
+    directory = Path(directory)
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".{directory.name}."))
+    try:
+        weights = {k: v.detach().cpu().contiguous() for k, v in best["state_dict"].items()}
+        torch.save(weights, tmp / "weights.pt")
+        st = norm.state()
+        # float64, as the standardiser fits and applies them: the bundle must standardise exactly as training did
+        torch.save({f"{kind}.{m}": torch.as_tensor(np.asarray(st[kind][m], dtype=np.float64))
+                    for kind in ("mean", "std") for m in st[kind]}, tmp / "norm.pt")
+        meta = {
+            "format": FORMAT, "version": VERSION, "model": model, "cfg": cfg, "labels": list(labels),
+            "modalities": list(modalities), "input_dims": {m: int(d) for m, d in input_dims.items()},
+            **{k: best[k] for k in ("seed", "epoch", "dev_weighted_f1") if k in best},
+            "extractors": extractor_settings(params),
+            "features": feature_provenance({**FEATURE_DIRS, **(feature_dirs or {})}, modalities),
+            "text_encoder_e2e": text_encoder,
+            "files": {f: file_digest(tmp / f) for f in ("weights.pt", "norm.pt")},
+        }
+        (tmp / "bundle.json").write_text(json.dumps(meta, indent=1, default=_jsonable) + "\n")
+        old = directory.with_name(f".{directory.name}.old")
+        if directory.exists():
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(directory, old)
+        os.replace(tmp, directory)
+        shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    log.info("wrote the model bundle %s", directory)
+    return directory
+
+
+def _jsonable(x):
+    if isinstance(x, (np.integer, np.floating)):
+        return x.item()
+    if isinstance(x, (np.ndarray, torch.Tensor)):
+        return x.tolist()
+    raise TypeError(f"bundle.json cannot hold {type(x).__name__}")
+
+
+@dataclass
+class Bundle:
+    """A loaded bundle: its JSON description, weights and normalisation statistics."""
+
+    path: Path
+    meta: dict
+    state_dict: dict
+    mean: dict[str, np.ndarray]
+    std: dict[str, np.ndarray]
+
+    @property
+    def labels(self) -> list[str]:
+        return self.meta["labels"]
+
+    @property
+    def modalities(self) -> list[str]:
+        return self.meta["modalities"]
+
+    def standardizer(self):
+        from pipeline.dataset import Standardizer
+
+        return Standardizer(dict(self.mean), dict(self.std))
+
+    def build_model(self) -> torch.nn.Module:
+        """The registered model with the bundle's config and weights, in eval mode."""
+        from models import get_model
+
+        cfg = dict(self.meta["cfg"])
+        quiet = logging.getLogger("merc.models.summer")
+        level = quiet.level
+        if cfg.get("teacher_path") and any(k.startswith("teacher.") for k in self.state_dict):
+            # SUMMER: the frozen teacher's weights are buffers in the state_dict; no teacher.pt is needed
+            cfg["teacher_path"] = None
+            quiet.setLevel(logging.ERROR)  # its "untrained teacher" warning is moot: the weights are loaded next
+        try:
+            model = get_model(self.meta["model"], input_dims=self.meta["input_dims"], n_classes=len(self.labels),
+                              **cfg)
+            model.load_state_dict(self.state_dict)
+        except (KeyError, RuntimeError, TypeError, ValueError, FileNotFoundError) as e:
+            raise BundleError(f"{self.path}: model {self.meta['model']!r} cannot be rebuilt from the bundle "
+                              f"({type(e).__name__}: {str(e).splitlines()[0]})") from e
+        finally:
+            quiet.setLevel(level)
+        return model.eval()
+
+
+def load_bundle(directory: str | Path) -> Bundle:
+    """Read and check a bundle; every problem is a one-line ``BundleError``."""
+    directory = Path(directory)
+    meta_file = directory / "bundle.json"
+    if not meta_file.is_file():
+        raise BundleError(f"no model bundle at {directory} (bundle.json missing): run `dvc repro train` or pass "
+                          "--bundle DIR")
+    try:
+        meta = json.loads(meta_file.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise BundleError(f"{meta_file} is not valid JSON: {e}") from e
+    if meta.get("format") != FORMAT or meta.get("version") != VERSION:
+        raise BundleError(f"{directory} is not a {FORMAT} v{VERSION} bundle (format {meta.get('format')!r}, "
+                          f"version {meta.get('version')!r})")
+    if meta.get("text_encoder_e2e"):
+        raise BundleError(f"{directory}: the model fine-tuned its text encoder end to end (train.text_encoder); "
+                          "predict serves models trained on extracted features only: retrain with "
+                          "train.text_encoder=null")
+    for f, digest in meta["files"].items():
+        if not (directory / f).is_file():
+            raise BundleError(f"{directory / f} is missing from the bundle")
+        if file_digest(directory / f) != digest:
+            raise BundleError(f"{directory / f} does not match the digest in bundle.json (changed or corrupt)")
+    state = torch.load(directory / "weights.pt", map_location="cpu", weights_only=True)
+    norm = torch.load(directory / "norm.pt", map_location="cpu", weights_only=True)
+    mean = {k[5:]: v.numpy() for k, v in norm.items() if k.startswith("mean.")}
+    std = {k[4:]: v.numpy() for k, v in norm.items() if k.startswith("std.")}
+    return Bundle(directory, meta, state, mean, std)

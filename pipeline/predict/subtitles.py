@@ -1,0 +1,102 @@
+"""Subtitles → utterances: ``.srt`` (``srt``) and ``.vtt`` (``webvtt-py``), times, text and speaker.
+
+A cue's speaker comes from a WebVTT voice tag (``<v Name>``) or a ``NAME:`` prefix (one to four words, at most 40
+characters, starting with a capital letter: ``Alice:``, ``Dr. Jones:``, ``[MONICA]:`` is not a speaker); the prefix is
+removed from the text. Other markup (``<i>``, ``{\\an8}``, ``<font>``) is stripped. Files that are not UTF-8 are
+read as cp1252 (what Windows subtitle tools write), with a warning.
+"""
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from pipeline.errors import UserError
+
+log = logging.getLogger("merc.predict")
+
+SPEAKER_PREFIX = re.compile(r"^\s*(?:-\s*)?([A-Z][\w.'\-]*(?: [\w.'\-]+){0,3})\s*:\s+(?=\S)")
+TAGS = re.compile(r"<[^>]*>|\{\\[^}]*\}")
+
+
+class SubtitleError(UserError):
+    """A subtitle file that cannot be used at all (one line: which file, what is wrong)."""
+
+
+@dataclass
+class Cue:
+    start_s: float
+    end_s: float
+    text: str
+    speaker: str | None = None
+
+
+def read_text(path: Path) -> tuple[str, str]:
+    """The file's text and the encoding it was read with (UTF-8, with or without BOM; else cp1252)."""
+    raw = path.read_bytes()
+    try:
+        return raw.decode("utf-8-sig"), "utf-8"
+    except UnicodeDecodeError:
+        log.warning("%s is not UTF-8: read as cp1252", path)
+        return raw.decode("cp1252", errors="replace"), "cp1252"
+
+
+def split_speaker(text: str) -> tuple[str | None, str]:
+    """``"Alice: hi"`` → ``("Alice", "hi")``; text without a speaker prefix → ``(None, text)``."""
+    m = SPEAKER_PREFIX.match(text)
+    if m and len(m.group(1)) <= 40:
+        return m.group(1).strip(), text[m.end():].strip()
+    return None, text.strip()
+
+
+def clean(text: str) -> str:
+    return " ".join(TAGS.sub("", text).split())
+
+
+def _vtt_seconds(stamp: str) -> float:
+    parts = [float(p) for p in stamp.replace(",", ".").split(":")]
+    return sum(p * 60 ** k for k, p in enumerate(reversed(parts)))
+
+
+def parse_srt(text: str) -> list[Cue]:
+    import srt
+
+    try:
+        subs = list(srt.parse(text))
+    except srt.SRTParseError as e:
+        raise SubtitleError(f"not a valid SRT file: {str(e).splitlines()[0]}") from e
+    cues = []
+    for s in subs:
+        speaker, body = split_speaker(clean(s.content))
+        cues.append(Cue(s.start.total_seconds(), s.end.total_seconds(), body, speaker))
+    return cues
+
+
+def parse_vtt(text: str) -> list[Cue]:
+    import webvtt
+
+    try:
+        captions = list(webvtt.from_string(text))
+    except webvtt.errors.MalformedFileError as e:
+        raise SubtitleError(f"not a valid WebVTT file: {e}") from e
+    cues = []
+    for c in captions:
+        speaker, body = split_speaker(clean(c.text))
+        cues.append(Cue(_vtt_seconds(c.start), _vtt_seconds(c.end), body, (c.voice or "").strip() or speaker))
+    return cues
+
+
+def read_subtitles(path: str | Path) -> list[Cue]:
+    """Cues of an ``.srt`` or ``.vtt`` file in time order (ties keep file order)."""
+    path = Path(path)
+    if not path.is_file():
+        raise SubtitleError(f"subtitle file not found: {path}")
+    kind = path.suffix.lower()
+    if kind not in (".srt", ".vtt"):
+        raise SubtitleError(f"{path}: subtitles must be .srt or .vtt, not {kind or 'no extension'!r}")
+    text, _ = read_text(path)
+    cues = (parse_srt if kind == ".srt" else parse_vtt)(text)
+    if not cues:
+        raise SubtitleError(f"{path} holds no subtitle cues")
+    return sorted(cues, key=lambda c: c.start_s)

@@ -1,0 +1,95 @@
+"""A few lines on the last evaluation, for the end of ``scripts/run.sh`` (instead of an 80-column metrics table).
+
+Reads ``reports/metrics.json`` (the evaluate stage) and says: dataset, model and modalities, test accuracy /
+weighted F1 / macro F1 (± std over seeds when there are several), the dev-selected seed and epoch, item counts
+per modality (usable vectors and why the others are missing), and where the confusion matrix, curves and
+per-utterance predictions are.
+
+Run: ``python -m pipeline.summary [--reports reports]``. The summary is the command's output, so it goes to
+stdout (not to the log).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from pipeline.errors import MissingFileError, UserError, run_main
+
+MODALITY_NAMES = {"t": "text", "a": "audio", "v": "visual"}
+SUMMARY = (("accuracy", "accuracy"), ("weighted_f1", "weighted F1"), ("macro_f1", "macro F1"))
+# what the evaluate stage writes, as the summary lists it: one line per tuple
+FILES = ((("confusion matrix", "confusion.png"), ("row-normalised", "confusion_normalized.png")),
+         (("curves", "curves.png"), ("per utterance", "predictions.csv"), ("all numbers", "metrics.json")))
+
+
+def _dataset(m: dict, params_file: Path) -> str:
+    if m.get("dataset"):
+        return str(m["dataset"])
+    try:  # metrics from before the dataset was recorded: the current params say what was prepared
+        import yaml
+
+        return str(yaml.safe_load(params_file.read_text())["prepare"]["dataset"])
+    except (OSError, KeyError, TypeError, ValueError):
+        return "unknown"
+
+
+def _items(m: dict) -> str:
+    """``text 12/12 · audio 11/12 (1 error) · …; 3 unlabelled skipped``."""
+    n, items, present = int(m.get("n", 0)), dict(m.get("items") or {}), dict(m.get("present") or {})
+    parts = []
+    for mod in m.get("modalities", ""):
+        why = {k[len(mod) + 1:]: v for k, v in items.items() if k.startswith(f"{mod}_") and v}
+        have = present.get(mod)
+        count = f"{have}/{n}" if have is not None else f"{n - sum(why.values())}/{n}"
+        reasons = ", ".join(f"{v} {k}" for k, v in sorted(why.items()))
+        parts.append(f"{MODALITY_NAMES.get(mod, mod)} {count}" + (f" ({reasons})" if reasons else ""))
+    out = " · ".join(parts)
+    if items.get("skipped_unlabelled"):
+        out += f"; {items['skipped_unlabelled']} unlabelled skipped"
+    return out
+
+
+def summarize(reports: str | Path = "reports", params_file: str | Path = "params.yaml") -> str:
+    """The summary text of ``<reports>/metrics.json``."""
+    reports = Path(reports)
+    path = reports / "metrics.json"
+    if not path.is_file():
+        raise MissingFileError(f"no {path}: run the pipeline first (`dvc repro`, whose evaluate stage writes it)")
+    try:
+        m = json.loads(path.read_text())
+        n_seeds = len(m.get("seeds") or {}) or 1
+        scores = " · ".join(f"{label} {m[k]:.4f}" + (f" ± {m.get(k + '_std', 0.0):.4f}" if n_seeds > 1 else "")
+                            for k, label in SUMMARY)
+    except (ValueError, KeyError, TypeError) as e:
+        raise UserError(f"{path} is not an evaluate-stage metrics file ({type(e).__name__}: {e}): re-run "
+                        "`dvc repro evaluate`") from e
+    n_params = m.get("n_params")
+    lines = [
+        f"dataset {_dataset(m, Path(params_file))} · model {m.get('model', '?')} · modalities "
+        f"{m.get('modalities', '?')}" + (f" · {n_params:,} parameters" if isinstance(n_params, int) else ""),
+        f"{m.get('split', 'test')} (n={m.get('n', '?')}, "
+        f"{f'mean ± std over {n_seeds} seeds' if n_seeds > 1 else '1 seed'}): {scores}",
+    ]
+    if "selected_seed" in m:
+        lines.append(f"selected on dev: seed {m['selected_seed']}, epoch {m.get('selected_epoch', '?')} "
+                     f"(dev weighted F1 {m.get('dev_weighted_f1', float('nan')):.4f})")
+    lines.append(f"items: {_items(m)}")
+    for group in FILES:
+        there = [f"{what}: {reports / name}" for what, name in group if (reports / name).exists()]
+        if there:
+            lines.append(" · ".join(there))
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--reports", default="reports")
+    ap.add_argument("--params", default="params.yaml")
+    args = ap.parse_args()
+    sys.stdout.write(summarize(args.reports, args.params))
+
+
+if __name__ == "__main__":
+    run_main(main)
