@@ -40,8 +40,25 @@ Pipeline (equation numbers are the paper's):
          (1-based, official MELD: from epoch 4), with ≥ 2 modalities only.
        * ``epoch_logs`` reports the epoch mean of ρ_t, ρ_a, ρ_v (the paper's Fig. 4; DVCLive writes
          ``reports/train/plots/metrics/train/rho_<m>.tsv``).
-     Difference from the official loop: the engine clips gradients after this hook, the official code
-     before it.
+     Clipping order: the official loop clips before modulation (so the noise is not clipped); the engine
+     does that with ``train.clip_before_hooks: true`` (the Ada2I recipes), after the hook otherwise.
+
+``paper_equations`` (default true: the paper; false: the official code, leson502/ADA2I) — where they differ:
+  * Eq. 4: Θ_m = softmax(G_Q ⊙ G_K / √d_k). The softmax runs over the last core axis (r_w, the key axis of an
+    attention row; the paper names no axis) and d_k = ``rank`` (that axis' size; the paper does not define
+    d_k). The pooled A^(m) of Eq. 6 are means of Θ. Official: no softmax, no scaling (Θ = G_Q ⊙ G_K).
+  * Eq. 6: Θ^m ×A^(t) ×A^(a) ×A^(v) contracts with every modality's pooled core, the modality's own included.
+    Official: every other modality's only.
+  * Eq. 9–10, 13–14: ŷ = MLP(Z^{m-adapt}) (Linear → ReLU → Linear, width ``hidden``: the paper gives none) is
+    the model's output and L_cls (Eq. 10) its cross-entropy (the engine's task loss); L_modal (Eq. 13) is the
+    cross-entropy of Z^{m-adapt} itself, returned by ``aux_loss`` as ``modal`` (class-weighted like the task
+    loss). Official: no MLP; the prediction is Z^{m-adapt}, and L_modal is the only cross-entropy.
+  * Eq. 16: s_m from softmax(cos⟨W_k^m, Z_j^m⟩ + b_k/M) — cosine between class k's weights of modality m and
+    the utterance's features. Official: softmax(W^m Z^m + b/M), un-normalised logits.
+
+Logged per epoch (``epoch_logs``; DVCLive → ``reports/train/plots/metrics/train/``): ρ_m (Fig. 4), the epoch
+mean of s_m as ``score_<m>`` (Fig. 1b: per-modality unimodal scores) and, at the epoch's end, the L2 norm of
+each class's AMW weight row per modality, ``wnorm_<m>_c<k>`` (Fig. 5).
 
 Our additions for the shared data contract: padded utterances and absent modalities are masked everywhere
 (encoder attention, AFW pooling, L_feature and the scores; the official code pools over padding).
@@ -110,9 +127,11 @@ class ModalityEncoder(nn.Module):
 class AFWLayer(nn.Module):
     """One Adaptive Feature Weighting layer over all modalities (Eq. 3–7) with its mapping network (Eq. 11–12)."""
 
-    def __init__(self, modalities: list[str], d: int, rank: int, beta: float, dropout: float, feature_target: str):
+    def __init__(self, modalities: list[str], d: int, rank: int, beta: float, dropout: float, feature_target: str,
+                 paper_equations: bool = True):
         super().__init__()
         self.modalities, self.beta, self.feature_target = modalities, beta, feature_target
+        self.paper, self.rank = paper_equations, rank
 
         def cores():
             return nn.ModuleDict({m: nn.Linear(d, rank) for m in modalities})
@@ -126,12 +145,14 @@ class AFWLayer(nn.Module):
         # Eq. 3–5: query and key cores (outer products of two rank-R projections), their Hadamard product.
         g = {m: (self.q1[m](x).unsqueeze(-1) * self.q2[m](x).unsqueeze(-2))
              * (self.k1[m](x).unsqueeze(-1) * self.k2[m](x).unsqueeze(-2)) for m, x in h.items()}
-        pooled = {m: masked_mean(g[m], valid[m]).unsqueeze(1) for m in g}  # Eq. 6: [B, 1, R, R]
+        if self.paper:  # Eq. 4: Θ = softmax(G_Q ⊙ G_K / √d_k) over the key axis, d_k = rank
+            g = {m: (v / math.sqrt(self.rank)).softmax(-1) for m, v in g.items()}
+        pooled = {m: masked_mean(g[m], valid[m]).unsqueeze(1) for m in g}  # Eq. 6's A^(m): [B, 1, R, R]
         out, err, n = {}, 0.0, 0
         for m in self.modalities:
             a = g[m]
-            for l in self.modalities:  # the ring: contract with every other modality's pooled core
-                if l != m:
+            for l in self.modalities:  # Eq. 6: ×A^(t) ×A^(a) ×A^(v) (official: the other modalities only)
+                if l != m or self.paper:
                     a = a @ pooled[l]
             w = self.weights[m](a.flatten(-2))
             y = w * h[m] + self.beta * h[m]  # Eq. 7
@@ -150,7 +171,8 @@ class Ada2I(nn.Module):
                  encoder_dim: int | dict | None = None, heads: int | None = None, encoder_layers: int = 2,
                  ff_dim: int | None = 2048, afw: bool = True, afw_layers: int = 2, rank: int = 6, beta: float = 0.55,
                  feature_target: str = "attention", amw: bool = True, modulation: bool = True, alpha: float = 0.42,
-                 start_mod: int = 4, end_mod: int | None = None, noise: bool = True, dropout: float = 0.5):
+                 start_mod: int = 4, end_mod: int | None = None, noise: bool = True, dropout: float = 0.5,
+                 paper_equations: bool = True):
         super().__init__()
         if feature_target not in ("attention", "output"):
             raise ValueError(f"ada2i: feature_target is attention|output; got {feature_target!r}")
@@ -158,15 +180,20 @@ class Ada2I(nn.Module):
         dims = encoder_dim if isinstance(encoder_dim, dict) else {m: encoder_dim for m in mods}
         self.encoders = nn.ModuleDict({m: ModalityEncoder(input_dims[m], dims.get(m), hidden, heads, encoder_layers,
                                                           ff_dim, dropout) for m in mods})
-        self.afw = nn.ModuleList(AFWLayer(mods, hidden, rank, beta, dropout, feature_target)
+        self.afw = nn.ModuleList(AFWLayer(mods, hidden, rank, beta, dropout, feature_target, paper_equations)
                                  for _ in range(afw_layers if afw else 0))
         self.fc = nn.Linear(hidden * len(mods), n_classes)  # W = [W_t | W_a | W_v]: one block per modality
+        self.paper = paper_equations
+        # Eq. 9: ŷ = MLP(Z^{m-adapt}) with ReLU (paper only; the official prediction is Z^{m-adapt})
+        self.mlp = nn.Sequential(nn.Linear(n_classes, hidden), nn.ReLU(), nn.Linear(hidden, n_classes)) \
+            if paper_equations else None
         self.hidden, self.amw = hidden, amw
         self.modulation, self.alpha, self.noise = modulation, alpha, noise
         self.start_mod, self.end_mod = start_mod, end_mod
         self._uni = None      # per step: {m: (unimodal logits, valid)} from forward, read by aux_loss
         self._coef = None     # per step: {m: k_m} from aux_loss, applied by before_step
         self._rho_sum: dict[str, list[float]] = {}  # per epoch: {m: [sum ρ_m, steps]}
+        self._score_sum: dict[str, list[float]] = {}  # per epoch: {m: [sum s_m, steps]}
 
     def _partition(self, m: str) -> tuple[torch.Tensor, torch.Tensor]:
         """Modality m's block W_m of the classifier and its bias share b / M."""
@@ -191,15 +218,33 @@ class Ada2I(nn.Module):
             logits = self.fc(torch.cat([h[m] for m in mods], dim=-1))
         if self.training and len(mods) >= 2:
             with torch.no_grad():
-                self._uni = {m: (h[m] @ w.T + b, valid[m]) for m in mods for w, b in [self._partition(m)]}
-        return {"logits": logits, "losses": losses}
+                self._uni = {m: (self._unimodal_logits(m, h[m]), valid[m]) for m in mods}
+        if self.mlp is None:
+            return {"logits": logits, "losses": losses}
+        return {"logits": self.mlp(logits), "z_adapt": logits, "losses": losses}
+
+    def _unimodal_logits(self, m: str, z: torch.Tensor) -> torch.Tensor:
+        """Eq. 16's per-class input: cos⟨W_k^m, Z^m⟩ + b_k/M (paper) or W^m Z^m + b/M (official)."""
+        w, b = self._partition(m)
+        if self.paper:
+            return F.normalize(z, dim=-1) @ F.normalize(w, dim=-1).T + b
+        return z @ w.T + b
+
+    def aux_loss(self, out, batch) -> dict:
+        """L_modal (Eq. 13, paper_equations only) and Eq. 16–17: scores → disparity ratios → coefficients."""
+        losses = {}
+        if isinstance(out, dict) and "z_adapt" in out:
+            z, label = out["z_adapt"], batch["label"]
+            losses["modal"] = F.cross_entropy(z.float().reshape(-1, z.shape[-1]), label.reshape(-1),
+                                              weight=batch.get("class_weight"), ignore_index=-100)
+        self._scores(batch)
+        return losses
 
     @torch.no_grad()
-    def aux_loss(self, out, batch) -> dict:
-        """Eq. 16–17 on this training batch: per-modality scores → disparity ratios → coefficients (no loss)."""
+    def _scores(self, batch) -> None:
         uni, self._uni = self._uni, None
         if uni is None:
-            return {}
+            return
         label = batch["label"]
         labelled = label >= 0  # padding is -100
         scores = {}
@@ -211,11 +256,11 @@ class Ada2I(nn.Module):
         if len(scores) >= 2:
             rho = disparity_ratio(scores)
             self._coef = modulation_coefficients(rho, self.alpha)
-            for m, r in rho.items():
-                acc = self._rho_sum.setdefault(m, [0.0, 0])
-                acc[0] += r
-                acc[1] += 1
-        return {}
+            for sums, values in ((self._rho_sum, rho), (self._score_sum, scores)):
+                for m, r in values.items():
+                    acc = sums.setdefault(m, [0.0, 0])
+                    acc[0] += r
+                    acc[1] += 1
 
     def modulating(self, epoch: int) -> bool:
         """Whether epoch ``epoch`` (0-based, as the engine counts) is in the official 1-based [start, end]."""
@@ -238,7 +283,13 @@ class Ada2I(nn.Module):
                     p.grad.add_(torch.randn_like(p.grad).mul_(p.grad.std() + 1e-8))
 
     def epoch_logs(self) -> dict:
-        """Epoch mean of ρ_m per modality (Fig. 4), then reset."""
+        """Epoch means of ρ_m (Fig. 4) and s_m (Fig. 1b), then reset; per-class AMW weight norms (Fig. 5)."""
         out = {f"rho_{m}": s / n for m, (s, n) in self._rho_sum.items() if n}
-        self._rho_sum = {}
+        out.update({f"score_{m}": s / n for m, (s, n) in self._score_sum.items() if n})
+        if out:  # an epoch was trained: the weights' state at its end
+            with torch.no_grad():
+                for m in self.modalities:
+                    for k, v in enumerate(self._partition(m)[0].norm(dim=1).tolist()):
+                        out[f"wnorm_{m}_c{k}"] = v
+        self._rho_sum, self._score_sum = {}, {}
         return out

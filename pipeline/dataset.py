@@ -39,6 +39,8 @@ class Corpus:
     present: dict[str, np.ndarray]
     status_counts: dict[str, dict[str, dict[str, int]]] = field(default_factory=dict)
     skipped: dict[str, int] = field(default_factory=dict)
+    # Frame mode (``attach_sequences``): per modality, one [L_i, F] float32 array per row (L_i = 0 when absent)
+    seqs: dict[str, list[np.ndarray]] = field(default_factory=dict)
 
     @property
     def dims(self) -> dict[str, int]:
@@ -134,6 +136,14 @@ class Standardizer:
         conv = lambda d: {m: np.asarray(v.numpy() if hasattr(v, "numpy") else v) for m, v in d.items()}  # noqa: E731
         return cls(conv(state["mean"]), conv(state["std"]))
 
+    def sequence(self, m: str, x: np.ndarray) -> np.ndarray:
+        """A ``[L, F]`` frame sequence with its modality's per-dimension statistics, clipped like ``__call__``
+        (from the utterance vectors: not in the paper, our choice — emotion2vec's utterance vector is the mean
+        of these very frames)."""
+        if x.shape[0] == 0 or m not in self.mean:
+            return x.astype(np.float32)
+        return np.clip((x.astype(np.float64) - self.mean[m]) / self.std[m], -Z_CLIP, Z_CLIP).astype(np.float32)
+
 
 def train_warnings(corpus: Corpus, labels: list[str]) -> list[str]:
     """What makes a training run doubtful though it can run: labels with no train example, a single train
@@ -182,11 +192,15 @@ def dialogues(corpus: Corpus, split: str, norm: Standardizer) -> list[dict]:
                 present={m: corpus.present[m][r] for m in corpus.feats},
             )
         )
+        if corpus.seqs:  # Frame mode: the token/frame sequences, standardised like their utterance vectors
+            out[-1]["seq"] = {m: [norm.sequence(m, corpus.seqs[m][i]) for i in r] for m in corpus.seqs}
     return out
 
 
 def collate(batch: list[dict], device: str | torch.device = "cpu") -> dict:
     """Pad dialogues to the longest one; ``mask`` marks real utterances, labels of padding are -100."""
+    if batch and "seq" in batch[0]:
+        return collate_sequences(batch, device)
     B, T = len(batch), max(len(d["label"]) for d in batch)
     mods = list(batch[0]["feats"])
     mask = torch.zeros(B, T, dtype=torch.bool)
@@ -205,3 +219,88 @@ def collate(batch: list[dict], device: str | torch.device = "cpu") -> dict:
     to = lambda t: t.to(device)  # noqa: E731
     return dict(feats={m: to(v) for m, v in feats.items()}, present={m: to(v) for m, v in present.items()},
                 mask=to(mask), speaker=to(speaker), label=to(label))
+
+
+# ---------------------------------------------------------------- Frame mode (LPGNet(Frame), §4.4)
+
+def read_sequences(table: pa.Table, column: str, max_len: int | None = None) -> list[np.ndarray]:
+    """A ``list<list<float32>>`` column (e.g. ``frames`` of ``audio.ssl.store_frames``) → one float32
+    ``[L_i, F]`` array per row, cut to its first ``max_len`` frames; a null row → ``[0, F]``."""
+    if column not in table.column_names:
+        raise ValueError(f"feature table has no {column!r} column: re-run its extract stage with sequences stored "
+                         f"(e.g. audio.ssl.store_frames: true); columns: {table.column_names}")
+    col = table.column(column).combine_chunks()
+    lengths = col.value_lengths().fill_null(0).to_numpy(zero_copy_only=False).astype(np.int64)
+    frames = col.flatten()  # the frames of every row, slicing respected
+    n_frames = int(lengths.sum())
+    flat = np.asarray(frames.flatten().to_numpy(zero_copy_only=False), dtype=np.float32)
+    width = flat.size // n_frames if n_frames else 0
+    if n_frames and flat.size != n_frames * width:
+        raise ValueError(f"column {column!r}: frames of different widths")
+    flat = flat.reshape(n_frames, width)
+    ends = np.cumsum(lengths)
+    return [flat[e - n : e][:max_len] for e, n in zip(ends, lengths)]
+
+
+def attach_sequences(corpus: Corpus, sequences: dict[str, str], max_len: int | None = 512,
+                     feature_dirs: dict[str, str] | None = None) -> Corpus:
+    """Frame mode: join each modality's sequence column (``{modality: column}``) onto the corpus rows.
+
+    Rows whose modality is absent get an empty sequence. A sequence whose frames are not as wide as the
+    modality's utterance vector cannot share its standardisation: that is an error naming the column.
+    """
+    feature_dirs = {**FEATURE_DIRS, **(feature_dirs or {})}
+    idx = key_index(corpus.utterances)
+    for m, column in sequences.items():
+        if m not in corpus.feats:
+            continue
+        table = read_features(feature_dirs[m])
+        seqs = read_sequences(table, column, max_len)
+        dim = corpus.feats[m].shape[1]
+        out = [np.zeros((0, dim), np.float32) for _ in range(corpus.utterances.num_rows)]
+        status = table.column("status").to_pylist()
+        keys = zip(table.column("dialogue_id").to_pylist(), table.column("utterance_id").to_pylist())
+        for r, key in enumerate(keys):
+            i = idx.get(key)
+            if i is None or status[r] != "ok" or not corpus.present[m][i] or len(seqs[r]) == 0:
+                continue
+            if seqs[r].shape[1] != dim:
+                raise ValueError(f"{m}: {column!r} frames are {seqs[r].shape[1]}-d but the feature is {dim}-d")
+            out[i] = seqs[r]
+        corpus.seqs[m] = out
+    return corpus
+
+
+def collate_sequences(batch: list[dict], device: str | torch.device = "cpu") -> dict:
+    """``collate`` for dialogues with sequences: ``feats[m]`` is ``[B, T, L, F]`` (L = the batch's longest
+    sequence) and ``present[m]`` ``[B, T, L]`` marks real frames; modalities without sequences stay
+    ``[B, T, F]`` utterance vectors. Padding frames are zero and never present."""
+    out = collate([{k: v for k, v in d.items() if k != "seq"} for d in batch], "cpu")
+    B, T = out["mask"].shape
+    for m in batch[0]["seq"]:
+        L = max([len(x) for d in batch for x in d["seq"][m]] + [1])
+        F = batch[0]["feats"][m].shape[1]
+        x = torch.zeros(B, T, L, F)
+        p = torch.zeros(B, T, L, dtype=torch.bool)
+        for b, d in enumerate(batch):
+            for t, seq in enumerate(d["seq"][m]):
+                if len(seq) and d["present"][m][t]:
+                    x[b, t, : len(seq)] = torch.from_numpy(seq)
+                    p[b, t, : len(seq)] = True
+        out["feats"][m], out["present"][m] = x, p
+    to = lambda t: t.to(device)  # noqa: E731
+    return dict(feats={m: to(v) for m, v in out["feats"].items()},
+                present={m: to(v) for m, v in out["present"].items()},
+                mask=to(out["mask"]), speaker=to(out["speaker"]), label=to(out["label"]))
+
+
+def model_sequences(corpus: Corpus, model: str, cfg: dict, feature_dirs: dict[str, str] | None = None) -> Corpus:
+    """Attach the sequences model ``model`` asks for under ``cfg`` (its ``sequence_inputs``, e.g. LPGNet with
+    ``mode: frame``); every other model and configuration gets the corpus unchanged."""
+    from models import model_class
+
+    spec = getattr(model_class(model), "sequence_inputs", None)
+    wanted = spec(cfg, list(corpus.feats)) if spec else None
+    if not wanted:
+        return corpus
+    return attach_sequences(corpus, wanted, cfg.get("max_len", 512), feature_dirs)

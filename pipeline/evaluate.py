@@ -30,7 +30,7 @@ from pipeline.analysis import corpus_info, write_tsne
 from pipeline.checkpoint import load_checkpoint
 from pipeline import text_e2e
 from pipeline.common import atomic_write_text, setup_logging
-from pipeline.dataset import Standardizer, dialogues
+from pipeline.dataset import Standardizer, dialogues, model_sequences
 from pipeline.engine import predict, resolve_device
 from pipeline.errors import UserError, run_main
 from pipeline.metrics import SCALARS, classification_metrics, confusion, mean_std
@@ -54,6 +54,7 @@ def evaluate(checkpoint: str, utterances: str, reports: str, split: str = "test"
     labels = ckpt["labels"]
     e2e = ckpt.get("text_encoder")  # end-to-end text: token rows instead of the text feature table
     corpus = text_e2e.corpus_with_tokens(utterances, ckpt["modalities"], feature_dirs, e2e)
+    corpus = model_sequences(corpus, ckpt["model"], ckpt["cfg"], feature_dirs)  # Frame mode: as trained
     norm = Standardizer.from_state(ckpt["norm"])
     if e2e:
         text_e2e.keep_tokens(norm)

@@ -16,6 +16,14 @@
     batch-independent vectors with those. No speech SSL weights are reachable on these machines: the tests run tiny random-init configs
     through this same loading code; a real run needs real weights.
 
+  * ``emotion2vec``: emotion2vec (Ma et al. 2023), as LPGNet §4.2 uses it, from a local checkpoint folder as
+    its authors ship it through FunASR (``config.yaml`` + ``model.pt``, e.g. ``iic/emotion2vec_base``;
+    ``audio.emotion2vec.model``), built with FunASR's own ``Emotion2vec`` class and run as FunASR's
+    ``inference`` does: whole utterance, waveform layer-normalised when the config says ``normalize``, the
+    last layer's frames (50 per second); the utterance vector (768-d for base) is their mean
+    (``granularity="utterance"``), ``audio.emotion2vec.store_frames: true`` also stores the frames (column
+    ``frames``, ``granularity="frame"``) for LPGNet(Frame). FunASR is imported only by this extractor.
+
 Silent clips (RMS below ``audio.silence_rms``) get status ``silent`` and no vector, not garbage; clips longer
 than ``audio.max_duration_s`` are cut and flagged ``truncated``; unreadable ones become ``error`` rows.
 
@@ -215,6 +223,82 @@ class SSLExtractor(AudioExtractor):
         return out
 
 
+def load_emotion2vec(path: str, device: str = "cpu"):
+    """FunASR's ``Emotion2vec`` built from ``<path>/config.yaml`` with the weights of ``<path>/model.pt``.
+
+    Weights are read with ``torch.load(weights_only=True)`` (no unpickling of code); FunASR's own wrappers
+    (``state_dict`` / ``model``) and a ``module.`` prefix are unwrapped. The classification head of the
+    fine-tuned variants (``proj``) may be absent or extra: only the encoder is used. Missing package or
+    files → a one-line ``RuntimeError`` saying what to install or where to put the checkpoint.
+    """
+    from pathlib import Path
+
+    import yaml
+
+    try:
+        from funasr.models.emotion2vec.model import Emotion2vec
+    except ImportError as e:
+        raise RuntimeError(f"audio.extractor emotion2vec needs FunASR: pip install --no-deps funasr==1.4.16 "
+                           f"(+ kaldiio, librosa; see requirements*.txt) — import failed: {e}") from None
+    folder = Path(path)
+    cfg_file, weights = folder / "config.yaml", folder / "model.pt"
+    if not cfg_file.is_file() or not weights.is_file():
+        raise RuntimeError(f"no emotion2vec checkpoint at {path!r}: audio.emotion2vec.model must be a folder with "
+                           "config.yaml and model.pt as FunASR ships it (e.g. iic/emotion2vec_base)")
+    conf = yaml.safe_load(cfg_file.read_text())
+    if not isinstance(conf, dict) or "model_conf" not in conf:
+        raise RuntimeError(f"{cfg_file} has no model_conf: not a FunASR emotion2vec config")
+    model = Emotion2vec(model_conf=conf["model_conf"])  # vocab_size absent: no classification head
+    state = torch.load(weights, map_location="cpu", weights_only=True)
+    for key in ("state_dict", "model_state_dict", "model"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+    state = {k.removeprefix("module."): v for k, v in state.items()}
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    unexpected = [k for k in unexpected if not k.startswith("proj.")]
+    if missing or unexpected:
+        raise RuntimeError(f"{weights} does not fit {cfg_file}: missing {missing[:3]}, unexpected {unexpected[:3]}")
+    return conf["model_conf"], model.to(device).eval()
+
+
+class Emotion2vecExtractor(AudioExtractor):
+    """emotion2vec utterance vectors (mean of the last layer's frames) and, optionally, the frames."""
+
+    MIN_SAMPLES = 400  # one frame of the conv stack (25 ms): shorter clips are zero-padded to it
+
+    def __init__(self, model: str, store_frames: bool = False, max_duration_s: float | None = 30.0,
+                 silence_rms: float = 1e-4, device: str | None = None):
+        super().__init__(max_duration_s, silence_rms)
+        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        conf, self.model = load_emotion2vec(model, self.device)
+        self.normalize = bool(conf.get("normalize", False))
+        self.name, self.dim = f"emotion2vec:{model}", int(conf["embed_dim"])
+        self.store_frames = store_frames
+        if store_frames:
+            self.extra_fields.append(pa.field("frames", pa.list_(pa.list_(pa.float32(), self.dim))))
+
+    @torch.inference_mode()
+    def frames(self, signal: np.ndarray) -> np.ndarray:
+        """``[L, dim]`` last-layer frames of one clip, as FunASR's ``Emotion2vec.inference`` computes them."""
+        if signal.size < self.MIN_SAMPLES:
+            signal = np.pad(signal, (0, self.MIN_SAMPLES - signal.size))
+        x = torch.from_numpy(np.ascontiguousarray(signal, dtype=np.float32)).to(self.device).view(1, -1)
+        if self.normalize:
+            x = torch.nn.functional.layer_norm(x, x.shape)
+        return self.model.extract_features(x, padding_mask=None)["x"][0].float().cpu().numpy()
+
+    def embed(self, signals: list[np.ndarray]) -> list[dict]:
+        # one clip at a time, as FunASR's inference: no padding inside the batch, so no padding mask needed
+        out = []
+        for s in signals:
+            seq = self.frames(s)
+            rec = {"feature": seq.mean(0)}
+            if self.store_frames:
+                rec["frames"] = list(seq)
+            out.append(rec)
+        return out
+
+
 def build_extractor(p: dict) -> AudioExtractor:
     common = dict(max_duration_s=p["max_duration_s"], silence_rms=p["silence_rms"])
     if p["extractor"] == "opensmile":
@@ -222,15 +306,19 @@ def build_extractor(p: dict) -> AudioExtractor:
     if p["extractor"] == "ssl":
         s = p["ssl"]
         return SSLExtractor(s["model"], s["layer"], s["chunk_s"], s["batch_size"], s["store_frames"], **common)
-    raise UserError(f"params.yaml audio.extractor must be opensmile or ssl, got {p['extractor']!r}")
+    if p["extractor"] == "emotion2vec":
+        e = p["emotion2vec"]
+        return Emotion2vecExtractor(e["model"], e.get("store_frames", False), **common)
+    raise UserError(f"params.yaml audio.extractor must be opensmile or ssl, or emotion2vec; got {p['extractor']!r}")
 
 
 def relevant_config(p: dict) -> dict:
     """The params that change this stage's output (the other extractor's settings do not)."""
     drop = {"ssl"} if p["extractor"] == "opensmile" else {"feature_set", "lld"}
+    drop |= {"emotion2vec"} if p["extractor"] != "emotion2vec" else {"ssl"}
     config = {k: v for k, v in p.items() if k not in drop and k != "shard_size"}
-    if p["extractor"] == "ssl":  # a local encoder's bytes, not only its path, decide whether shards are valid
-        config["weights_digest"] = weights_digest(p["ssl"]["model"])
+    if p["extractor"] in ("ssl", "emotion2vec"):  # a local encoder's bytes, not only its path, decide validity
+        config["weights_digest"] = weights_digest(p[p["extractor"]]["model"])
     return config
 
 

@@ -157,7 +157,12 @@ def _torchvision_net(name: str, weights: str | None) -> tuple[torch.nn.Module, i
 
     enum = get_model_weights(name)
     net = get_model(name, weights=None)
-    owner, attr = (net, "fc") if hasattr(net, "fc") else (net.classifier, len(net.classifier) - 1)
+    if hasattr(net, "fc"):
+        owner, attr = net, "fc"
+    elif isinstance(net.classifier, torch.nn.Linear):  # DenseNet: the classifier is one Linear, not a Sequential
+        owner, attr = net, "classifier"
+    else:
+        owner, attr = net.classifier, len(net.classifier) - 1
     head = owner[attr] if isinstance(attr, int) else getattr(owner, attr)
     dim = getattr(head, "in_features", None) or head.in_channels
     if weights is None:

@@ -28,7 +28,7 @@ from pipeline.bundle import write_bundle
 from pipeline import text_e2e
 from pipeline.checkpoint import save_checkpoint as save_plain
 from pipeline.common import atomic_write_text, load_params, setup_logging
-from pipeline.dataset import Standardizer, dialogues, load_corpus, train_warnings
+from pipeline.dataset import Standardizer, dialogues, load_corpus, model_sequences, train_warnings
 from pipeline.engine import (Engine, EngineConfig, check_engine_params, class_weights, init_distributed,
                              parse_modalities, resolve_device, seed_everything)
 from pipeline.errors import MissingFileError, UserError, run_main
@@ -55,6 +55,7 @@ def train(params: dict, utterances: str, out: str, live_dir: str, feature_dirs: 
     device = resolve_device()
     e2e = text_e2e.config(tp)  # train.text_encoder: the text encoder fine-tuned here, end to end
     corpus = text_e2e.corpus_with_tokens(utterances, mods, feature_dirs, e2e)
+    corpus = model_sequences(corpus, name, cfg, feature_dirs)  # LPGNet(Frame): stored frame sequences
     norm = Standardizer().fit(corpus, corpus.split_rows("train"))
     if e2e:
         text_e2e.keep_tokens(norm)  # token ids must reach the encoder unchanged

@@ -30,7 +30,7 @@ def train_step(model, b, epoch=0):
     """One engine-order step without the optimiser: forward, aux_loss, backward, before_step."""
     feats, present, mask, speaker, label = b
     out = model(feats, present, mask, speaker)
-    aux = {**out["losses"], **model.aux_loss(out, {"label": label, "mask": mask})}
+    aux = {**out["losses"], **model.aux_loss(out, {"label": label, "mask": mask, "class_weight": None})}
     loss = F.cross_entropy(out["logits"].reshape(-1, 7), label.reshape(-1), ignore_index=-100) + sum(aux.values())
     model.zero_grad(set_to_none=True)
     loss.backward()
@@ -70,7 +70,10 @@ def test_scores_from_unimodal_logits():
     model.aux_loss(None, {"label": label, "mask": mask})
     rho = {"t": 0.75 * 7, "a": 0.5 * 7, "v": 1.0}
     assert model._coef == pytest.approx({m: 1 - math.tanh(0.42 * r) if r > 1 else 1.0 for m, r in rho.items()})
-    assert model.epoch_logs() == pytest.approx({f"rho_{m}": r for m, r in rho.items()})
+    logs = model.epoch_logs()
+    assert {k: v for k, v in logs.items() if k.startswith("rho_")} == pytest.approx({f"rho_{m}": r for m, r in rho.items()})
+    assert {k: v for k, v in logs.items() if k.startswith("score_")} == pytest.approx(
+        {"score_t": 0.75, "score_a": 0.5, "score_v": 1 / 7})
     assert model.epoch_logs() == {}  # reset after each epoch
 
 
@@ -88,7 +91,10 @@ def test_forward_backward_every_subset(mods):
             torch.testing.assert_close(p.grad, grads[n], rtol=0, atol=0)
     else:
         assert set(coef) == set(mods) and min(coef.values()) <= 1.0
-        assert set(logs) == {f"rho_{m}" for m in mods} and min(logs.values()) == pytest.approx(1.0)
+        rho = {k: v for k, v in logs.items() if k.startswith("rho_")}
+        assert set(rho) == {f"rho_{m}" for m in mods} and min(rho.values()) == pytest.approx(1.0)
+        assert {f"score_{m}" for m in mods} | {f"wnorm_{m}_c{k}" for m in mods for k in range(7)} \
+            == set(logs) - set(rho)
 
 
 def test_dominant_encoder_gradients_scaled():
@@ -128,9 +134,11 @@ def test_modulation_window_and_noise():
             torch.testing.assert_close(p.grad, grads[n], rtol=0, atol=0)
 
 
-def test_afw_layer_matches_tensor_ring_equations():
-    """Eq. 3–7 for two modalities, recomputed with explicit einsums."""
-    model = build("ta", dropout=0.0).eval()
+@pytest.mark.parametrize("paper", [True, False])
+def test_afw_layer_matches_tensor_ring_equations(paper):
+    """Eq. 3–7 for two modalities, recomputed with explicit einsums: the paper's (softmax(·/√rank) over the key
+    axis, contraction with every modality's pooled core) and the official code's (neither)."""
+    model = build("ta", dropout=0.0, paper_equations=paper).eval()
     layer = model.afw[0]
     g = torch.Generator().manual_seed(3)
     h = {m: torch.randn(2, 4, 16, generator=g) for m in ("t", "a")}
@@ -142,13 +150,15 @@ def test_afw_layer_matches_tensor_ring_equations():
         x = h[m]
         q = torch.einsum("bti,btj->btij", layer.q1[m](x), layer.q2[m](x))
         k = torch.einsum("bti,btj->btij", layer.k1[m](x), layer.k2[m](x))
-        return q * k
+        return (q * k / math.sqrt(3)).softmax(-1) if paper else q * k
 
     G = {m: core(m) for m in h}
     P = {m: torch.einsum("btij,bt->bij", G[m], valid[m].float()) / valid[m].sum(1).float()[:, None, None]
          for m in h}
     for m, other in (("t", "a"), ("a", "t")):
         A = torch.einsum("btij,bjk->btik", G[m], P[other])
+        if paper:  # Eq. 6 in t, a order: ×A^(t) ×A^(a), the modality's own core included
+            A = torch.einsum("btij,bjk,bkl->btil", G[m], P["t"], P["a"])
         w = layer.weights[m](A.reshape(2, 4, -1))
         torch.testing.assert_close(out[m], w * h[m] + 0.55 * h[m])
 
@@ -192,7 +202,7 @@ def test_ablations_build_and_run(cfg):
     if cfg.get("modulation") is False:  # ... but never applied
         for n, p in model.named_parameters():
             torch.testing.assert_close(p.grad, grads[n], rtol=0, atol=0)
-    assert set(model.epoch_logs()) == {"rho_t", "rho_a", "rho_v"}
+    assert {"rho_t", "rho_a", "rho_v"} <= set(model.epoch_logs())
 
 
 def test_padded_batch_finite():
@@ -237,4 +247,112 @@ def test_engine_logs_rho_per_epoch(mods):
         rho = {k: v for k, v in train.items() if k.startswith("rho_")}
         assert set(rho) == {f"rho_{m}" for m in mods}
         assert all(math.isfinite(v) and v >= 1.0 for v in rho.values())
-        assert train["aux_feature"] > 0
+        assert train["aux_feature"] > 0 and train["aux_modal"] > 0
+        assert all(0 < train[f"score_{m}"] < 1 for m in mods)
+        assert all(train[f"wnorm_{m}_c{k}"] > 0 for m in mods for k in range(7))
+
+
+def test_paper_equations_switch_changes_the_output_and_both_overfit():
+    b = batch()
+    outs = {}
+    for paper in (True, False):
+        model = build(paper_equations=paper, start_mod=1, dropout=0.0)
+        assert (model.mlp is not None) == paper
+        outs[paper] = model.eval()(*b[:4])["logits"]
+        model.train()
+        opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+        for _ in range(100):
+            loss, _, _ = train_step(model, b)
+            opt.step()
+        out = model.eval()(*b[:4])["logits"]
+        assert (out.argmax(-1) == b[4])[b[2]].all(), paper
+    assert not torch.allclose(outs[True], outs[False])
+
+
+def test_paper_mlp_head_and_modal_loss():
+    """Eq. 9: the output is MLP(Z^{m-adapt}); Eq. 13: L_modal = CE(Z^{m-adapt}), class-weighted like the task."""
+    model = build()
+    feats, present, mask, speaker, label = batch()
+    out = model(feats, present, mask, speaker)
+    torch.testing.assert_close(out["logits"], model.mlp(out["z_adapt"]))
+    w = torch.linspace(0.5, 2.0, 7)
+    aux = model.aux_loss(out, {"label": label, "mask": mask, "class_weight": w})
+    expected = F.cross_entropy(out["z_adapt"][mask], label[mask], weight=w)
+    torch.testing.assert_close(aux["modal"], expected)
+    official = build(paper_equations=False)
+    out = official(feats, present, mask, speaker)
+    assert "z_adapt" not in out and official.aux_loss(out, {"label": label, "mask": mask}) == {}
+
+
+def test_cosine_score_eq16():
+    """Paper Eq. 16 scores softmax(cos⟨W_k^m, Z^m⟩ + b_k/M); the official code softmax(W^m Z^m + b/M)."""
+    g = torch.Generator().manual_seed(0)
+    z = torch.randn(2, 3, 16, generator=g)
+    for paper in (True, False):
+        model = build(paper_equations=paper)
+        w, b = model.fc.weight[:, :16], model.fc.bias / 3
+        cos = torch.stack([F.cosine_similarity(z, w[k].expand_as(z), dim=-1) for k in range(7)], -1)
+        expected = (cos if paper else z @ w.T) + b
+        torch.testing.assert_close(model._unimodal_logits("t", z), expected)
+
+
+def test_score_and_weight_norm_logs():
+    model = build(start_mod=1)
+    train_step(model, batch())
+    train_step(model, batch(seed=2))
+    logs = model.epoch_logs()
+    for m in "tav":
+        j = "tav".index(m)
+        norms = model.fc.weight[:, j * 16:(j + 1) * 16].norm(dim=1)
+        for k in range(7):
+            assert logs[f"wnorm_{m}_c{k}"] == pytest.approx(norms[k].item())
+        assert 0 < logs[f"score_{m}"] < 1
+
+
+def test_clip_before_modulation_on_a_planted_large_gradient():
+    """Official order (``train.clip_before_hooks: true``): the planted huge gradient is clipped to grad_clip,
+    then modulated and noised, so the gradient the optimiser sees is no longer of norm grad_clip and stays
+    small. After-hook order: the noise (σ from the huge gradient) is clipped with everything: norm = grad_clip."""
+    import dataclasses
+
+    import numpy as np
+
+    if "clip_before_hooks" not in {f.name for f in dataclasses.fields(EngineConfig)}:
+        pytest.skip("engine without train.clip_before_hooks (added by the recipes branch)")
+    norms = {}
+    for before in (True, False):
+        torch.manual_seed(0)
+        model = get_model("ada2i", input_dims={m: DIMS[m] for m in "ta"}, n_classes=7, start_mod=1, **TINY)
+        model.encoders["a"].out.weight.register_hook(lambda g: g + 1e6)  # the planted gradient
+        eng = Engine(model, EngineConfig(epochs=1, batch_size=6, lr=0.0, grad_clip=2.0, clip_before_hooks=before),
+                     "cpu", torch.ones(7))
+        real_step = eng.opt.step
+
+        def step(*a, real_step=real_step, model=model, before=before, **k):
+            norms[before] = float(torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None]).norm())
+            return real_step(*a, **k)
+
+        eng.opt.step = step
+        eng.train_epoch(dialogues(6, mods="ta"), np.random.default_rng(0), epoch=0)
+    assert norms[False] == pytest.approx(2.0, rel=1e-4)
+    assert norms[True] != pytest.approx(2.0, rel=1e-3) and norms[True] < 20.0
+
+
+def test_densenet_visual_backbone_from_local_checkpoint(tmp_path):
+    """Ada2I's visual features come from DenseNet (its Table 2, ref. [12]): a torchvision model whose classifier
+    is a single Linear must work as a visual backbone (head cut, checkpoint with another head loaded)."""
+    import numpy as np
+    from torchvision.models import densenet121
+
+    from pipeline.extract_visual import Backbone
+
+    torch.manual_seed(0)
+    ref = densenet121(num_classes=7)
+    torch.save({"state_dict": ref.state_dict()}, tmp_path / "d121.pt")
+    bb = Backbone("densenet121", weights=str(tmp_path / "d121.pt"))
+    assert bb.dim == 1024 and bb.weights.startswith("checkpoint:")
+    ref.classifier = torch.nn.Identity()
+    faces = np.random.default_rng(2).integers(0, 255, (2, 64, 64, 3), dtype=np.uint8)
+    with torch.inference_mode():
+        expect = ref.eval()(bb.preprocess(faces)).mean(0).numpy()
+    np.testing.assert_allclose(bb(faces), expect, rtol=1e-4, atol=1e-5)

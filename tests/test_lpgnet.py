@@ -1,5 +1,7 @@
 """LPGNet (models/lpgnet.py): branches per modality subset, training-only self-distillation, the paper's loss
 weighting through the engine hooks, ablation switches, padding safety and the masked KL / BatchNorm."""
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -15,7 +17,9 @@ from pipeline.engine import Engine, EngineConfig, split_output
 DIMS = {"t": 16, "a": 12, "v": 8}
 SUBSETS = ["t", "a", "v", "ta", "tv", "av", "tav"]
 ABLATIONS = [{"inter": False}, {"intra": False}, {"ffn": False}, {"dual_gate": False}, {"compress": False},
-             {"positions": False}, {"distill": False}, {"lambda_task": 1.0}]
+             {"positions": True}, {"distill": False}, {"lambda_task": 1.0}, {"operand_order": "swapped"},
+             {"compression": "per_utterance"}, {"gate_softmax": "feature"}, {"student_input": "fused"},
+             {"kl_direction": "teacher_student"}, {"detach_teacher": False}, {"heads": 4}, {"ff_mult": 4}]
 
 
 def batch(mods="ta", B=3, T=5, seed=0):
@@ -59,18 +63,19 @@ def test_forward_backward_every_subset(mods):
     ("ta", {"intra": False}, {"at", "ta"}),
 ])
 def test_attention_branches(mods, cfg, branches):
-    assert set(build(mods, **cfg).attn) == branches
+    assert set(build(mods, **cfg).branch) == branches
 
 
 def test_inter_attention_mixes_modalities():
-    """With inter branches, text logits depend on audio at other turns; with inter off (and no gates) not."""
+    """With inter branches, the text stream T_fused depends on audio at other turns; with inter off not."""
     feats, present, mask, speaker, _ = batch("ta")
     moved = {m: f.clone() for m, f in feats.items()}
     moved["a"][0, 3] += 5.0
-    for cfg, changes in (({}, True), ({"inter": False, "dual_gate": False, "distill": False}, False)):
-        model = build("ta", **cfg).eval()
-        t0 = model.lpia(*_streams(model, feats, present, mask))["t"]
-        t1 = model.lpia(*_streams(model, moved, present, mask))["t"]
+    valid = {m: present[m] & mask for m in feats}
+    for cfg, changes in (({}, True), ({"inter": False}, False)):
+        model = build("ta", student_input="fused", **cfg).eval()
+        t0 = model.core(feats, valid)[2]["t"][0]
+        t1 = model.core(moved, valid)[2]["t"][0]
         assert ((t0[0, 0] - t1[0, 0]).abs().max() > 1e-4) == changes
 
 
@@ -103,6 +108,10 @@ def test_speaker_is_ignored():
 @pytest.mark.parametrize("mods", ["ta", "tav", "a"])
 @pytest.mark.parametrize("cfg", ABLATIONS, ids=lambda c: ",".join(f"{k}={v}" for k, v in c.items()))
 def test_ablations_build_and_run(cfg, mods):
+    if len(mods) == 1 and cfg.get("intra") is False:
+        with pytest.raises(ValueError, match="no attention branch"):
+            build(mods, **cfg)
+        return
     model = build(mods, **cfg)
     feats, present, mask, speaker, label = batch(mods)
     out = model(feats, present, mask, speaker)
@@ -114,9 +123,9 @@ def test_ablations_build_and_run(cfg, mods):
     model.eval()
     assert model(feats, present, mask, speaker).shape == (3, 5, 7)
     if cfg.get("ffn", True) is False:
-        assert not hasattr(model, "ff")
+        assert all(b.ffn is None for b in model.branch.values())
     if cfg.get("dual_gate", True) is False:
-        assert not hasattr(model, "uni_gate")
+        assert not hasattr(model, "gate")
 
 
 def test_intra_and_inter_both_off_is_an_error():
@@ -160,12 +169,19 @@ def test_kl_is_zero_when_student_matches_teacher():
     student = teacher.clone()
     student[0, 1] = torch.tensor([1e9, -1e9, 0.0])
     assert distillation_kl(student, teacher, valid).item() == pytest.approx(0.0, abs=1e-7)
-    # hand value: KL(p‖q) = Σ p log(p/q) at temperature τ
+    # hand values at temperature τ: student‖teacher (the paper) and teacher‖student (the switch)
     s = torch.tensor([[[0.0, 0.0, 0.0]]])
     t = torch.tensor([[[1.0, 0.0, 0.0]]])
-    p = torch.softmax(t[0, 0] / 2.0, -1)
-    expected = (p * (p.log() - np.log(1 / 3))).sum().item()
-    assert distillation_kl(s, t, torch.ones(1, 1, dtype=torch.bool), tau=2.0).item() == pytest.approx(expected, rel=1e-5)
+    q = torch.softmax(t[0, 0] / 2.0, -1).tolist()
+    one = torch.ones(1, 1, dtype=torch.bool)
+    st = sum(1 / 3 * np.log((1 / 3) / qj) for qj in q)
+    ts = sum(qj * np.log(qj / (1 / 3)) for qj in q)
+    assert st != pytest.approx(ts, rel=1e-3)
+    assert distillation_kl(s, t, one, tau=2.0).item() == pytest.approx(st, rel=1e-5)
+    assert distillation_kl(s, t, one, tau=2.0, direction="student_teacher").item() == pytest.approx(st, rel=1e-5)
+    assert distillation_kl(s, t, one, tau=2.0, direction="teacher_student").item() == pytest.approx(ts, rel=1e-5)
+    with pytest.raises(ValueError, match="kl_direction"):
+        distillation_kl(s, t, one, direction="forward")
     # the teacher is detached: only the student gets a gradient
     s.requires_grad_(True)
     t.requires_grad_(True)
@@ -185,8 +201,9 @@ def test_loss_equals_the_papers_weighting():
     z, uni = out["logits"], out["unimodal"]
     ce = lambda lg, keep: F.cross_entropy(lg[keep], label[keep], weight=w)  # noqa: E731
     va = mask & present["a"]
-    kl = lambda lg, keep: F.kl_div(F.log_softmax(lg[keep], -1), F.softmax(z.detach()[keep], -1),  # noqa: E731
-                                   reduction="batchmean")
+    # §3.6: KL(student ‖ teacher) = Σ ŷ_m log(ŷ_m / ŷ_teacher), on the gated intra branches' heads
+    kl = lambda lg, keep: F.kl_div(F.log_softmax(z.detach()[keep], -1), F.log_softmax(lg[keep], -1),  # noqa: E731
+                                   reduction="batchmean", log_target=True)
     expected = 1.5 * ce(z, mask) + 1.0 * (ce(uni["t"], mask) + ce(uni["a"], va)) + 0.3 * (kl(uni["t"], mask)
                                                                                          + kl(uni["a"], va))
     torch.testing.assert_close(loss, expected)
@@ -250,3 +267,237 @@ def test_bf16_autocast_keeps_padding_finite(mods):
     assert out["logits"].dtype == torch.bfloat16 and torch.isfinite(out["logits"]).all()
     loss.backward()
     assert torch.isfinite(loss) and all(torch.isfinite(p.grad).all() for p in model.parameters())
+
+
+def test_lpia_keeps_four_branches_with_four_gates_and_linear_fusions():
+    """§3.3–3.4: X_tt, X_aa, X_at, X_ta stay separate [B, U, d]; one gate each; T_fused = Linear([H_tt; H_at])."""
+    model = build("ta").eval()
+    feats, present, mask, speaker, _ = batch("ta")
+    h = model.lpia(*_streams(model, feats, present, mask))
+    assert set(h) == {"tt", "aa", "at", "ta"} and all(v.shape == (3, 5, 16) for v in h.values())
+    assert set(model.gate) == {"tt", "aa", "at", "ta"}
+    assert model.streams == {"t": ["tt", "at"], "a": ["aa", "ta"]}
+    assert model.fuse["t"].in_features == 32 and model.fuse["t"].out_features == 16
+    valid = {m: present[m] & mask for m in feats}
+    z, _, students = model.core(feats, valid)
+    # by hand: gates → Linear fusions → softmax over the two modalities, per feature
+    g = {n: h[n] * torch.sigmoid(model.gate[n].fc(h[n])) for n in h}
+    tf = model.fuse["t"](torch.cat([g["tt"], g["at"]], -1))
+    af = model.fuse["a"](torch.cat([g["aa"], g["ta"]], -1))
+    a = torch.softmax(torch.stack([model.fusion.fc(tf), model.fusion.fc(af)]), 0)
+    torch.testing.assert_close(z[mask], (a[0] * tf + a[1] * af)[mask])
+    torch.testing.assert_close(students["t"][0], g["tt"])  # H_t = GatedFusion(X_tt)
+
+
+def test_operand_order_paper_vs_swapped():
+    """X_at = Attention(X_a, X_t, X_t): its rows are audio positions — an utterance without audio has none;
+    swapped (SDT's reading), X_at is indexed by text queries and exists there."""
+    feats, present, mask, speaker, _ = batch("ta")
+    present["a"][0, 1] = False
+    for order, zero in (("paper", True), ("swapped", False)):
+        model = build("ta", operand_order=order).eval()
+        h = model.lpia(*_streams(model, feats, present, mask))
+        assert bool((h["at"][0, 1] == 0).all()) == zero
+        assert model.operands("at") == (("a", "t") if order == "paper" else ("t", "a"))
+
+
+def test_global_compression_is_broadcast_over_the_utterances():
+    """A_conv = Conv(Mean(Â)) is one vector per dialogue: X_final − Q is the same at every valid utterance
+    (global); per_utterance makes it differ."""
+    feats, present, mask, speaker, _ = batch("ta")
+    for comp, same in (("global", True), ("per_utterance", False)):
+        model = build("ta", compression=comp).eval()
+        x, valid = _streams(model, feats, present, mask)
+        d = model.lpia(x, valid)["tt"] - x["t"]
+        diff = (d[0, 1:] - d[0, :1]).abs().max()
+        assert (diff < 1e-5) == same
+        assert (d[1, 3:] == 0).all()  # padding stays zero
+
+
+def test_feature_softmax_gate_by_hand():
+    from models.lpgnet import FeatureSoftmaxFusion
+
+    fuse = FeatureSoftmaxFusion(3)
+    a, b = torch.randn(1, 2, 3), torch.randn(1, 2, 3)
+    ok = torch.tensor([[True, True]])
+    out = fuse([a, b], [ok, torch.tensor([[True, False]])])
+    exp = torch.softmax(fuse.fc(a), -1) * a + torch.softmax(fuse.fc(b), -1) * b * torch.tensor([1.0, 0.0]).view(1, 2, 1)
+    torch.testing.assert_close(out, exp)
+    m1, m2 = build("ta").eval(), build("ta", gate_softmax="feature").eval()
+    feats, present, mask, speaker, _ = batch("ta")
+    assert not torch.allclose(m1(feats, present, mask, speaker), m2(feats, present, mask, speaker))
+
+
+def test_kl_direction_switch_changes_the_loss_as_by_hand():
+    feats, present, mask, speaker, label = batch("ta")
+    kls = {}
+    for d in ("student_teacher", "teacher_student"):
+        model = build("ta", kl_direction=d, dropout=0.0)
+        out = model(feats, present, mask, speaker)
+        z, uni = out["logits"].detach(), out["unimodal"]
+        by_hand = 0.0
+        for m in "ta":
+            ps, pt = F.softmax(uni[m][mask], -1), F.softmax(z[mask], -1)
+            p, q = (ps, pt) if d == "student_teacher" else (pt, ps)
+            by_hand = by_hand + (p * (p.log() - q.log())).sum(-1).mean()
+        torch.testing.assert_close(out["losses"]["kl"], 0.3 * by_hand)
+        kls[d] = out["losses"]["kl"].item()
+    assert kls["student_teacher"] != pytest.approx(kls["teacher_student"], rel=1e-4)
+
+
+def test_detach_teacher_switch():
+    feats, present, mask, speaker, _ = batch("ta")
+    for detach in (True, False):
+        model = build("ta", detach_teacher=detach, lambda_task=1.0)
+        model(feats, present, mask, speaker)["losses"]["kl"].backward()
+        assert (model.head.weight.grad is None) == detach
+
+
+def test_invalid_switch_values_are_errors():
+    for k in ("operand_order", "compression", "gate_softmax", "kl_direction", "student_input", "mode"):
+        with pytest.raises(ValueError, match=k):
+            build("ta", **{k: "nope"})
+
+
+# --- LPGNet(Frame), §4.4: token/frame sequences per utterance --------------------------------------------------
+
+def frame_batch(B=2, T=3, L=(6, 4), seed=0):
+    """Dialogue batch of sequences: feats [B, T, L, F], present [B, T, L] (frames), dialogue 1 has 2 turns."""
+    g = torch.Generator().manual_seed(seed)
+    mask = torch.ones(B, T, dtype=torch.bool)
+    mask[1, 2:] = False
+    feats, present = {}, {}
+    for m, n in zip("ta", L):
+        feats[m] = torch.randn(B, T, n, DIMS[m], generator=g)
+        lengths = torch.randint(1, n + 1, (B, T), generator=g)
+        present[m] = (torch.arange(n).view(1, 1, n) < lengths.unsqueeze(-1)) & mask.unsqueeze(-1)
+        feats[m] = feats[m] * present[m].unsqueeze(-1)
+    label = torch.randint(0, 7, (B, T), generator=g).masked_fill(~mask, -100)
+    return feats, present, mask, torch.zeros(B, T, dtype=torch.long), label
+
+
+@pytest.mark.parametrize("cfg", [{}, {"operand_order": "swapped"}, {"compression": "per_utterance"},
+                                 {"dual_gate": False}, {"positions": True}])
+def test_frame_mode_forward_backward_and_masking_invariance(cfg):
+    model = build("ta", mode="frame", dropout=0.0, **cfg)
+    feats, present, mask, speaker, label = frame_batch()
+    out = model(feats, present, mask, speaker)
+    assert out["logits"].shape == (2, 3, 7) and (out["logits"][1, 2] == 0).all()
+    loss, _ = total_loss(model, out, label, mask)
+    loss.backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
+    # more padding frames, filled with garbage, and a padded dialogue turn: same predictions, same KL
+    pad = 5
+    feats2 = {m: torch.cat([f.masked_fill(~present[m].unsqueeze(-1), 1e4),
+                            torch.full((*f.shape[:2], pad, f.shape[3]), 1e4)], 2) for m, f in feats.items()}
+    present2 = {m: torch.cat([p, torch.zeros(*p.shape[:2], pad, dtype=torch.bool)], 2) for m, p in present.items()}
+    out2 = model(feats2, present2, mask, speaker)
+    torch.testing.assert_close(out["logits"], out2["logits"])
+    torch.testing.assert_close(out["losses"]["kl"], out2["losses"]["kl"])
+    model.eval()
+    torch.testing.assert_close(model(feats, present, mask, speaker), model(feats2, present2, mask, speaker))
+
+
+def test_frame_mode_truncates_to_max_len_and_takes_utterance_vectors():
+    model = build("ta", mode="frame", max_len=3).eval()
+    feats, present, mask, speaker, _ = frame_batch()
+    cut = {m: f[:, :, :3] for m, f in feats.items()}
+    cut_p = {m: p[:, :, :3] for m, p in present.items()}
+    torch.testing.assert_close(model(feats, present, mask, speaker), model(cut, cut_p, mask, speaker))
+    # text as one vector per utterance (no token sequences stored): a one-frame sequence
+    feats["t"], present["t"] = feats["t"][:, :, 0], mask.clone()
+    assert torch.isfinite(model(feats, present, mask, speaker)).all()
+
+
+def test_frame_mode_overfits_tiny_batch():
+    model = build("ta", mode="frame", dropout=0.0)
+    feats, present, mask, speaker, label = frame_batch()
+    overfit(model, lambda: total_loss(model, model(feats, present, mask, speaker), label, mask))
+    logits = model(feats, present, mask, speaker)
+    assert (logits[mask].argmax(-1) == label[mask]).all()
+
+
+def _write_features(directory, utt, dim, frames_of=None):
+    """A feature table as the extract stages write it; ``frames_of(i, label)`` → the row's stored sequence."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from pipeline.schema import feature_schema
+
+    rng = np.random.default_rng(len(str(directory)))
+    rows = utt.to_pylist()
+    extra = [pa.field("frames", pa.list_(pa.list_(pa.float32(), dim)))] if frames_of else []
+    cols = {k: [] for k in ("dialogue_id", "utterance_id", "status", "error", "feature")}
+    cols.update({"frames": []} if frames_of else {})
+    for i, r in enumerate(rows):
+        ok = not (frames_of and i == 1)  # one silent audio row: no vector, no frames
+        seq = frames_of(i, r["label_id"]) if frames_of and ok else None
+        vec = seq.mean(0) if seq is not None else rng.standard_normal(dim).astype(np.float32)
+        cols["dialogue_id"].append(r["dialogue_id"])
+        cols["utterance_id"].append(r["utterance_id"])
+        cols["status"].append("ok" if ok else "silent")
+        cols["error"].append(None if ok else "RMS below audio.silence_rms")
+        cols["feature"].append(vec if ok else np.zeros(dim, np.float32))
+        if frames_of:
+            cols["frames"].append(list(seq) if seq is not None else None)
+    directory.mkdir(parents=True)
+    table = pa.table(cols, schema=feature_schema(dim, "test", extra))
+    pq.write_table(table, directory / "part-00000.parquet")
+    return directory
+
+
+def test_frame_mode_trains_on_stored_sequences(tmp_path, demo_utterances):
+    """LPGNet(Frame) end to end: audio frames stored by the extract stage (``frames`` column, variable length),
+    text as utterance vectors; dataset → sequences [B, T, L, F] with frame masks → train → evaluate."""
+    import pyarrow.parquet as pq
+
+    from pipeline.dataset import Standardizer, collate, dialogues, load_corpus, model_sequences, read_sequences
+    from pipeline.evaluate import evaluate
+    from pipeline.train import train
+
+    utt = pq.read_table(demo_utterances, columns=["dialogue_id", "utterance_id", "label_id"])
+    rng = np.random.default_rng(0)
+
+    def frames(i, label):  # the label is planted in every frame: a model reading the frames can learn it
+        n = 3 + i % 5
+        x = rng.standard_normal((n, 8)).astype(np.float32) * 0.3
+        x[:, max(label, 0) % 8] += 2.0
+        return x
+
+    dirs = {"t": _write_features(tmp_path / "t", utt, 6), "a": _write_features(tmp_path / "a", utt, 8, frames)}
+    table = pq.read_table(dirs["a"] / "part-00000.parquet")
+    seqs = read_sequences(table, "frames", max_len=4)
+    assert [len(s) for s in seqs[:6]] == [3, 0, 4, 4, 4, 3]  # cut at max_len; the silent row has none
+    cfg = {"hidden": 16, "mode": "frame", "max_len": 4, "dropout": 0.0, "positions": True}
+    corpus = model_sequences(load_corpus(demo_utterances, ["t", "a"], dirs), "lpgnet", cfg, dirs)
+    assert set(corpus.seqs) == {"a"}  # no token sequences stored for text: it stays one vector per utterance
+    norm = Standardizer().fit(corpus, corpus.split_rows("train"))
+    b = collate(dialogues(corpus, "train", norm)[:2])
+    assert b["feats"]["a"].dim() == 4 and b["feats"]["a"].shape[2] == 4 and b["feats"]["t"].dim() == 3
+    assert b["present"]["a"].shape == b["feats"]["a"].shape[:3]
+    assert (b["present"]["a"].any(-1) <= b["mask"]).all()
+    assert b["feats"]["a"][~b["present"]["a"]].abs().sum() == 0  # padding frames are zero
+    params = {"model": "lpgnet", "model_params": {"lpgnet": cfg},
+              "train": dict(modalities=["t", "a"], seed=0, epochs=8, batch_size=2, lr=1e-2, weight_decay=0.0,
+                            grad_clip=1.0, patience=20, weighted_loss=False)}
+    ckpt = tmp_path / "model.pt"
+    res = train(params, demo_utterances, ckpt, tmp_path / "live", dirs)
+    assert np.isfinite(res["best_dev_weighted_f1"])
+    hist = json.loads((tmp_path / "live" / "seeds.json").read_text())["seeds"][0]["history"]
+    assert hist[-1]["train"]["accuracy"] > 0.8  # the planted frames are learnt
+    assert hist[-1]["train"]["aux_kl"] >= 0
+    m = evaluate(ckpt, demo_utterances, tmp_path / "reports", feature_dirs=dirs)
+    assert 0.0 <= m["weighted_f1"] <= 1.0
+
+
+def test_frame_mode_without_the_column_is_one_clear_error(tmp_path, demo_utterances):
+    import pyarrow.parquet as pq
+
+    from pipeline.dataset import load_corpus, model_sequences
+
+    utt = pq.read_table(demo_utterances, columns=["dialogue_id", "utterance_id", "label_id"])
+    dirs = {"t": _write_features(tmp_path / "t", utt, 6), "a": _write_features(tmp_path / "a", utt, 8)}
+    corpus = load_corpus(demo_utterances, ["t", "a"], dirs)
+    with pytest.raises(ValueError, match="store_frames"):
+        model_sequences(corpus, "lpgnet", {"mode": "frame"}, dirs)
+    assert model_sequences(corpus, "lpgnet", {"mode": "utterance"}, dirs).seqs == {}
