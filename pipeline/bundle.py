@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -25,7 +24,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import torch
 
-from pipeline.common import file_digest
+from pipeline.common import file_digest, replace_dir
 from pipeline.errors import UserError
 
 log = logging.getLogger("merc.bundle")
@@ -109,12 +108,7 @@ def write_bundle(directory: str | Path, params: dict, model: str, cfg: dict, lab
             "files": {f: file_digest(tmp / f) for f in ("weights.pt", "norm.pt")},
         }
         (tmp / "bundle.json").write_text(json.dumps(meta, indent=1, default=_jsonable) + "\n")
-        old = directory.with_name(f".{directory.name}.old")
-        if directory.exists():
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(directory, old)
-        os.replace(tmp, directory)
-        shutil.rmtree(old, ignore_errors=True)
+        replace_dir(tmp, directory)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

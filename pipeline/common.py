@@ -7,6 +7,7 @@ import hashlib
 import logging
 import os
 import re
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -67,6 +68,18 @@ def atomic_write_text(text: str, path: str | Path) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(text)
     os.replace(tmp, path)
+
+
+def replace_dir(tmp: str | Path, directory: str | Path) -> None:
+    """Put the finished folder ``tmp`` at ``directory`` (an old one is moved aside first, then removed), so a
+    reader sees the old folder or the new one, never a half-written one."""
+    tmp, directory = Path(tmp), Path(directory)
+    old = directory.with_name(f".{directory.name}.old")
+    if directory.exists():
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(directory, old)
+    os.replace(tmp, directory)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def atomic_torch_save(obj, path: str | Path) -> None:

@@ -45,6 +45,19 @@ def one_thread():
     torch.set_num_threads(n)
 
 
+def overfit_ce(model, dims: dict[str, int], lr=1e-2) -> torch.Tensor:
+    """``overfit`` with the plain cross-entropy of ``model``'s logits on one ``toy_batch``: the final loss."""
+    feats, present, mask, speaker, label = toy_batch(dims)
+
+    def step():
+        logits = model(feats, present, mask, speaker)
+        loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), label.reshape(-1),
+                                                 ignore_index=-100)
+        return loss, loss.detach()
+
+    return overfit(model, step, lr=lr)
+
+
 def overfit(model, loss_fn, steps=150, lr=1e-2):
     """Adam on one batch: ``loss_fn()`` → (loss, extras); returns the last extras with the model in eval mode."""
     opt = torch.optim.Adam(model.parameters(), lr=lr)

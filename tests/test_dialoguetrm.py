@@ -3,7 +3,7 @@ hand (Eq. 7–11), Eq. 15's slot order, PyTorch-default transformers (§5.2), th
 import pytest
 import torch
 
-from modelkit import one_thread, overfit, toy_batch  # noqa: F401  (one_thread: autouse)
+from modelkit import one_thread, overfit, overfit_ce, toy_batch  # noqa: F401  (one_thread: autouse)
 
 from models import get_model
 from models.dialoguetrm import context_mask
@@ -171,15 +171,7 @@ def test_bad_switches_are_one_clear_error():
 
 @pytest.mark.parametrize("cfg", [{}, {"rep_transformer": False}, {"gates": False}])
 def test_overfits_tiny_batch(cfg):
-    m = build(**cfg).train()
-    feats, present, mask, speaker, label = toy_batch(DIMS)
-
-    def step():
-        logits = m(feats, present, mask, speaker)
-        loss = torch.nn.functional.cross_entropy(logits.reshape(-1, 7), label.reshape(-1), ignore_index=-100)
-        return loss, loss.detach()
-
-    assert overfit(m, step, lr=3e-3).item() < 0.1
+    assert overfit_ce(build(**cfg).train(), DIMS, lr=3e-3).item() < 0.1
 
 
 def test_dimensional_head_learns_synthetic_targets():

@@ -22,6 +22,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from pipeline.common import replace_dir
+
 log = logging.getLogger("merc.predict")
 EMBED_MAX_MB = 25.0
 PALETTE = {"neutral": "#9e9e9e", "joy": "#f4c20d", "surprise": "#ff8c00", "fear": "#8e44ad", "sadness": "#3b7dd8",
@@ -193,12 +195,7 @@ def write_outputs(out: str | Path, df: pd.DataFrame, labels: list[str], video: P
         src = video_source(Path(video), tmp, embed_max_mb)
         (tmp / "index.html").write_text(render_page(df, labels, duration, src, f"Emotions in {Path(video).name}",
                                                     meta), encoding="utf-8")
-        old = out.with_name(f".{out.name}.old")
-        if out.exists():
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(out, old)
-        os.replace(tmp, out)
-        shutil.rmtree(old, ignore_errors=True)
+        replace_dir(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
