@@ -297,8 +297,10 @@ def collate_sequences(batch: list[dict], device: str | torch.device = "cpu") -> 
 def model_sequences(corpus: Corpus, model: str, cfg: dict, feature_dirs: dict[str, str] | None = None) -> Corpus:
     """Attach the sequences model ``model`` asks for under ``cfg`` (its ``sequence_inputs``, e.g. LPGNet with
     ``mode: frame``); every other model and configuration gets the corpus unchanged."""
-    from models import model_class
+    from models import list_models, model_class
 
+    if model not in list_models():  # an unknown name is the model builder's one-line error, later
+        return corpus
     spec = getattr(model_class(model), "sequence_inputs", None)
     wanted = spec(cfg, list(corpus.feats)) if spec else None
     if not wanted:

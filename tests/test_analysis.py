@@ -60,7 +60,10 @@ def test_representations_are_what_the_classifier_reads(name):
     _, _, logits, _ = predict(model, data, 16, "cpu")
     if name == "ada2i":  # AMW: logits = Σ_m norm(h_m) · norm(W_m)ᵀ + b, rep = [norm(h_t); norm(h_a); norm(h_v)]
         w = torch.cat([torch.nn.functional.normalize(model._partition(m)[0], dim=0) for m in model.modalities], 1)
-        again = torch.from_numpy(x) @ w.T + model.fc.bias
+        with torch.no_grad():
+            again = torch.from_numpy(x) @ w.T + model.fc.bias
+            if model.mlp is not None:  # paper_equations: Eq. 9's MLP head reads the AMW scores
+                again = model.mlp(again)
     else:
         with torch.no_grad():
             again = _classifier(model)(torch.from_numpy(x))
