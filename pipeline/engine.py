@@ -13,6 +13,8 @@ Options (``EngineConfig`` = the ``train:`` params; the defaults are the project'
     lr_k = lr · (k+1)/W for k < W, then lr · (T−k)/(T−W), W = ``warmup_steps`` — linear warm-up, then linear
     decay towards 0 at the last step; DialogueTRM §5.2; the same formula as ``pipeline.finetune_text``) |
     ``none`` (constant lr).
+  * ``plateau_monitor``: the dev metric the plateau scheduler watches when it differs from ``monitor``
+    (null: ``monitor``) — Ada2I's official code steps its plateau on dev loss but selects on dev F1.
   * ``monitor``: the dev metric for the best checkpoint, the plateau scheduler and early stopping:
     ``weighted_f1`` (higher is better) | ``loss`` (dev cross-entropy with the training class weights; lower
     is better). Ties keep the earliest epoch.
@@ -191,8 +193,12 @@ class EngineConfig:
     monitor: str = "weighted_f1"  # weighted_f1 | loss: dev metric for best epoch, plateau, early stopping
     early_stopping: bool = True   # false: run all epochs (the best-on-dev weights are still kept)
     clip_before_hooks: bool = False  # clip before the model's before_step hook (Ada2I official) or after it
+    plateau_monitor: str | None = None  # the plateau scheduler's dev metric (null: monitor)
 
     def __post_init__(self):
+        if self.plateau_monitor is not None and self.plateau_monitor not in MONITORS:
+            raise ValueError(f"train.plateau_monitor must be null or one of {', '.join(MONITORS)}; "
+                             f"got {self.plateau_monitor!r}")
         for key, allowed in (("optimizer", OPTIMIZERS), ("scheduler", SCHEDULERS), ("monitor", MONITORS)):
             if getattr(self, key) not in allowed:
                 raise ValueError(f"train.{key} must be one of {', '.join(allowed)}; got {getattr(self, key)!r}")
@@ -264,7 +270,8 @@ class Engine:
         self.step_sched = None  # per-step scheduler (linear_warmup), built by ``fit`` once T is known
         if cfg.scheduler == "plateau":
             self.sched = torch.optim.lr_scheduler.ReduceLROnPlateau(
-                self.opt, mode="max" if cfg.monitor == "weighted_f1" else "min", factor=cfg.lr_factor,
+                self.opt, mode="max" if (cfg.plateau_monitor or cfg.monitor) == "weighted_f1" else "min",
+                factor=cfg.lr_factor,
                 patience=cfg.lr_patience)
 
     def steps_per_epoch(self, n_train: int) -> int:
@@ -416,7 +423,7 @@ class Engine:
                 live.next_step()
             value = row["dev"][cfg.monitor]
             if self.sched is not None:
-                self.sched.step(value)
+                self.sched.step(row["dev"][cfg.plateau_monitor or cfg.monitor])
             if value > best_value if maximize else value < best_value:
                 state = {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()}
                 best_value, bad = value, 0

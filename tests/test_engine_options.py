@@ -87,6 +87,20 @@ def test_no_scheduler_keeps_lr_and_plateau_follows_monitor_direction():
     assert lrs["weighted_f1"] == pytest.approx([0.1, 0.1, 0.05, 0.025])  # cut after epochs 1 and 2
 
 
+def test_plateau_monitor_steps_on_its_own_metric():
+    """Ada2I's official split: the plateau watches dev loss, selection stays on dev weighted F1."""
+    dev = [{"loss": 1.0 - 0.1 * e, "weighted_f1": 0.5 - 0.1 * e} for e in range(4)]  # loss falls, F1 falls
+    torch.manual_seed(0)
+    engine = Engine(Tiny(), EngineConfig(epochs=4, batch_size=2, lr=0.1, lr_patience=0, lr_factor=0.5,
+                                         monitor="weighted_f1", plateau_monitor="loss", early_stopping=False), "cpu")
+    scripted(engine, dev, [])
+    res = engine.fit(data(), data(2, 1))
+    assert [row["train"]["lr"] for row in res["history"]] == [0.1] * 4  # loss keeps improving: no cut
+    assert res["epoch"] == 0  # but the best epoch is the best F1 one
+    with pytest.raises(ValueError, match="plateau_monitor"):
+        EngineConfig(plateau_monitor="accuracy")
+
+
 def test_adam_couples_weight_decay_adamw_decouples():
     """Zero loss gradient: AdamW shrinks θ by lr·wd·θ; Adam sees g = wd·θ and moves θ by ≈ lr (normalised)."""
     out = {}
