@@ -54,9 +54,9 @@ def corpus_info(utterances: str | Path) -> dict:
     prov = json.loads((schema.metadata or {}).get(b"provenance", b"{}"))
     params = prov.get("params") or {}
     adapter = str(prov.get("adapter", "unknown"))
-    return {"adapter": adapter, "target": str(params.get("target") or "emotion") if adapter in ("meld", "demo")
-            else "emotion", "labels": ",".join(label_names(schema)),
-            "source": Path(str(prov.get("root", ""))).stem if adapter == "manifest" else ""}
+    return {"adapter": adapter, "target": str(params.get("target") or "emotion")
+            if adapter in ("meld", "demo", "mosei") else "emotion", "labels": ",".join(label_names(schema)),
+            "source": Path(str(prov.get("root", ""))).stem if adapter in ("manifest", "features") else ""}
 
 
 def plot_scatter(df: pd.DataFrame, path: str | Path, title: str) -> None:

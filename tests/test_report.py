@@ -366,3 +366,11 @@ def test_classifier_weight_norms_by_hand():
     sd = {"fc.weight": np.array([[3.0, 4.0, 0.0, 0.0], [0.0, 0.0, 6.0, 8.0]])}
     df = classifier_weight_norms(sd, ["t", "a"], ["x", "y"])
     assert df.norm.tolist() == [5.0, 0.0, 0.0, 10.0] and df.share.tolist() == [1.0, 0.0, 0.0, 1.0]
+
+
+def test_corpus_names_of_imported_and_mosei_corpora():
+    from pipeline.report.runs import Corpus
+
+    feats = Corpus("features", "emotion", ("happy", "sad"), "IEMOCAP_features")
+    assert feats.name.startswith("IEMOCAP_features (feature pickle)") and feats.family == "iemocap"
+    assert Corpus("mosei", "sentiment2", ("negative", "non-negative")).name.startswith("CMU-MOSEI — sentiment2")

@@ -59,7 +59,8 @@ class Corpus:
 
     @property
     def name(self) -> str:
-        base = {"meld": "MELD", "iemocap": "IEMOCAP", "demo": "demo (MELD layout)"}.get(self.adapter)
+        base = {"meld": "MELD", "iemocap": "IEMOCAP", "demo": "demo (MELD layout)", "mosei": "CMU-MOSEI",
+                "features": f"{self.source or 'features'} (feature pickle)"}.get(self.adapter)
         base = base or f"{self.source or 'manifest'} (manifest)"
         n = len(self.labels)
         return f"{base} — {self.target}, {n if n else '?'} classes" + (f" ({', '.join(self.labels)})" if n else "")
