@@ -172,16 +172,21 @@ def test_2d_backbone_temporal_pooling(pooling):
     np.testing.assert_allclose(bb(faces), expect, rtol=1e-4, atol=1e-5)
 
 
-def test_2d_torchvision_backbone_from_local_checkpoint(tmp_path):
-    from torchvision.models import resnet18
+@pytest.mark.parametrize("name, head, dim, side", [
+    ("resnet18", "fc", 512, 112),
+    # Ada2I's visual features come from DenseNet (its Table 2, ref. [12]): a classifier that is a single Linear
+    ("densenet121", "classifier", 1024, 64),
+])
+def test_2d_torchvision_backbone_from_local_checkpoint(tmp_path, name, head, dim, side):
+    import torchvision.models as tvm
 
     torch.manual_seed(0)
-    ref = resnet18(num_classes=10)  # another head: the checkpoint's fc is ignored
-    torch.save({"state_dict": ref.state_dict()}, tmp_path / "r18.pt")
-    bb = Backbone("resnet18", weights=str(tmp_path / "r18.pt"))
-    assert bb.dim == 512 and bb.weights.startswith("checkpoint:")
-    ref.fc = torch.nn.Identity()
-    faces = np.random.default_rng(2).integers(0, 255, (2, 112, 112, 3), dtype=np.uint8)
+    ref = getattr(tvm, name)(num_classes=10)  # another head: the checkpoint's head is ignored
+    torch.save({"state_dict": ref.state_dict()}, tmp_path / f"{name}.pt")
+    bb = Backbone(name, weights=str(tmp_path / f"{name}.pt"))
+    assert bb.dim == dim and bb.weights.startswith("checkpoint:")
+    setattr(ref, head, torch.nn.Identity())
+    faces = np.random.default_rng(2).integers(0, 255, (2, side, side, 3), dtype=np.uint8)
     with torch.inference_mode():
         expect = ref.eval()(bb.preprocess(faces)).mean(0).numpy()
     np.testing.assert_allclose(bb(faces), expect, rtol=1e-4, atol=1e-5)
