@@ -17,6 +17,7 @@ from typing import Callable
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from pipeline.feature_pickles import vectors
 from pipeline.schema import nonfinite_rows
 from pipeline.shards import FeatureExtractor
 
@@ -36,8 +37,6 @@ class ImportedExtractor(FeatureExtractor):
 
     def __init__(self, modality: str, pickle_path: str, fmt: str = "auto", label_key: str | None = None,
                  digest: str = ""):
-        from pipeline.adapters.features import vectors
-
         self.modality = modality
         self.table = vectors(pickle_path, modality, fmt, label_key)
         self.dim = len(next(iter(self.table.values()))) if self.table else 1
