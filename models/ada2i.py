@@ -72,6 +72,18 @@ Official MELD settings (``run.sh``) → params.yaml ``model_params.ada2i``: hidd
 settings are ``train`` params here: lr 1.3e-4, batch 10, 50 epochs, early stop 20 (Adam, clip-norm 2).
 Size: 20.6 M parameters on the MELD-sized bench features (t/a/v 768/6373/512, of which 1.9 M is the 6373→300
 audio projection); the official model on its 768/300/342-d MELD features has 18.6 M.
+
+Departures still to be made switches or justified (end-of-session review against ada2i.txt; behaviour unchanged):
+  * Eq. 2 (per-modality Transformer encoder, §3.1) and Eq. 15 (the base SGD update) are implemented by
+    ``ModalityEncoder`` and the engine's optimiser; Eq. 2's encoder here is pre-LN, GELU, no positional encoding,
+    every modality projected to ``hidden`` — not in the paper: our choice, because the text names only "Transformer".
+  * Eq. 8 normalises W_m per hidden unit (``dim=0``, the official code) where MMCosine/Eq. 16 normalise per class row.
+  * Eq. 12: L_feature is the mean over all elements and modalities, not (1/B)·Σ_iΣ_m‖·‖₁ (≈ d·M times smaller).
+  * Eq. 18–19: modulation and noise act on gradients fed to Adam (the paper writes plain SGD); the noise is
+    N(0, std(grad)²) on the gradient (official code), not N(0, Σ^sgd) on the parameters, also when paper_equations.
+  * Eq. 6 averages the core over utterances (not d_m); Eq. 7's Att_m Z^m is read element-wise; one ``rank`` serves
+    r_s and r_w; Φ_m is one Linear; Eq. 16 scores use the post-AFW features; for pairs Eq. 6 contracts over the
+    modalities present.
 """
 from __future__ import annotations
 

@@ -38,6 +38,12 @@ and [SEP] removals are text-input switches, see ``pipeline/text_e2e.py``); Table
 Table 5 → ``rep_transformer: false`` ("w/o representation dependency": the six gated vectors concatenated into the
 head), ``gates: false`` ("w/o prototype dependency": the transformer over [e_CLS; r_u; r_a; r_v]), and the simple
 fusions ``fusion: add | concat | max`` over r (Bilinear, GMU and MulT fusions are not implemented).
+
+Departures still to be made switches or justified (end-of-session review against dialoguetrm.txt; behaviour
+unchanged): §3's indi-/conv-context definitions, Eq. 18 (argmax) and §5.1 (MELD without visual) are in the
+recipes; "linear layer" for the audio/visual projection, e_CLS ~ N(0, 0.02), no dropout in the Eq. 17 head, MSE
+for the dimensional head and, with two modalities, M_i = [e_CLS; h_ua; h_au] are not in the paper: our choices,
+because the text does not give them. Defaults are CPU-sized; the recipes set §5.2's sizes.
 """
 from __future__ import annotations
 

@@ -62,6 +62,16 @@ Not in the paper — our choices, switchable:
 Ablations (Table 3): ``inter: false`` (no X_at, X_ta), ``intra: false`` (no X_tt, X_aa), ``ffn: false``
 (X_final = Q + A_conv), ``dual_gate: false`` (no gates: F_final = mean of the Linear-fused streams); unimodal =
 ``train.modalities=t`` (or ``a``); plus ``distill: false`` and ``compress: false`` (A_conv = Â).
+
+Departures still to be made switches or justified (end-of-session review against lpgnet.txt; behaviour unchanged):
+  * §3.3(3) masks scores with −1e9; ``layers.MultiHeadAttention`` uses finfo.min and gives a query with no valid key
+    an all-zero row (not uniform). Attention dropout, the bias-free Conv1d projector with dropout, zeroing padded
+    outputs, and ``ff_mult`` fixed at 2 (the text says "2d or 4d") are not in the paper: our choices, because they
+    keep padding inert and match SDT's layers the project shares.
+  * §3.3(1) says the kernel-1 Conv1D models "adjacent utterances", which kernel 1 cannot; we follow kernel 1.
+  * ``compress: false``/``distill: false`` are ablations beyond Table 3; "w/o dual-gated fusion" (mean of the
+    Linear-fused streams, gates dropped) is our reading. §4.3's hidden 768 is set by the recipes (default 128: CPU).
+  * Frame mode pads to the batch's longest sequence (≤ 512), equivalent under masking to padding to 512.
 """
 from __future__ import annotations
 

@@ -28,6 +28,15 @@ no dialogue context at all), ``train.weighted_loss: false`` ("w/o Weighted Loss"
 Chudasama et al.'s M2FNet (per-modality dialogue transformers, text-query cross-attention, BiGRU), which this
 module implemented before, is not kept: its paper is not among the project's sources, so its details could not be
 checked, and its cross-modal attention + BiGRU design is covered by LPGNet / SUMMER / bc_lstm.
+
+Departures still to be made switches or justified (end-of-session review against m2fnet.txt; behaviour unchanged):
+  * §3.7 trains all modalities end to end; here features are frozen (``train.text_encoder`` fine-tunes text) —
+    the recipe says so. §3.6 says "validation performance", §4.5 "validation loss": the recipe follows §4.5.
+  * Not in the paper: our choices, because Gao gives no form — the projector (LayerNorm→Linear→GELU→Dropout), the
+    fusion transformer (pre-LN, GELU, FFN 2×d, final LayerNorm), no modality-type embedding, absent modalities
+    masked out of fusion, dropout before the classifier, the Linear after concatenation in ``fusion: concat``,
+    ``context: none`` dropping the speaker embedding too (no context at all). Defaults are CPU-sized; the recipe
+    sets its (our-choice) sizes.
 """
 from __future__ import annotations
 

@@ -84,6 +84,15 @@ benchmarks) the frozen teacher is an untrained one of the configured shape; a wa
 Ablations (paper Tables 3–4, Fig. 4): ``moe: plain`` (softmax gate over all experts), ``fusion: self_attention``
 (plain per-modality self-attention instead of HCMF), ``ikd: false``, ``teacher.modality`` (t | a | v), the
 teacher's ``teacher.moe: none``, ``fusion_layers``, and the modality subsets through ``train.modalities``.
+
+Departures still to be made switches or justified (end-of-session review against summer.txt; behaviour unchanged):
+  * §3.4: experts are not shared within a modality ("parameters are shared within intra-modal components" is not
+    implemented); GMoE is applied once, not "to any layer".
+  * Eq. 8 drops Σ_{i=1}^n (read as one attention block per head group); φ is learnable and unbounded (no clamp).
+  * Eq. 13 drops Σ_j; Eq. 14's printed denominator sums over utterances, we normalise over classes; Eq. 11/12/14
+    average over utterances instead of summing; ``kd_temperature`` comes with T² scaling.
+  * Not in the paper: sinusoidal P (Eq. 2), BiGRU experts of hidden/2 per direction, τ stored as log τ clamped at
+    1e-2, running-statistics momentum 0.1, residual + LayerNorm around Eq. 5, the teacher's transformer layers.
 """
 from __future__ import annotations
 
