@@ -104,7 +104,10 @@ def file_digest(path: str | Path) -> str:
 def read_utterances(path: str | Path) -> pa.Table:
     from pipeline.schema import UTTERANCE_SCHEMA
 
-    return validate(pq.read_table(path), UTTERANCE_SCHEMA)
+    table = pq.read_table(path)
+    if "targets" not in table.column_names:  # tables written before regression targets existed
+        table = table.append_column("targets", pa.nulls(table.num_rows, pa.list_(pa.float64())))
+    return validate(table, UTTERANCE_SCHEMA)
 
 
 def read_features(directory: str | Path) -> pa.Table:

@@ -21,6 +21,7 @@ import json
 import logging
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 
@@ -73,6 +74,7 @@ def prepare(dataset: str, root: str | Path, out: str | Path, params: dict | None
     if dup.any():
         raise UserError(f"prepare.root {root}: duplicate (dialogue_id, utterance_id) keys "
                         f"{df.loc[dup, KEY].values.tolist()[:5]}: each utterance must appear once")
+    check_targets(df, res.targets, root)
     index = {name: i for i, name in enumerate(res.labels)}
     stray = set(df.label.dropna()) - set(index)
     if stray:  # adapters only emit labels of their set; this guards the contract
@@ -82,12 +84,41 @@ def prepare(dataset: str, root: str | Path, out: str | Path, params: dict | None
     # no absolute path (e.g. the resolved root): a clone at another path must produce the same bytes
     provenance = dict(adapter=dataset, root=str(root), params=p, counts=res.counts)
     table = validate(pa.Table.from_pandas(df, preserve_index=False), UTTERANCE_SCHEMA)
-    table = table.replace_schema_metadata({"labels": json.dumps(res.labels),
-                                           "provenance": json.dumps(provenance, sort_keys=True, default=str)})
+    meta = {"labels": json.dumps(res.labels), "provenance": json.dumps(provenance, sort_keys=True, default=str)}
+    if res.targets:
+        meta["targets"] = json.dumps(list(res.targets))
+    table = table.replace_schema_metadata(meta)
     atomic_write_table(table, out)
     log.info("wrote %s: %d utterances, labels %s, statuses %s", out, len(df), res.labels,
              df.status.value_counts().to_dict())
     return table
+
+
+def check_targets(df: pd.DataFrame, targets: list[str], root) -> None:
+    """The regression contract every adapter's rows must meet: with ``targets`` named, ``label`` is null and each
+    row's ``targets`` is None (unlabelled) or one finite number per target; without, ``targets`` is None.
+    Adapters name the offending lines of their own files first; this guards what reaches the table."""
+    if not targets:
+        if df.targets.notna().any():
+            raise ValueError("adapter returned targets values without naming its targets")
+        return
+    if df.label.notna().any():
+        raise ValueError("a regression corpus has no class labels: adapter returned both")
+    bad = []
+    for key, v in zip(zip(df.dialogue_id, df.utterance_id), df.targets):
+        if v is None:
+            continue
+        try:
+            arr = np.asarray(v, dtype=np.float64)
+        except (TypeError, ValueError):
+            arr = np.array([np.nan])
+        if arr.shape != (len(targets),) or not np.isfinite(arr).all():
+            bad.append(key)
+    if bad:
+        raise UserError(f"prepare.root {root}: {len(bad)} utterance(s) have target values that are not "
+                        f"{len(targets)} finite number(s) ({', '.join(targets)}), e.g. {bad[:5]}: fix them or "
+                        "leave the row unlabelled")
+    df["targets"] = [None if v is None else [float(x) for x in v] for v in df.targets]
 
 
 def check_labels(labels) -> None:

@@ -23,9 +23,13 @@ Utterance table (``prepare`` output, one file):
                           the recording) | ``no_media`` (text-only)
     error        string   why, when status is not ``ok``
     source       string   provenance of the row: adapter, file it came from, protocol
+    targets      list<float64>  regression targets of the row, in the order of the ``targets`` metadata (null:
+                          no targets — every row of a classification table; an unlabelled row of a regression one)
 Schema metadata of the utterance table: ``labels`` (JSON list: the label set, ``label_id`` indexes it;
-absent in old tables → ``EMOTIONS``) and ``provenance`` (JSON: adapter, root, params, counts). Read the
-label set with ``label_names``.
+absent in old tables → ``EMOTIONS``), ``targets`` (JSON list of regression target names, e.g. ``["valence",
+"arousal", "dominance"]``; absent or empty: a classification table) and ``provenance`` (JSON: adapter, root,
+params, counts). Read them with ``label_names`` and ``target_names``. A regression table has no classes: its
+``label`` is null and ``label_id`` -1 on every row, and a row is labelled when its ``targets`` are set.
 
 Feature tables (``extract_*`` outputs, a directory of ``part-NNNNN.parquet`` shards):
     dialogue_id, utterance_id   the key, one row per utterance of the utterance table
@@ -68,6 +72,7 @@ UTTERANCE_SCHEMA = pa.schema(
         ("status", pa.string()),
         ("error", pa.string()),
         ("source", pa.string()),
+        ("targets", pa.list_(pa.float64())),
     ]
 )
 
@@ -106,6 +111,17 @@ def label_names(schema: pa.Schema) -> list[str]:
     """The label set of an utterance table (its ``labels`` metadata); ``EMOTIONS`` for tables without one."""
     raw = (schema.metadata or {}).get(b"labels")
     return json.loads(raw) if raw else list(EMOTIONS)
+
+
+def target_names(schema: pa.Schema) -> list[str]:
+    """The regression targets of an utterance table (its ``targets`` metadata); [] for a classification table."""
+    raw = (schema.metadata or {}).get(b"targets")
+    return list(json.loads(raw)) if raw else []
+
+
+def task_of(schema: pa.Schema) -> str:
+    """``regression`` when the table names targets, else ``classification``."""
+    return "regression" if target_names(schema) else "classification"
 
 
 def feature_matrix(table: pa.Table) -> np.ndarray:

@@ -24,6 +24,9 @@ class Prepared:
     rows: pd.DataFrame
     labels: list[str]
     counts: dict = field(default_factory=dict)
+    # regression target names (``rows.targets`` holds each row's values in this order, None when unlabelled);
+    # empty: a classification corpus
+    targets: list[str] = field(default_factory=list)
 
 
 def rel_path(path: Path) -> str:
