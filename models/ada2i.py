@@ -1,6 +1,11 @@
 """Ada2I — Nguyen, Le, Mai and Le, "Ada2I: Enhancing Modality Balance for Multimodal Conversational Emotion
 Recognition", ACM Multimedia 2024 (arXiv:2408.12895); official code: github.com/leson502/ADA2I.
 
+Regression (``task: regression``, set by ``train`` from the prepared table; issue #20) — not in the paper: our
+choice, because Eq. 13 and 16 are written for classes: L_modal is the MSE of Z^{m-adapt} on the targets and the
+modality score s_m = exp(−MSE of modality m's unimodal prediction W_m h_m + b/M) ∈ (0, 1] (the true-class
+probability's role: 1 = perfect), so Eq. 17–19 run unchanged.
+
 Pipeline (equation numbers are the paper's):
   1. Per-modality encoders: a transformer over the utterances of the dialogue at the feature's width, then a
      linear map to ``hidden``. ``encoder_dim`` first projects a (too) wide feature to a set width — the
@@ -93,7 +98,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from models.layers import TransformerEncoder, attention_mask, ordered
+from models.layers import TransformerEncoder, attention_mask, check_task, ordered, task_loss
 from models.registry import register_model
 
 
@@ -184,8 +189,9 @@ class Ada2I(nn.Module):
                  ff_dim: int | None = 2048, afw: bool = True, afw_layers: int = 2, rank: int = 6, beta: float = 0.55,
                  feature_target: str = "attention", amw: bool = True, modulation: bool = True, alpha: float = 0.42,
                  start_mod: int = 4, end_mod: int | None = None, noise: bool = True, dropout: float = 0.5,
-                 paper_equations: bool = True):
+                 paper_equations: bool = True, task: str = "classification"):
         super().__init__()
+        self.task = check_task(task, "ada2i")
         if feature_target not in ("attention", "output"):
             raise ValueError(f"ada2i: feature_target is attention|output; got {feature_target!r}")
         self.modalities = mods = ordered(input_dims)
@@ -245,7 +251,9 @@ class Ada2I(nn.Module):
     def aux_loss(self, out, batch) -> dict:
         """L_modal (Eq. 13, paper_equations only) and Eq. 16–17: scores → disparity ratios → coefficients."""
         losses = {}
-        if isinstance(out, dict) and "z_adapt" in out:
+        if isinstance(out, dict) and "z_adapt" in out and self.task == "regression":
+            losses["modal"] = task_loss(out["z_adapt"], batch)  # Eq. 13 with the MSE in place of the CE
+        elif isinstance(out, dict) and "z_adapt" in out:
             z, label = out["z_adapt"], batch["label"]
             losses["modal"] = F.cross_entropy(z.float().reshape(-1, z.shape[-1]), label.reshape(-1),
                                               weight=batch.get("class_weight"), ignore_index=-100)
@@ -258,11 +266,18 @@ class Ada2I(nn.Module):
         if uni is None:
             return
         label = batch["label"]
-        labelled = label >= 0  # padding is -100
+        regression = self.task == "regression"
+        labelled = batch["mask"] if regression else label >= 0  # padding is -100
         scores = {}
         for m, (logit, valid) in uni.items():
             sel = valid & labelled
-            if sel.any():
+            if sel.any() and regression:
+                # not in the paper: our choice. Eq. 16 scores a modality by its confidence in the true class, in
+                # (0, 1]; a regression output has none, so s_m = exp(−MSE of its unimodal prediction), also in
+                # (0, 1] with 1 = perfect: the better modality still gets the larger score.
+                err = (logit[sel].float() - batch["target"][sel].float()).pow(2).mean()
+                scores[m] = float(torch.exp(-err))
+            elif sel.any():
                 p = logit[sel].float().softmax(-1).gather(1, label[sel].unsqueeze(1))
                 scores[m] = float(p.mean())
         if len(scores) >= 2:

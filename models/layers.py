@@ -9,6 +9,10 @@ and returns logits ``[B, T, n_classes]`` (or a dict with ``logits`` and auxiliar
 ``pipeline.engine``). ``input_dims`` holds only the chosen modalities, so a model must build its
 modules from it and may not assume text, audio and visual are all there.
 
+Regression (issue #20): the same models are built with ``n_classes = K`` targets, so their last linear layer is
+the regression head (one output per target); the batch then carries ``task == "regression"`` and ``target``
+``[B, T, K]``. Models whose auxiliary losses need the labels take a ``task`` argument and use ``task_loss``.
+
 Attention masks are boolean ``[B, Tq, Tk]``, True = may attend. Every parameter a model creates must be used
 in forward (the tests check every gradient exists), so optional parts are built only when they are used.
 """
@@ -18,8 +22,33 @@ import math
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 MODALITY_ORDER = ("t", "a", "v")
+TASKS = ("classification", "regression")
+
+
+def check_task(task: str, model: str) -> str:
+    if task not in TASKS:
+        raise ValueError(f"{model}: task is classification|regression; got {task!r}")
+    return task
+
+
+def task_loss(pred: torch.Tensor, batch: dict, valid: torch.Tensor | None = None,
+              weight: torch.Tensor | None = None) -> torch.Tensor:
+    """A supervised auxiliary loss on the batch's task over ``valid`` real utterances (default ``mask``):
+    cross-entropy on ``label`` (class-weighted by ``weight``), or the mean squared error on ``target`` in
+    regression. No valid position → a zero that still depends on ``pred``."""
+    valid = batch["mask"] if valid is None else valid & batch["mask"]
+    if batch.get("task") == "regression":
+        if not valid.any():
+            return pred.sum() * 0.0
+        return F.mse_loss(pred[valid].float(), batch["target"][valid].float())
+    label = batch["label"]
+    keep = valid & (label >= 0)
+    if not keep.any():
+        return pred.sum() * 0.0
+    return F.cross_entropy(pred[keep].float(), label[keep], weight=weight)
 
 
 def ordered(modalities) -> list[str]:

@@ -2,6 +2,11 @@
 Emotion Recognition", 2025 (arXiv:2508.08925; ../shared/papers/lpgnet.txt). Builds on SDT (Ma et al., IEEE TMM
 2023), whose structure it lightens.
 
+Regression (``task: regression``, set by ``train`` from the prepared table; issue #20) — not in the paper: our
+choice, because §3.6 is written for classes: the heads output one value per target, the unimodal heads' CE
+becomes an MSE on the targets and L_KL an MSE between each unimodal output and the fused one (detached as the
+KL's teacher), λ weights unchanged.
+
 Paper → code (section / equation of the paper):
   §3.1, §3.3 (1)  X_s = Conv1D(X_s), s ∈ {t, a}: a kernel-1 Conv1d per modality into ``hidden``
                   (``ModalityProjector(kind="conv1d")``). No speaker embeddings anywhere (``speaker`` is ignored).
@@ -80,7 +85,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from models.layers import (FeedForward, MaskedBatchNorm1d, ModalityProjector, MultiHeadAttention, PointwiseConv1d,
-                           SoftmaxModalityFusion, UnimodalGate, attention_mask, ordered, sinusoidal_positions)
+                           SoftmaxModalityFusion, UnimodalGate, attention_mask, check_task, ordered,
+                           sinusoidal_positions, task_loss)
 from models.registry import register_model
 
 CHOICES = {"operand_order": ("paper", "swapped"), "compression": ("global", "per_utterance"),
@@ -105,6 +111,15 @@ def distillation_kl(student: torch.Tensor, teacher: torch.Tensor, valid: torch.T
     t = F.log_softmax(teacher[valid].float() / tau, dim=-1)
     p, log_p, log_q = (s.exp(), s, t) if direction == "student_teacher" else (t.exp(), t, s)
     return (p * (log_p - log_q)).sum(-1).mean()
+
+
+def _mse_to_teacher(student: torch.Tensor, teacher: torch.Tensor, valid: torch.Tensor,
+                    detach_teacher: bool = True) -> torch.Tensor:
+    """Regression counterpart of ``distillation_kl``: MSE between the student's and the teacher's outputs."""
+    if not valid.any():
+        return student.sum() * 0.0
+    teacher = teacher.detach() if detach_teacher else teacher
+    return F.mse_loss(student[valid].float(), teacher[valid].float())
 
 
 def masked_ce(logits: torch.Tensor, label: torch.Tensor, valid: torch.Tensor, weight: torch.Tensor | None):
@@ -178,8 +193,9 @@ class LPGNet(nn.Module):
                  distill: bool = True, student_input: str = "intra", kl_direction: str = "student_teacher",
                  detach_teacher: bool = True, lambda_task: float = 1.5, lambda_ce: float = 1.0,
                  lambda_kl: float = 0.3, tau: float = 1.0, mode: str = "utterance", max_len: int = 512,
-                 sequences: dict | None = None):
+                 sequences: dict | None = None, task: str = "classification"):
         super().__init__()
+        self.task = check_task(task, "lpgnet")
         for k, v in dict(operand_order=operand_order, compression=compression, gate_softmax=gate_softmax,
                          kl_direction=kl_direction, student_input=student_input, mode=mode).items():
             if v not in CHOICES[k]:
@@ -320,6 +336,11 @@ class LPGNet(nn.Module):
         return self._distill(logits, uni, uvalid)
 
     def _distill(self, logits, uni, uvalid):
+        if self.task == "regression":
+            # not in the paper: our choice. §3.6's KL matches class distributions; a regression output has none,
+            # so each unimodal student regresses the fused teacher's prediction (MSE; teacher detached as in KL)
+            kl = sum(_mse_to_teacher(uni[m], logits, uvalid[m], self.detach_teacher) for m in uni)
+            return {"logits": logits, "unimodal": uni, "valid": uvalid, "losses": {"kl": self.lambda_kl * kl}}
         kl = sum(distillation_kl(uni[m], logits, uvalid[m], self.tau, self.kl_direction, self.detach_teacher)
                  for m in uni)
         return {"logits": logits, "unimodal": uni, "valid": uvalid, "losses": {"kl": self.lambda_kl * kl}}
@@ -328,6 +349,12 @@ class LPGNet(nn.Module):
         """Label-dependent terms: (λ_task − 1)·CE(fused) and λ_CE·Σ_m CE(unimodal head m)."""
         if not isinstance(out, dict):
             return {}
+        if self.task == "regression":  # the same terms with the MSE on the targets in place of the CE
+            losses = {"uni_ce": self.lambda_ce * sum(task_loss(out["unimodal"][m], batch, v)
+                                                     for m, v in out["valid"].items())}
+            if self.lambda_task != 1.0:
+                losses["task_extra"] = (self.lambda_task - 1.0) * task_loss(out["logits"], batch)
+            return losses
         label, w = batch["label"], batch.get("class_weight")
         losses = {"uni_ce": self.lambda_ce * sum(masked_ce(out["unimodal"][m], label, v, w)
                                                  for m, v in out["valid"].items())}

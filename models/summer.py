@@ -1,5 +1,7 @@
 """SUMMER — Li, Yu, Huang, Yan, "Unimodal-driven Distillation in Multimodal Emotion Recognition with Dynamic
-Fusion" (ICME 2025, arXiv:2503.23721; text: ``../shared/papers/summer.txt``). Section / equation → code:
+Fusion" (ICME 2025, arXiv:2503.23721; text: ``../shared/papers/summer.txt``). Regression (``task:
+regression``, issue #20; not in the paper: our choice) is described at ``Summer._ikd_regression``.
+Section / equation → code:
 
   §3.3 / A.1 features (``FrontEnd``): audio "reduced to 512 dimensions" by a learned layer (``audio_reduce``);
       visual: a DialogueRNN (``DialogueRNN``, Majumder et al. 2019) then an FC to 256 (``dialoguernn``,
@@ -105,7 +107,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from models.layers import (ModalityProjector, MultiHeadAttention, SpeakerEmbedding, TransformerBlock, attention_mask,
-                           masked_rnn, ordered, sinusoidal_positions)
+                           check_task, masked_rnn, ordered, sinusoidal_positions, task_loss)
 from models.registry import register_model
 
 log = logging.getLogger("merc.models.summer")
@@ -492,8 +494,9 @@ class Summer(nn.Module):
                  kappa1: float = 1.0, kappa2: float = 1.0, kappa3: float = 1.0, kappa4: float = 2.0,
                  audio_reduce: int | None = None, dialoguernn=("v",), dialoguernn_dim: int = 256,
                  dropout: float = 0.2, max_speakers: int = 16, teacher_path: str | None = None,
-                 teacher: dict | None = None):
+                 teacher: dict | None = None, task: str = "classification"):
         super().__init__()
+        self.task = check_task(task, "summer")
         choices = {"fusion": (fusion, ("hcmf", "self_attention")), "branch_query": (branch_query, ("each", "anchor")),
                    "global_moe": (global_moe, ("sparse", "dense")), "inner_loss": (inner_loss, ("mse", "l2")),
                    "kl_direction": (kl_direction, ("student_teacher", "teacher_student")),
@@ -501,7 +504,7 @@ class Summer(nn.Module):
         for key, (val, ok) in choices.items():
             if val not in ok:
                 raise ValueError(f"summer: {key} is one of {'|'.join(ok)}; got {val!r}")
-        if not 1.0 / n_classes < smooth_eps < 1.0:
+        if self.task == "classification" and not 1.0 / n_classes < smooth_eps < 1.0:
             raise ValueError(f"summer: smooth_eps is the true class's share of the Eq. 14 target (0.9 = usual "
                              f"smoothing 0.1); it must lie in (1/C, 1) = ({1 / n_classes:.3f}, 1); got {smooth_eps}")
         if fusion_layers < 1:
@@ -552,9 +555,10 @@ class Summer(nn.Module):
                 raise ValueError(f"summer: the {m!r} teacher needs {m!r} features of width {ck['input_dims'][m]}; "
                                  f"the student has {input_dims} (choose train.modalities containing {m!r}, "
                                  "or a teacher modality the student has)")
-            if len(ck["labels"]) != n_classes or arch["hidden"] != hidden:
-                raise ValueError(f"summer: teacher ({len(ck['labels'])} classes, hidden {arch['hidden']}) does not "
-                                 f"match the student ({n_classes} classes, hidden {hidden})")
+            width = len(ck.get("targets") or ck["labels"])  # classes, or regression targets
+            if width != n_classes or arch["hidden"] != hidden:
+                raise ValueError(f"summer: teacher ({width} outputs, hidden {arch['hidden']}) does not "
+                                 f"match the student ({n_classes} outputs, hidden {hidden})")
             t = SummerTeacher({m: input_dims[m]}, n_classes, modality=m, **arch)
             t.load_state_dict(ck["state_dict"])
         else:
@@ -610,6 +614,8 @@ class Summer(nn.Module):
             raise RuntimeError("summer.aux_loss needs the output of the forward call just before it (training mode)")
         if not self.ikd:
             return {}
+        if self.task == "regression":
+            return self._ikd_regression(c, batch)
         label = batch["label"]
         valid = batch["mask"] & (label >= 0)
         y = label[valid]
@@ -643,6 +649,28 @@ class Summer(nn.Module):
             losses["engine_ce"] = -F.cross_entropy(full.reshape(-1, full.shape[-1]), label.reshape(-1),
                                                    weight=cw, ignore_index=-100)
         return losses
+
+    def _ikd_regression(self, c: dict, batch: dict) -> dict[str, torch.Tensor]:
+        """IKD for a regression task — not in the paper: our choice, because Eq. 11–14 are defined on class
+        distributions. Eq. 11: MSE between the teacher's regressor on f_m and on f_tr (in place of the KL);
+        Eq. 12: MSE of the teacher's regressor on f_m against the targets (in place of the CE); Eq. 13 as
+        written; Eq. 14 (the label-smoothed CE that trains the student's head) has no regression counterpart: the
+        engine's task loss (MSE or CCC) takes its place, so ``engine_ce`` is ignored in regression."""
+        valid = batch["mask"]
+        k1, k2, k3, _ = self.kappa
+        teacher = self.teacher
+        h_t = c["h_t"][valid].float()
+        y_t = teacher.classifier(h_t)
+        y = batch["target"][valid].float()
+        cross = align = inner = 0.0
+        for f in c["branches"]:
+            f = f[valid].float()
+            z = teacher.classifier(f)
+            cross = cross + F.mse_loss(z, y_t)
+            align = align + F.mse_loss(z, y)
+            d = f - h_t
+            inner = inner + ((d * d).mean() if self.inner_loss == "mse" else d.norm(dim=-1).mean())
+        return {"ikd_cross": k1 * cross, "ikd_align": k2 * align, "ikd_inner": k3 * inner}
 
     def epoch_logs(self) -> dict[str, float]:
         """τ and the share of weights dropped per router, the share of DynAttn pairs attenuated, mean φ."""

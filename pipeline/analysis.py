@@ -48,14 +48,18 @@ def corpus_info(utterances: str | Path) -> dict:
     """
     import pyarrow.parquet as pq
 
-    from pipeline.schema import label_names
+    from pipeline.schema import label_names, target_names
 
     schema = pq.read_schema(utterances)
     prov = json.loads((schema.metadata or {}).get(b"provenance", b"{}"))
     params = prov.get("params") or {}
     adapter = str(prov.get("adapter", "unknown"))
-    return {"adapter": adapter, "target": str(params.get("target") or "emotion")
-            if adapter in ("meld", "demo", "mosei") else "emotion", "labels": ",".join(label_names(schema)),
+    targets = target_names(schema)
+    target = str(params.get("target") or "emotion") if adapter in ("meld", "demo", "mosei", "iemocap") else "emotion"
+    if targets and adapter not in ("iemocap", "mosei"):
+        target = "regression"  # a manifest's prepare.targets
+    return {"adapter": adapter, "target": target, "labels": "" if targets else ",".join(label_names(schema)),
+            "targets": ",".join(targets),
             "source": Path(str(prov.get("root", ""))).stem if adapter in ("manifest", "features") else ""}
 
 
@@ -213,8 +217,11 @@ def tsne_coords(x: np.ndarray, seed: int = 0) -> np.ndarray:
 
 
 def write_tsne(model: nn.Module, data: list[dict], labels: list[str], reports: str | Path, device: str = "cpu",
-               max_points: int = 5000) -> Path:
-    """``reports/plots/tsne.csv`` (x, y, label, dialogue_id, utterance_id; one row per utterance) + ``reports/tsne.png``."""
+               max_points: int = 5000, point_labels: list[str] | None = None) -> Path:
+    """``reports/plots/tsne.csv`` (x, y, label, dialogue_id, utterance_id; one row per utterance) + ``reports/tsne.png``.
+
+    ``point_labels``: each utterance's legend name in ``data`` order (regression: a target's tertile) instead of
+    its class from ``labels``."""
     out = Path(reports)
     (out / "plots").mkdir(parents=True, exist_ok=True)
     try:
@@ -225,13 +232,15 @@ def write_tsne(model: nn.Module, data: list[dict], labels: list[str], reports: s
         plot_scatter(pd.DataFrame(columns=["x", "y", "label"]), out / "tsne.png", f"no t-SNE: {e}"[:120])
         return out / "plots" / "tsne.csv"
     y = np.concatenate([d["label"] for d in data])
+    names = np.asarray(labels)
+    shown = np.asarray(point_labels, dtype=object) if point_labels is not None else \
+        np.asarray([names[i] if i >= 0 else "unlabelled" for i in y], dtype=object)
     if len(x) > max_points:  # keep t-SNE's cost bounded; a fixed draw so reruns agree
         keep = np.sort(np.random.default_rng(0).choice(len(x), max_points, replace=False))
-        x, y, keys = x[keep], y[keep], [keys[i] for i in keep]
+        x, shown, keys = x[keep], shown[keep], [keys[i] for i in keep]
     xy = tsne_coords(x)
-    names = np.asarray(labels)
     df = pd.DataFrame({"x": xy[:, 0].round(4), "y": xy[:, 1].round(4),
-                       "label": [names[i] if i >= 0 else "unlabelled" for i in y],
+                       "label": list(shown),
                        "dialogue_id": [k[0] for k in keys], "utterance_id": [k[1] for k in keys]})
     atomic_write_text(df.to_csv(index=False), out / "plots" / "tsne.csv")
     plot_scatter(df, out / "tsne.png", "t-SNE of the fused test representations (SUMMER Fig. 6)")

@@ -77,7 +77,8 @@ def feature_provenance(feature_dirs: dict[str, str | Path], modalities: list[str
 
 def write_bundle(directory: str | Path, params: dict, model: str, cfg: dict, labels: list[str],
                  modalities: list[str], input_dims: dict[str, int], norm, best: dict,
-                 feature_dirs: dict[str, str | Path] | None = None, text_encoder: dict | None = None) -> Path:
+                 feature_dirs: dict[str, str | Path] | None = None, text_encoder: dict | None = None,
+                 targets: list[str] | None = None) -> Path:
     """Write the bundle atomically (temp directory + rename) and return its path.
 
     ``text_encoder``: ``train.text_encoder``'s settings when the text encoder was fine-tuned inside ``train``
@@ -105,6 +106,7 @@ def write_bundle(directory: str | Path, params: dict, model: str, cfg: dict, lab
             "extractors": extractor_settings(params),
             "features": feature_provenance({**FEATURE_DIRS, **(feature_dirs or {})}, modalities),
             "text_encoder_e2e": text_encoder,
+            "targets": list(targets or []),  # a regression model's targets (predict refuses those bundles)
             "files": {f: file_digest(tmp / f) for f in ("weights.pt", "norm.pt")},
         }
         (tmp / "bundle.json").write_text(json.dumps(meta, indent=1, default=_jsonable) + "\n")
@@ -184,6 +186,9 @@ def load_bundle(directory: str | Path) -> Bundle:
     if meta.get("format") != FORMAT or meta.get("version") != VERSION:
         raise BundleError(f"{directory} is not a {FORMAT} v{VERSION} bundle (format {meta.get('format')!r}, "
                           f"version {meta.get('version')!r})")
+    if meta.get("targets"):
+        raise BundleError(f"{directory}: a regression model (targets {meta['targets']}); predict serves emotion "
+                          "classification bundles only: train one on a classification corpus")
     if meta.get("text_encoder_e2e"):
         raise BundleError(f"{directory}: the model fine-tuned its text encoder end to end (train.text_encoder); "
                           "predict serves models trained on extracted features only: retrain with "

@@ -17,7 +17,7 @@ import torch
 
 from pipeline.common import key_index, read_features, read_utterances
 from pipeline.errors import MissingFileError, UserError
-from pipeline.schema import FEATURE_ABS_LIMIT, feature_matrix, nonfinite_rows
+from pipeline.schema import FEATURE_ABS_LIMIT, feature_matrix, nonfinite_rows, target_names
 
 log = logging.getLogger("merc.dataset")
 FEATURE_DIRS = {"t": "data/features/text", "a": "data/features/audio", "v": "data/features/visual"}
@@ -43,6 +43,20 @@ class Corpus:
     seqs: dict[str, list[np.ndarray]] = field(default_factory=dict)
 
     @property
+    def targets(self) -> list[str]:
+        """Regression target names ([] for a classification corpus)."""
+        return target_names(self.utterances.schema)
+
+    @property
+    def task(self) -> str:
+        return "regression" if self.targets else "classification"
+
+    def target_matrix(self) -> np.ndarray:
+        """``[rows, K]`` float32 regression targets (every kept row has them; ``load_corpus`` drops the others)."""
+        col = self.utterances.column("targets").combine_chunks()
+        return np.asarray(col.flatten().to_numpy(zero_copy_only=False), np.float32).reshape(-1, len(self.targets))
+
+    @property
     def dims(self) -> dict[str, int]:
         return {m: int(x.shape[1]) for m, x in self.feats.items()}
 
@@ -60,10 +74,13 @@ def load_corpus(utterances_path: str | Path, modalities: list[str], feature_dirs
         raise MissingFileError(f"no utterance table at {utterances_path}: run the prepare stage first "
                                "(`dvc repro prepare`)")
     utt = read_utterances(utterances_path)
-    labels = np.asarray(utt.column("label_id").to_numpy())
+    if target_names(utt.schema):  # regression: a row is labelled when its targets are set
+        labelled = np.asarray(utt.column("targets").is_valid().to_numpy(zero_copy_only=False))
+    else:
+        labelled = np.asarray(utt.column("label_id").to_numpy()) >= 0
     splits = np.asarray(utt.column("split").to_pylist())
-    skipped = {s: int(((labels < 0) & (splits == s)).sum()) for s in ("train", "dev", "test")}
-    utt = utt.filter(pa.compute.greater_equal(utt.column("label_id"), 0))
+    skipped = {s: int((~labelled & (splits == s)).sum()) for s in ("train", "dev", "test")}
+    utt = utt.filter(pa.array(labelled))
     idx = key_index(utt)
     utt_split = utt.column("split").to_pylist()
     feats, present, status_counts = {}, {}, {}
@@ -149,14 +166,21 @@ def train_warnings(corpus: Corpus, labels: list[str]) -> list[str]:
     """What makes a training run doubtful though it can run: labels with no train example, a single train
     class, a requested modality absent from every train utterance. Logged as warnings and returned."""
     rows = corpus.split_rows("train")
-    y = np.asarray(corpus.utterances.column("label_id").to_numpy())[rows]
-    counts = np.bincount(y, minlength=len(labels)) if len(y) else np.zeros(len(labels), int)
     out = []
+    if getattr(corpus, "task", "classification") == "regression":  # no classes: a target without spread cannot be learnt (r is undefined)
+        y = corpus.target_matrix()[rows]
+        flat = [t for k, t in enumerate(corpus.targets) if len(y) and float(y[:, k].std()) == 0.0]
+        if flat:
+            out.append(f"targets {flat} are constant over the train split: nothing to learn (Pearson r is 0)")
+        labels, counts = [], np.zeros(0, int)
+    else:
+        y = np.asarray(corpus.utterances.column("label_id").to_numpy())[rows]
+        counts = np.bincount(y, minlength=len(labels)) if len(y) else np.zeros(len(labels), int)
     empty = [labels[i] for i in range(len(labels)) if counts[i] == 0]
     if empty:
         out.append(f"labels {empty} have no train example: the model can never learn them (check the prepare "
                    "stage's split or prepare.labels)")
-    if (counts > 0).sum() == 1:
+    if len(counts) and (counts > 0).sum() == 1:
         out.append(f"the train split has a single class ({labels[int(np.argmax(counts))]!r}): every prediction "
                    "will be that class")
     for m, p in corpus.present.items():
@@ -175,6 +199,7 @@ def dialogues(corpus: Corpus, split: str, norm: Standardizer) -> list[dict]:
     uid = np.asarray(corpus.utterances.column("utterance_id").to_numpy())[rows]
     spk = np.asarray(corpus.utterances.column("speaker").to_pylist())[rows]
     lab = np.asarray(corpus.utterances.column("label_id").to_numpy())[rows]
+    tgt = corpus.target_matrix()[rows] if corpus.targets else None
     out, order = [], {}
     for j, d in enumerate(did):
         order.setdefault(d, []).append(j)
@@ -192,6 +217,9 @@ def dialogues(corpus: Corpus, split: str, norm: Standardizer) -> list[dict]:
                 present={m: corpus.present[m][r] for m in corpus.feats},
             )
         )
+        if tgt is not None:  # regression: no classes (label -100 = ignored by every CE), the targets instead
+            out[-1]["label"] = np.full(len(js), -100, np.int64)
+            out[-1]["target"] = tgt[js]
         if corpus.seqs:  # Frame mode: the token/frame sequences, standardised like their utterance vectors
             out[-1]["seq"] = {m: [norm.sequence(m, corpus.seqs[m][i]) for i in r] for m in corpus.seqs}
     return out
@@ -217,8 +245,14 @@ def collate(batch: list[dict], device: str | torch.device = "cpu") -> dict:
             feats[m][b, :n] = torch.from_numpy(d["feats"][m])
             present[m][b, :n] = torch.from_numpy(d["present"][m])
     to = lambda t: t.to(device)  # noqa: E731
-    return dict(feats={m: to(v) for m, v in feats.items()}, present={m: to(v) for m, v in present.items()},
-                mask=to(mask), speaker=to(speaker), label=to(label))
+    out = dict(feats={m: to(v) for m, v in feats.items()}, present={m: to(v) for m, v in present.items()},
+               mask=to(mask), speaker=to(speaker), label=to(label), task="classification")
+    if "target" in batch[0]:  # regression: [B, T, K] float targets, zero on padding (use ``mask``)
+        target = torch.zeros(B, T, batch[0]["target"].shape[1])
+        for b, d in enumerate(batch):
+            target[b, : len(d["label"])] = torch.from_numpy(d["target"])
+        out.update(target=to(target), task="regression")
+    return out
 
 
 # ---------------------------------------------------------------- Frame mode (LPGNet(Frame), §4.4)
@@ -289,9 +323,12 @@ def collate_sequences(batch: list[dict], device: str | torch.device = "cpu") -> 
                     p[b, t, : len(seq)] = True
         out["feats"][m], out["present"][m] = x, p
     to = lambda t: t.to(device)  # noqa: E731
-    return dict(feats={m: to(v) for m, v in out["feats"].items()},
-                present={m: to(v) for m, v in out["present"].items()},
-                mask=to(out["mask"]), speaker=to(out["speaker"]), label=to(out["label"]))
+    res = dict(feats={m: to(v) for m, v in out["feats"].items()},
+               present={m: to(v) for m, v in out["present"].items()},
+               mask=to(out["mask"]), speaker=to(out["speaker"]), label=to(out["label"]), task=out["task"])
+    if "target" in out:
+        res["target"] = to(out["target"])
+    return res
 
 
 def model_sequences(corpus: Corpus, model: str, cfg: dict, feature_dirs: dict[str, str] | None = None) -> Corpus:

@@ -25,6 +25,16 @@ Options (``EngineConfig`` = the ``train:`` params; the defaults are the project'
     after it (default).
   * ``weighted_loss``: class weights in the CE, w_c = N / (C · n_c) over the training labels
     (``class_weights``); ``false``: unweighted CE.
+  * ``regression_loss`` (regression tasks only): ``mse`` (mean squared error over the real utterances and the
+    targets) | ``ccc`` (1 − the mean over targets of Lin's CCC computed over the batch's real utterances, the
+    AVEC-style objective).
+
+Regression (issue #20; ``Engine(..., targets=[names])``, the dialogues carry ``target`` ``[n, K]``): the model's
+``[B, T, K]`` output is the prediction (its head is ``n_classes = K`` wide — one linear output per target), the
+task loss is ``regression_loss``, and the dev metrics are ``pearson_r`` (mean over targets), ``mae``, ``ccc``
+and ``loss``. ``monitor: weighted_f1`` (the default) means the task's primary dev metric: mean Pearson r in
+regression (``pearson_r`` may be named directly). Models with label-dependent auxiliary losses read
+``batch["task"]`` and ``batch["target"]`` (``models.layers.task_loss``).
 
 Model contract (``models.layers``): ``forward(feats, present, mask, speaker)`` returns logits ``[B, T, C]``.
 Optional hooks, so models with extra objectives plug in without a second training loop:
@@ -65,7 +75,7 @@ from tqdm import tqdm
 
 from pipeline.dataset import collate
 from pipeline.errors import NonFiniteError, UserError
-from pipeline.metrics import classification_metrics
+from pipeline.metrics import classification_metrics, regression_metrics
 from pipeline.schema import EMOTIONS
 
 log = logging.getLogger("merc.engine")
@@ -168,7 +178,9 @@ def class_weights(labels: np.ndarray, n_classes: int) -> torch.Tensor:
 
 OPTIMIZERS = ("adamw", "adam")
 SCHEDULERS = ("plateau", "linear_warmup", "none")
-MONITORS = ("weighted_f1", "loss")
+MONITORS = ("weighted_f1", "loss", "pearson_r")
+HIGHER_IS_BETTER = ("weighted_f1", "pearson_r")
+REGRESSION_LOSSES = ("mse", "ccc")
 
 
 @dataclass
@@ -194,12 +206,14 @@ class EngineConfig:
     early_stopping: bool = True   # false: run all epochs (the best-on-dev weights are still kept)
     clip_before_hooks: bool = False  # clip before the model's before_step hook (Ada2I official) or after it
     plateau_monitor: str | None = None  # the plateau scheduler's dev metric (null: monitor)
+    regression_loss: str = "mse"  # regression tasks: mse | ccc
 
     def __post_init__(self):
         if self.plateau_monitor is not None and self.plateau_monitor not in MONITORS:
             raise ValueError(f"train.plateau_monitor must be null or one of {', '.join(MONITORS)}; "
                              f"got {self.plateau_monitor!r}")
-        for key, allowed in (("optimizer", OPTIMIZERS), ("scheduler", SCHEDULERS), ("monitor", MONITORS)):
+        for key, allowed in (("optimizer", OPTIMIZERS), ("scheduler", SCHEDULERS), ("monitor", MONITORS),
+                             ("regression_loss", REGRESSION_LOSSES)):
             if getattr(self, key) not in allowed:
                 raise ValueError(f"train.{key} must be one of {', '.join(allowed)}; got {getattr(self, key)!r}")
         if self.scheduler == "linear_warmup" and int(self.warmup_steps) < 0:
@@ -217,6 +231,29 @@ def linear_warmup_factor(k: int, warmup: int, total: int) -> float:
     return max(0.0, (total - k) / max(total - warmup, 1))
 
 
+def ccc_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """1 − mean over targets of Lin's CCC, ``pred``/``target`` ``[N, K]`` (population moments over N)."""
+    pm, tm = pred.mean(0), target.mean(0)
+    cov = ((pred - pm) * (target - tm)).mean(0)
+    ccc = 2 * cov / (pred.var(0, unbiased=False) + target.var(0, unbiased=False) + (pm - tm) ** 2 + 1e-8)
+    return 1 - ccc.mean()
+
+
+def regression_loss(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, kind: str = "mse") -> torch.Tensor:
+    """The regression task loss over the real utterances (``mask``) of ``[B, T, K]`` predictions and targets."""
+    p, t = pred.float()[mask], target.float()[mask]
+    return F.mse_loss(p, t) if kind == "mse" else ccc_loss(p, t)
+
+
+def resolve_monitor(monitor: str, task: str) -> str:
+    """``weighted_f1`` is the task's primary metric: mean Pearson r in regression; r has no classification use."""
+    if task == "regression" and monitor == "weighted_f1":
+        return "pearson_r"
+    if task == "classification" and monitor == "pearson_r":
+        raise ValueError("train.monitor: pearson_r is a regression metric; use weighted_f1 or loss")
+    return monitor
+
+
 def split_output(out) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """A model's output → (logits, auxiliary losses)."""
     if isinstance(out, dict):
@@ -230,9 +267,13 @@ def _autocast(device: str, amp: bool):
 
 @torch.no_grad()
 def predict(model: nn.Module, data: list[dict], batch_size: int, device: str, amp: bool = True):
-    """Predictions, labels, logits ``[N, C]`` (float32, CPU) and (dialogue_id, utterance_id) keys for ``data``."""
+    """Predictions, labels, logits ``[N, C]`` (float32, CPU) and (dialogue_id, utterance_id) keys for ``data``.
+
+    Regression data (dialogues with ``target``): the predictions are the outputs ``[N, K]`` themselves and the
+    labels the targets ``[N, K]``."""
     model.eval()
-    preds, labels, logits_all, keys = [], [], [], []
+    labels, logits_all, keys = [], [], []
+    regression = bool(data) and "target" in data[0]
     for s in range(0, len(data), batch_size):
         chunk = data[s : s + batch_size]
         b = collate(chunk, device)
@@ -240,19 +281,24 @@ def predict(model: nn.Module, data: list[dict], batch_size: int, device: str, am
             logits, _ = split_output(model(b["feats"], b["present"], b["mask"], b["speaker"]))
         m = b["mask"]
         logits_all.append(logits[m].float().cpu())
-        labels.append(b["label"][m].cpu())
+        labels.append((b["target"] if regression else b["label"])[m].cpu())
         keys += [(d["dialogue_id"], int(u)) for d in chunk for u in d["utterance_id"]]
     logits = torch.cat(logits_all)
-    return logits.argmax(-1).numpy(), torch.cat(labels).numpy(), logits, keys
+    pred = logits.numpy().copy() if regression else logits.argmax(-1).numpy()
+    return pred, torch.cat(labels).numpy(), logits, keys
 
 
 class Engine:
     """Trains one model under one config; ``fit`` returns the best-on-dev weights and the per-epoch history."""
 
     def __init__(self, model: nn.Module, cfg: EngineConfig, device: str | None = None,
-                 weight: torch.Tensor | None = None, labels: list[str] = EMOTIONS):
+                 weight: torch.Tensor | None = None, labels: list[str] = EMOTIONS, targets: list[str] | None = None):
         self.device = device or resolve_device()
         self.model, self.cfg, self.labels = model.to(self.device), cfg, labels
+        self.targets = list(targets or [])
+        self.task = "regression" if self.targets else "classification"
+        self.monitor = resolve_monitor(cfg.monitor, self.task)
+        self.plateau_monitor = resolve_monitor(cfg.plateau_monitor or cfg.monitor, self.task)
         self.rank, self.world_size = world()
         self.net = model  # what training calls: the bare model, or its DDP wrapper
         if self.world_size > 1:
@@ -262,7 +308,8 @@ class Engine:
             self.net = DistributedDataParallel(model, device_ids=[torch.cuda.current_device()]
                                                if self.device.startswith("cuda") else None,
                                                find_unused_parameters=True)
-        self.weight = weight.to(self.device) if weight is not None and cfg.weighted_loss else None
+        self.weight = weight.to(self.device) if weight is not None and cfg.weighted_loss and \
+            self.task == "classification" else None
         # adam: torch adds weight_decay·θ to the gradient (coupled L2); adamw decays θ directly (decoupled)
         opt_cls = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
         self.opt = opt_cls(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -270,7 +317,7 @@ class Engine:
         self.step_sched = None  # per-step scheduler (linear_warmup), built by ``fit`` once T is known
         if cfg.scheduler == "plateau":
             self.sched = torch.optim.lr_scheduler.ReduceLROnPlateau(
-                self.opt, mode="max" if (cfg.plateau_monitor or cfg.monitor) == "weighted_f1" else "min",
+                self.opt, mode="max" if self.plateau_monitor in HIGHER_IS_BETTER else "min",
                 factor=cfg.lr_factor,
                 patience=cfg.lr_patience)
 
@@ -283,9 +330,19 @@ class Engine:
         if self.cfg.grad_clip:  # null / 0: no clipping
             nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
 
-    def loss(self, logits: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
+    def loss(self, logits: torch.Tensor, label: torch.Tensor, batch: dict | None = None) -> torch.Tensor:
+        """The task loss: (weighted) cross-entropy, or ``regression_loss`` on ``batch["target"]``."""
+        if self.task == "regression":
+            return regression_loss(logits, batch["target"], batch["mask"], self.cfg.regression_loss)
         return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), label.reshape(-1),
                                weight=self.weight, ignore_index=-100)
+
+    def _train_metrics(self, y: np.ndarray, pred: np.ndarray) -> dict:
+        if self.task == "regression":
+            m = regression_metrics(y, pred, self.targets)
+            return {k: m[k] for k in ("pearson_r", "mae", "ccc")}
+        m = classification_metrics(y, pred, self.labels)
+        return {k: m[k] for k in ("accuracy", "weighted_f1", "macro_f1")}
 
     def train_epoch(self, data: list[dict], rng: np.random.Generator, epoch: int = 0) -> dict:
         """One pass over ``data`` in a seeded random order; metrics come from the training batches themselves.
@@ -308,7 +365,7 @@ class Engine:
                 logits, aux = split_output(out)
                 if hasattr(model, "aux_loss"):
                     aux.update(model.aux_loss(out, b))
-            task = self.loss(logits, b["label"])
+            task = self.loss(logits, b["label"], b)
             loss = task + sum(aux.values()) if aux else task
             self.opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -332,17 +389,20 @@ class Engine:
             n_total += n
             for k, v in {"loss": task, **{f"aux_{k}": v for k, v in aux.items()}}.items():
                 sums[k] = sums.get(k, 0.0) + float(v.detach()) * n
-            preds.append(logits.detach()[b["mask"]].argmax(-1).cpu())
-            labels.append(b["label"][b["mask"]].cpu())
+            if self.task == "regression":
+                preds.append(logits.detach()[b["mask"]].float().cpu())
+                labels.append(b["target"][b["mask"]].cpu())
+            else:
+                preds.append(logits.detach()[b["mask"]].argmax(-1).cpu())
+                labels.append(b["label"][b["mask"]].cpu())
         y, pred = torch.cat(labels).numpy(), torch.cat(preds).numpy()
         if self.world_size > 1:  # the epoch's metrics over all ranks' batches
             parts = _gather((sums, n_total, y, pred), self.world_size)
             sums = {k: sum(p[0].get(k, 0.0) for p in parts) for k in parts[0][0]}
             n_total = sum(p[1] for p in parts)
             y, pred = np.concatenate([p[2] for p in parts]), np.concatenate([p[3] for p in parts])
-        m = classification_metrics(y, pred, self.labels)
         out = {k: v / max(n_total, 1) for k, v in sums.items()}
-        out.update({k: m[k] for k in ("accuracy", "weighted_f1", "macro_f1")}, lr=self.opt.param_groups[0]["lr"])
+        out.update(self._train_metrics(y, pred), lr=self.opt.param_groups[0]["lr"])
         if hasattr(model, "epoch_logs"):
             logs = model.epoch_logs()
             if self.world_size > 1:  # rank-local statistics (e.g. per-modality ρ): their mean over ranks
@@ -379,17 +439,24 @@ class Engine:
         """Dev/test metrics; under DDP each rank predicts every N-th dialogue and all ranks get all logits."""
         if self.world_size > 1:
             share = data[self.rank :: self.world_size]
+            width = len(self.targets) if self.task == "regression" else len(self.labels)
+            empty_y = np.zeros((0, width), np.float32) if self.task == "regression" else np.zeros(0, np.int64)
             mine = predict(self.model, share, self.cfg.batch_size, self.device, self.cfg.amp)[1:3] if share \
-                else (np.zeros(0, np.int64), torch.zeros(0, len(self.labels)))  # fewer dialogues than ranks
+                else (empty_y, torch.zeros(0, width))  # fewer dialogues than ranks
             parts = _gather(mine, self.world_size)
             y = np.concatenate([p[0] for p in parts])
             logits = torch.cat([p[1] for p in parts])
-            pred = logits.argmax(-1).numpy()
+            pred = logits.numpy().copy() if self.task == "regression" else logits.argmax(-1).numpy()
             return self._metrics(y, pred, logits)
         pred, y, logits, _ = predict(self.model, data, self.cfg.batch_size, self.device, self.cfg.amp)
         return self._metrics(y, pred, logits)
 
     def _metrics(self, y: np.ndarray, pred: np.ndarray, logits: torch.Tensor) -> dict:
+        if self.task == "regression":  # the training loss over the whole split (CCC over it, not per batch)
+            t = torch.from_numpy(np.asarray(y, np.float32))
+            loss = F.mse_loss(logits, t) if self.cfg.regression_loss == "mse" else ccc_loss(logits, t)
+            m = regression_metrics(y, pred, self.targets)
+            return {"loss": float(loss), **{k: m[k] for k in ("pearson_r", "mae", "ccc")}}
         m = classification_metrics(y, pred, self.labels)
         weight = None if self.weight is None else self.weight.cpu()
         loss = F.cross_entropy(logits, torch.from_numpy(y), weight=weight)  # same loss as training: comparable
@@ -398,8 +465,9 @@ class Engine:
     def fit(self, train_d: list[dict], dev_d: list[dict], seed: int = 0, live=None, desc: str = "train") -> dict:
         """Train until ``epochs`` or early stop; keep the best-on-dev-monitor weights (earliest on ties).
 
-        Returns the best epoch's ``dev_weighted_f1`` and ``dev_loss`` (whatever the monitor), ``epoch``,
-        ``state_dict``, ``epochs_run`` and the per-epoch ``history``."""
+        Returns the best epoch's ``dev_score`` (the task's primary dev metric, named by ``score_name``: weighted F1,
+        or mean Pearson r in regression; also under ``dev_weighted_f1`` / ``dev_pearson_r``) and ``dev_loss``
+        (whatever the monitor), ``epoch``, ``state_dict``, ``epochs_run`` and the per-epoch ``history``."""
         cfg = self.cfg
         if cfg.scheduler == "linear_warmup":
             total = cfg.epochs * self.steps_per_epoch(len(train_d))
@@ -409,8 +477,10 @@ class Engine:
             self.step_sched = torch.optim.lr_scheduler.LambdaLR(
                 self.opt, lambda k: linear_warmup_factor(k, int(cfg.warmup_steps), total))
         rng = np.random.default_rng(seed)
-        maximize = cfg.monitor == "weighted_f1"
-        best = {"dev_weighted_f1": -1.0, "dev_loss": None, "epoch": -1, "state_dict": None}
+        maximize = self.monitor in HIGHER_IS_BETTER
+        score = "pearson_r" if self.task == "regression" else "weighted_f1"
+        best = {"dev_score": -1.0, "score_name": score, f"dev_{score}": -1.0, "dev_loss": None, "epoch": -1,
+                "state_dict": None}
         best_value = -math.inf if maximize else math.inf
         history, bad = [], 0
         for epoch in tqdm(range(self.cfg.epochs), desc=desc, unit="epoch", leave=False, disable=self.rank > 0):
@@ -421,22 +491,23 @@ class Engine:
                     for k, v in metrics.items():
                         live.log_metric(f"{split}/{k}", v)
                 live.next_step()
-            value = row["dev"][cfg.monitor]
+            value = row["dev"][self.monitor]
             if self.sched is not None:
-                self.sched.step(row["dev"][cfg.plateau_monitor or cfg.monitor])
+                self.sched.step(row["dev"][self.plateau_monitor])
             if value > best_value if maximize else value < best_value:
                 state = {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()}
                 best_value, bad = value, 0
-                best = {"dev_weighted_f1": row["dev"]["weighted_f1"], "dev_loss": row["dev"]["loss"],
-                        "epoch": epoch, "state_dict": state}
+                best = {"dev_score": row["dev"][score], "score_name": score, f"dev_{score}": row["dev"][score],
+                        "dev_loss": row["dev"]["loss"], "epoch": epoch, "state_dict": state}
             else:
                 bad += 1
             if cfg.early_stopping and bad >= cfg.patience:
-                log.info("early stop at epoch %d (best dev %s %.4f at epoch %d)", epoch, cfg.monitor, best_value,
+                log.info("early stop at epoch %d (best dev %s %.4f at epoch %d)", epoch, self.monitor, best_value,
                          best["epoch"])
                 break
-        return {**best, "monitor": cfg.monitor, "epochs_run": len(history), "history": history}
+        return {**best, "monitor": self.monitor, "epochs_run": len(history), "history": history}
 
 
 __all__ = ["Engine", "EngineConfig", "check_engine_params", "class_weights", "init_distributed", "is_main",
-           "linear_warmup_factor", "parse_modalities", "predict", "rank_share", "resolve_device", "seed_everything", "split_output", "world"]
+           "linear_warmup_factor", "parse_modalities", "predict", "rank_share", "regression_loss", "resolve_device",
+           "resolve_monitor", "seed_everything", "split_output", "world"]

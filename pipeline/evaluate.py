@@ -11,6 +11,14 @@ Writes (fixed paths, so ``dvc metrics diff`` / ``dvc exp show`` compare runs of 
   reports/curves.png            per-epoch train/dev loss, accuracy, weighted F1 (from DVCLive's TSVs)
   reports/predictions.csv       dialogue_id, utterance_id, actual, predicted
   reports/plots/tsne.csv, reports/tsne.png   t-SNE of the dev-selected seed's fused test representations
+  reports/scatter.png           regression runs: predicted vs true per target (a classification run writes a
+                                one-line PNG saying so; a regression run does the same for the confusion PNGs)
+
+Regression checkpoints (a table with ``targets``, issue #20): metrics.json holds ``pearson_r``, ``mae``, ``ccc``,
+``mse`` (means over the targets, mean ± std over seeds), ``per_target`` of the dev-selected seed and, for a
+single ``sentiment`` target (CMU-MOSEI), ``acc2_has0``, ``f1_has0``, ``acc2_non0``, ``f1_non0``, ``acc7``,
+``corr``; predictions.csv has ``<target>_true``/``<target>_pred`` columns; the t-SNE is coloured by the tertile
+of the first target.
 
 Run: ``python -m pipeline.evaluate`` (test split, the DVC stage). ``python -m pipeline.evaluate --split dev`` writes
 the same files for the dev split under ``reports/dev/`` (M2FNet Table 5 is on validation); the test split is read
@@ -33,8 +41,9 @@ from pipeline.common import atomic_write_text, setup_logging
 from pipeline.dataset import Standardizer, dialogues, model_sequences
 from pipeline.engine import predict, resolve_device
 from pipeline.errors import UserError, run_main
-from pipeline.metrics import SCALARS, classification_metrics, confusion, mean_std
-from pipeline.plots import plot_confusion, plot_curves
+from pipeline.metrics import (MOSEI_SCALARS, REG_SCALARS, SCALARS, classification_metrics, confusion, mean_std,
+                              mosei_metrics, regression_metrics)
+from pipeline.plots import plot_confusion, plot_curves, plot_message, plot_regression_scatter
 from pipeline.train import build_model
 
 log = logging.getLogger("merc.evaluate")
@@ -55,6 +64,12 @@ def evaluate(checkpoint: str, utterances: str, reports: str, split: str = "test"
     e2e = ckpt.get("text_encoder")  # end-to-end text: token rows instead of the text feature table
     corpus = text_e2e.corpus_with_tokens(utterances, ckpt["modalities"], feature_dirs, e2e)
     corpus = model_sequences(corpus, ckpt["model"], ckpt["cfg"], feature_dirs)  # Frame mode: as trained
+    targets = list(ckpt.get("targets") or [])
+    if targets != corpus.targets:
+        raise UserError(f"model checkpoint {checkpoint} was trained for "
+                        f"{'targets ' + str(targets) if targets else 'classes'} but {utterances} has "
+                        f"{'targets ' + str(corpus.targets) if corpus.targets else 'classes'}: retrain "
+                        "(`dvc repro train`)")
     norm = Standardizer.from_state(ckpt["norm"])
     if e2e:
         text_e2e.keep_tokens(norm)
@@ -63,9 +78,12 @@ def evaluate(checkpoint: str, utterances: str, reports: str, split: str = "test"
         raise UserError(f"no labelled {split} dialogues in {utterances}: check the prepare stage's output")
     device = resolve_device()
     model = text_e2e.with_encoder(
-        lambda d: build_model(ckpt["model"], ckpt["cfg"], d, len(labels),
-                              where=f"model checkpoint {checkpoint} (model {ckpt['model']!r})"),
+        lambda d: build_model(ckpt["model"], ckpt["cfg"], d, len(targets or labels),
+                              where=f"model checkpoint {checkpoint} (model {ckpt['model']!r})",
+                              task=corpus.task),
         ckpt["input_dims"], e2e, device)[0].to(device)
+    if targets:
+        return _evaluate_regression(ckpt, model, data, corpus, utterances, reports, split, device, live_plots)
     runs = ckpt.get("runs") or [{k: ckpt.get(k, 0) for k in ("seed", "state_dict", "epoch", "dev_weighted_f1")}]
     per_seed, selected = [], None
     for run in runs:
@@ -118,9 +136,71 @@ def evaluate(checkpoint: str, utterances: str, reports: str, split: str = "test"
     plot_confusion(cm, labels, out / "confusion_normalized.png", normalize=True)
     if live_plots and Path(live_plots).exists():
         plot_curves(live_plots, out / "curves.png")
+    plot_message(out / "scatter.png", "classification run: no predicted-vs-true scatter; see confusion.png")
     log.info("%s %s over %d seed(s): accuracy %.4f ± %.4f, weighted F1 %.4f ± %.4f, macro F1 %.4f ± %.4f",
              ckpt["model"], split, len(per_seed), *(metrics[k + s] for k in SUMMARY[:3] for s in ("", "_std")))
     return metrics
+
+
+def _evaluate_regression(ckpt, model, data, corpus, utterances, reports, split, device, live_plots) -> dict:
+    """``evaluate`` for a regression checkpoint (see the module docstring)."""
+    targets = corpus.targets
+    mosei = targets == ["sentiment"]  # CMU-MOSEI's sentiment score: the literature's acc2/acc7/F1 as well
+    runs = ckpt.get("runs") or [{k: ckpt.get(k, 0) for k in ("seed", "state_dict", "epoch", "dev_pearson_r")}]
+    scalars = REG_SCALARS + (tuple(k for k in MOSEI_SCALARS if k != "mae") if mosei else ())
+    per_seed, selected = [], None
+    for run in runs:
+        model.load_state_dict(run["state_dict"])
+        pred, y, _, keys = predict(model, data, 16, device)
+        m = regression_metrics(y, pred, targets)
+        if mosei:
+            m.update({k: v for k, v in mosei_metrics(y, pred).items() if k != "mae"})
+        per_seed.append({"seed": int(run["seed"]), **{k: m[k] for k in scalars},
+                         "selected_epoch": int(run["epoch"]), "dev_pearson_r": float(run["dev_pearson_r"]),
+                         "per_target": m["per_target"]})
+        if selected is None or run["seed"] == ckpt.get("seed"):
+            selected = (m, pred, y, keys, run)
+    m, pred, y, keys, run = selected
+    metrics = {k: mean_std([s[k] for s in per_seed])[0] for k in scalars}
+    metrics.update({f"{k}_std": mean_std([s[k] for s in per_seed])[1] for k in scalars})
+    metrics.update(
+        task="regression", targets=targets, n=m["n"], per_target=m["per_target"], model=ckpt["model"],
+        n_params=sum(p.numel() for p in model.parameters()), split=split, dataset=_dataset(corpus),
+        corpus=corpus_info(utterances), modalities="".join(ckpt["modalities"]), selected_seed=int(run["seed"]),
+        selected_epoch=int(run["epoch"]), dev_pearson_r=float(run["dev_pearson_r"]),
+        seeds={str(r["seed"]): r for r in per_seed},
+        present={mod: int(p[corpus.split_rows(split)].sum()) for mod, p in corpus.present.items()},
+        items={"skipped_unlabelled": corpus.skipped.get(split, 0),
+               **{f"{mod}_{status}": n for mod, c in corpus.status_counts.items() for status, n in c[split].items()
+                  if status != "ok"}},
+    )
+    out = Path(reports)
+    atomic_write_text(json.dumps(metrics, indent=2) + "\n", out / "metrics.json")
+    rows = pd.DataFrame({"dialogue_id": [k[0] for k in keys], "utterance_id": [k[1] for k in keys],
+                         **{c: v for j, t in enumerate(targets)
+                            for c, v in ((f"{t}_true", y[:, j]), (f"{t}_pred", pred[:, j].round(6)))}})
+    (out / "plots").mkdir(parents=True, exist_ok=True)
+    atomic_write_text(rows.to_csv(index=False), out / "predictions.csv")
+    atomic_write_text("actual,predicted\n", out / "plots" / "confusion.csv")  # no classes: DVC's declared plot
+    note = f"regression run ({', '.join(targets)}): no confusion matrix; see scatter.png"
+    plot_message(out / "confusion.png", note)
+    plot_message(out / "confusion_normalized.png", note)
+    plot_regression_scatter(y, pred, targets, out / "scatter.png", m["per_target"])
+    model.load_state_dict(run["state_dict"])
+    write_tsne(model, data, [], out, device, point_labels=tertile_names(data, targets[0]))
+    if live_plots and Path(live_plots).exists():
+        plot_curves(live_plots, out / "curves.png", metrics=("loss", "pearson_r", "ccc", "mae"))
+    log.info("%s %s over %d seed(s): mean Pearson r %.4f ± %.4f, CCC %.4f ± %.4f, MAE %.4f ± %.4f", ckpt["model"],
+             split, len(per_seed), *(metrics[k + s] for k in ("pearson_r", "ccc", "mae") for s in ("", "_std")))
+    return metrics
+
+
+def tertile_names(data: list[dict], target: str) -> list[str]:
+    """Per utterance of ``data`` (in order), its first target's tertile over the split: ``<target> low|mid|high``
+    (the t-SNE's colours in regression; not in any paper: our choice, a scatter needs a discrete legend)."""
+    v = np.concatenate([d["target"][:, 0] for d in data])
+    lo, hi = np.quantile(v, [1 / 3, 2 / 3])
+    return [f"{target} {'low' if x <= lo else 'high' if x > hi else 'mid'}" for x in v]
 
 
 def _dataset(corpus) -> str:

@@ -1,4 +1,8 @@
-"""Classification metrics (scikit-learn) in the layout every report reads.
+"""Classification and regression metrics in the layout every report reads.
+
+Regression (``regression_metrics``, issue #20): per target Pearson r, MAE, Lin's CCC and MSE, and their means
+over the targets (``pearson_r`` … — the dev selection uses the mean r); ``mosei_metrics`` adds CMU-MOSEI's
+acc2 (both readings), F1, acc7, MAE and Corr from the sentiment score.
 
 What the papers report, and the key here:
   * accuracy, weighted F1 (every paper; SUMMER's w-ACC = weighted per-class accuracy = accuracy), macro F1;
@@ -59,6 +63,60 @@ def classification_metrics(y_true, y_pred, labels: list[str]) -> dict:
             for i, name in enumerate(labels)
         },
     }
+
+
+# ----------------------------------------------------------------------------------------------- regression
+REG_SCALARS = ("pearson_r", "mae", "ccc", "mse")  # means over the targets; per target under ``per_target``
+MOSEI_SCALARS = ("acc2_has0", "f1_has0", "acc2_non0", "f1_non0", "acc7", "mae", "corr")
+
+
+def pearson_r(y: np.ndarray, p: np.ndarray) -> float:
+    """Pearson's r of two 1-D arrays; 0 when either is constant (r is undefined there: not in any paper, our
+    choice, so a collapsed model scores 0 instead of NaN)."""
+    y, p = np.asarray(y, np.float64), np.asarray(p, np.float64)
+    dy, dp = y - y.mean(), p - p.mean()
+    den = np.sqrt((dy * dy).sum() * (dp * dp).sum())
+    return float((dy * dp).sum() / den) if den > 0 else 0.0
+
+
+def ccc(y: np.ndarray, p: np.ndarray) -> float:
+    """Lin's concordance correlation coefficient 2·cov / (var_y + var_p + (ȳ − p̄)²), population moments."""
+    y, p = np.asarray(y, np.float64), np.asarray(p, np.float64)
+    if not len(y):
+        return 0.0
+    cov = ((y - y.mean()) * (p - p.mean())).mean()
+    den = y.var() + p.var() + (y.mean() - p.mean()) ** 2
+    return float(2 * cov / den) if den > 0 else 0.0
+
+
+def regression_metrics(y_true, y_pred, targets: list[str]) -> dict:
+    """Per target (``per_target``) and averaged over the targets: Pearson r, MAE, CCC, MSE. ``y`` is ``[N, K]``."""
+    y, p = np.asarray(y_true, np.float64).reshape(len(y_true), -1), np.asarray(y_pred, np.float64).reshape(len(y_pred), -1)
+    per = {name: {"pearson_r": pearson_r(y[:, k], p[:, k]),
+                  "mae": float(np.abs(y[:, k] - p[:, k]).mean()) if len(y) else 0.0,
+                  "ccc": ccc(y[:, k], p[:, k]),
+                  "mse": float(((y[:, k] - p[:, k]) ** 2).mean()) if len(y) else 0.0}
+           for k, name in enumerate(targets)}
+    out = {"n": int(len(y)), **{m: float(np.mean([v[m] for v in per.values()])) for m in REG_SCALARS}}
+    out["per_target"] = per
+    return out
+
+
+def mosei_metrics(y_true, y_pred) -> dict:
+    """CMU-MOSEI sentiment from regression outputs in [−3, 3], as the literature computes them (MulT's
+    ``eval_mosei_senti``): ``acc2_has0``/``f1_has0``: negative (< 0) vs non-negative (≥ 0) over all segments;
+    ``acc2_non0``/``f1_non0``: negative vs positive over the segments whose truth is not 0; F1s weighted by
+    support; ``acc7``: both rounded after clipping to [−3, 3]; ``mae``; ``corr`` (Pearson r)."""
+    y, p = np.asarray(y_true, np.float64).reshape(-1), np.asarray(y_pred, np.float64).reshape(-1)
+    nz = y != 0
+    out = {"acc2_has0": float(((y >= 0) == (p >= 0)).mean()) if len(y) else 0.0,
+           "f1_has0": float(f1_score(y >= 0, p >= 0, average="weighted", zero_division=0)),
+           "acc2_non0": float(((y[nz] > 0) == (p[nz] > 0)).mean()) if nz.any() else 0.0,
+           "f1_non0": float(f1_score(y[nz] > 0, p[nz] > 0, average="weighted", zero_division=0)) if nz.any() else 0.0,
+           "acc7": float((np.rint(np.clip(y, -3, 3)) == np.rint(np.clip(p, -3, 3))).mean()) if len(y) else 0.0,
+           "mae": float(np.abs(y - p).mean()) if len(y) else 0.0,
+           "corr": pearson_r(y, p)}
+    return out
 
 
 def confusion(y_true, y_pred, n_classes: int) -> np.ndarray:

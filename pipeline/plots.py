@@ -90,6 +90,41 @@ def plot_curves(live_plots: str | Path, path: str | Path, metrics=("loss", "accu
     return drawn
 
 
+def plot_message(path: str | Path, text: str) -> None:
+    """A PNG holding one line of text: the fixed-path figure of a run it does not apply to (a regression run's
+    confusion matrix, a classification run's scatter), so DVC's declared plots always exist and say why."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6.4, 1.6))
+    ax.axis("off")
+    ax.text(0.5, 0.5, text, ha="center", va="center", wrap=True)
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110, metadata={"merc:message": text})
+    plt.close(fig)
+
+
+def plot_regression_scatter(y: np.ndarray, pred: np.ndarray, targets: list[str], path: str | Path,
+                            stats: dict | None = None) -> None:
+    """Predicted vs true, one panel per target, with the identity line and (from ``stats``) r / CCC / MAE."""
+    plt = _plt()
+    k = len(targets)
+    fig, axes = plt.subplots(1, k, figsize=(4.0 * k, 3.8), squeeze=False)
+    for j, (ax, name) in enumerate(zip(axes[0], targets)):
+        t, p = y[:, j], pred[:, j]
+        ax.scatter(t, p, s=6, alpha=0.5)
+        lo, hi = float(min(t.min(), p.min())), float(max(t.max(), p.max()))
+        ax.plot([lo, hi], [lo, hi], color="grey", lw=1, ls="--")
+        st = (stats or {}).get(name)
+        ax.set_title(name if not st else f"{name}: r {st['pearson_r']:.3f}, CCC {st['ccc']:.3f}, MAE {st['mae']:.3f}",
+                     fontsize=9)
+        ax.set_xlabel("true")
+        ax.set_ylabel("predicted")
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110, metadata={"merc:scatter": json.dumps({"targets": targets, "n": int(len(y))})})
+    plt.close(fig)
+
+
 def plot_grouped_bars(rows: dict[str, dict[str, float]], path: str | Path, ylabel: str, title: str) -> None:
     """Grouped bar chart: one group per column key, one bar per row (e.g. per-class F1 per model)."""
     plt = _plt()

@@ -64,8 +64,12 @@ def train(params: dict, utterances: str, out: str, live_dir: str, feature_dirs: 
         raise UserError("train needs labelled train and dev dialogues: check the prepare stage's output "
                         "(data/prepared/utterances.parquet: its split and label columns)")
     labels = label_names(corpus.utterances.schema)  # the prepared table's label set (MELD, IEMOCAP, ...)
+    targets = corpus.targets  # regression target names ([]: classification)
+    task = corpus.task
     train_warnings(corpus, labels)
-    weight = class_weights(np.concatenate([d["label"] for d in train_d]), len(labels))
+    weight = None if targets else class_weights(np.concatenate([d["label"] for d in train_d]), len(labels))
+    n_out = len(targets) if targets else len(labels)  # regression: one linear output per target
+    score = "pearson_r" if targets else "weighted_f1"  # the dev selection metric (EngineConfig: monitor)
 
     from dvclive import Live
 
@@ -76,50 +80,61 @@ def train(params: dict, utterances: str, out: str, live_dir: str, feature_dirs: 
         for k, seed in enumerate(seeds):
             seed_everything(seed)  # before the model is built: same seed, same initial weights
             model, dims = text_e2e.with_encoder(
-                lambda d: build_model(name, cfg, d, len(labels)), corpus.dims, e2e, device)
+                lambda d: build_model(name, cfg, d, n_out, task=task), corpus.dims, e2e, device)
             n_params = sum(p.numel() for p in model.parameters())
             log.info("model %s (%s params) on %s%s, modalities %s, seed %d", name, f"{n_params:,}", device,
                      f" x{n_ranks} ranks" if n_ranks > 1 else "", "".join(mods), seed)
-            res = Engine(model, ecfg, device, weight, labels).fit(train_d, dev_d, seed=seed, live=live if k == 0 else None,
-                                                          desc=f"train {name} seed {seed}")
+            res = Engine(model, ecfg, device, weight, labels, targets).fit(
+                train_d, dev_d, seed=seed, live=live if k == 0 else None, desc=f"train {name} seed {seed}")
             runs.append({"seed": seed, **res})
-            log.info("seed %d: best dev weighted F1 %.4f at epoch %d", seed, res["dev_weighted_f1"], res["epoch"])
-        dev_mean, dev_std = mean_std([r["dev_weighted_f1"] for r in runs])
+            log.info("seed %d: best dev %s %.4f at epoch %d", seed, score, res["dev_score"], res["epoch"])
+        dev_mean, dev_std = mean_std([r["dev_score"] for r in runs])
         if main:
             live.log_param("n_params", n_params)
-            live.summary["best"] = {"dev_weighted_f1": runs[0]["dev_weighted_f1"], "epoch": runs[0]["epoch"]}
-            live.summary["seeds"] = {"n": len(seeds), "dev_weighted_f1_mean": dev_mean,
-                                     "dev_weighted_f1_std": dev_std}
+            live.summary["best"] = {f"dev_{score}": runs[0]["dev_score"], "epoch": runs[0]["epoch"]}
+            live.summary["seeds"] = {"n": len(seeds), f"dev_{score}_mean": dev_mean, f"dev_{score}_std": dev_std}
     # the seed whose best epoch scores best on the dev monitor (earliest seed on ties)
     best = min(runs, key=lambda r: r["dev_loss"]) if ecfg.monitor == "loss" else \
-        max(runs, key=lambda r: r["dev_weighted_f1"])
-    result = {"best_dev_weighted_f1": best["dev_weighted_f1"], "best_epoch": best["epoch"], "seed": best["seed"],
-              "dev_weighted_f1_mean": dev_mean, "dev_weighted_f1_std": dev_std}
+        max(runs, key=lambda r: r["dev_score"])
+    result = {f"best_dev_{score}": best["dev_score"], "best_epoch": best["epoch"], "seed": best["seed"],
+              f"dev_{score}_mean": dev_mean, f"dev_{score}_std": dev_std, "score_name": score,
+              "best_dev_score": best["dev_score"], "dev_score_mean": dev_mean, "dev_score_std": dev_std}
     if not main:  # replicas are identical: rank 0 writes
         return result
-    save_checkpoint(out, name, cfg, dims, mods, norm, runs, best, labels, e2e)
+    save_checkpoint(out, name, cfg, dims, mods, norm, runs, best, labels, e2e, targets)
     write_bundle(Path(out).with_name("bundle"), params, name, cfg, labels, mods, dims, norm, best, feature_dirs,
-                 text_encoder=e2e)
-    summary = {"model": name, "modalities": "".join(mods), "n_params": n_params,
-               "dev_weighted_f1_mean": dev_mean, "dev_weighted_f1_std": dev_std, "selected_seed": best["seed"],
-               "seeds": [{k: r[k] for k in ("seed", "dev_weighted_f1", "epoch", "epochs_run", "history")}
-                         for r in runs]}
+                 text_encoder=e2e, targets=targets)
+    summary = {"model": name, "modalities": "".join(mods), "n_params": n_params, "task": task,
+               f"dev_{score}_mean": dev_mean, f"dev_{score}_std": dev_std, "selected_seed": best["seed"],
+               "seeds": [{"seed": r["seed"], f"dev_{score}": r["dev_score"],
+                          **{k: r[k] for k in ("epoch", "epochs_run", "history")}} for r in runs]}
     atomic_write_text(json.dumps(summary, indent=1) + "\n", Path(live_dir) / "seeds.json")
     return result
 
 
-def build_model(name: str, cfg: dict, dims: dict, n_classes: int, where: str | None = None):
+def build_model(name: str, cfg: dict, dims: dict, n_classes: int, where: str | None = None,
+                task: str = "classification"):
     """``get_model`` with a model's settings errors (unknown key, bad value, missing teacher) as one line naming
-    ``where`` the settings come from (default: ``params.yaml model_params.<name>``)."""
+    ``where`` the settings come from (default: ``params.yaml model_params.<name>``).
+
+    ``task: regression``: ``n_classes`` is the number of targets (the model's last linear layer is the regression
+    head); models whose auxiliary losses use the labels take ``task`` and switch those losses to the targets."""
     where = where or f"params.yaml model_params.{name}"
     if name not in list_models():
         raise UserError(f"{where}: unknown model {name!r}; registered: {list_models()}")
     sig = inspect.signature(model_class(name)).parameters
+    if "task" in cfg:
+        raise UserError(f"{where}: task is not a model setting: it follows the prepared table (prepare.targets / "
+                        "prepare.target)")
     if not any(p.kind is p.VAR_KEYWORD for p in sig.values()):
-        known = sorted(set(sig) - {"input_dims", "n_classes"})
+        known = sorted(set(sig) - {"input_dims", "n_classes", "task"})
         unknown = sorted(set(cfg) - set(known))
         if unknown:
             raise UserError(f"{where}: unknown setting(s) {unknown}; {name} takes {known}")
+    if "task" in sig:
+        cfg = {**cfg, "task": task}
+    elif task != "classification" and hasattr(model_class(name), "aux_loss"):
+        raise UserError(f"{where}: model {name!r} has label-dependent auxiliary losses but no regression variant")
     try:
         return get_model(name, input_dims=dims, n_classes=n_classes, **cfg)
     except UserError:
@@ -130,12 +145,16 @@ def build_model(name: str, cfg: dict, dims: dict, n_classes: int, where: str | N
         raise UserError(f"{where}: {e}") from e
 
 
-def save_checkpoint(out, name, cfg, dims, mods, norm, runs, best, labels, text_encoder=None) -> None:
-    """Plain tensors and values only (``pipeline.checkpoint``): evaluate reads it with ``weights_only=True``."""
+def save_checkpoint(out, name, cfg, dims, mods, norm, runs, best, labels, text_encoder=None, targets=None) -> None:
+    """Plain tensors and values only (``pipeline.checkpoint``): evaluate reads it with ``weights_only=True``.
+
+    ``dev_weighted_f1`` (classification) or ``dev_pearson_r`` (regression; ``targets`` names them): the dev score."""
+    score = "pearson_r" if targets else "weighted_f1"
     save_plain({"model": name, "cfg": cfg, "input_dims": dims, "modalities": mods, "norm": norm.state(),
-                "text_encoder": text_encoder, "labels": labels, "seed": best["seed"], "state_dict": best["state_dict"],
-                "epoch": best["epoch"], "dev_weighted_f1": best["dev_weighted_f1"],
-                "runs": [{k: r[k] for k in ("seed", "state_dict", "epoch", "dev_weighted_f1")} for r in runs]},
+                "text_encoder": text_encoder, "labels": labels, "targets": list(targets or []), "seed": best["seed"],
+                "state_dict": best["state_dict"], "epoch": best["epoch"], f"dev_{score}": best["dev_score"],
+                "runs": [{"seed": r["seed"], "state_dict": r["state_dict"], "epoch": r["epoch"],
+                          f"dev_{score}": r["dev_score"]} for r in runs]},
                out)
 
 
@@ -152,9 +171,9 @@ def main() -> None:
     if dist.is_initialized():
         dist.barrier()  # rank 0's files are written before any rank exits
         dist.destroy_process_group()
-    log.info("selected seed %d: dev weighted F1 %.4f at epoch %d (mean over seeds %.4f ± %.4f)", result["seed"],
-             result["best_dev_weighted_f1"], result["best_epoch"], result["dev_weighted_f1_mean"],
-             result["dev_weighted_f1_std"])
+    log.info("selected seed %d: dev %s %.4f at epoch %d (mean over seeds %.4f ± %.4f)", result["seed"],
+             result["score_name"], result["best_dev_score"], result["best_epoch"], result["dev_score_mean"],
+             result["dev_score_std"])
 
 
 if __name__ == "__main__":

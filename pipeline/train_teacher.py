@@ -33,7 +33,7 @@ from pipeline.dataset import Standardizer, dialogues, load_corpus, train_warning
 from pipeline.engine import (Engine, EngineConfig, check_engine_params, class_weights, parse_modalities, predict,
                              resolve_device, seed_everything)
 from pipeline.errors import UserError, run_main
-from pipeline.metrics import classification_metrics
+from pipeline.metrics import REG_SCALARS, classification_metrics, regression_metrics
 from pipeline.schema import label_names
 
 log = logging.getLogger("merc.train_teacher")
@@ -53,17 +53,19 @@ def train_teacher(tcfg: dict, utterances: str, out: str, metrics: str, feature_d
     train_d, dev_d = dialogues(corpus, "train", norm), dialogues(corpus, "dev", norm)
     if not train_d or not dev_d:
         raise UserError("train_teacher needs labelled train and dev dialogues: check the prepare stage's output")
-    labels = label_names(corpus.utterances.schema)
+    labels, targets = label_names(corpus.utterances.schema), corpus.targets
     train_warnings(corpus, labels)
-    weight = class_weights(np.concatenate([d["label"] for d in train_d]), len(labels))
+    # regression: the teacher regresses the targets (its "classifier" is a K-output linear head)
+    weight = None if targets else class_weights(np.concatenate([d["label"] for d in train_d]), len(labels))
     seed_everything(seed)
-    model = get_model("summer_teacher", input_dims=corpus.dims, n_classes=len(labels), modality=m, **arch)
+    model = get_model("summer_teacher", input_dims=corpus.dims, n_classes=len(targets or labels), modality=m,
+                      **arch)
     device = resolve_device()
     log.info("teacher (%s) with %s params on %s", m, f"{sum(p.numel() for p in model.parameters()):,}", device)
-    res = Engine(model, EngineConfig.from_params(tcfg), device, weight, labels).fit(train_d, dev_d, seed=seed,
-                                                                                    desc=f"teacher {m}")
+    res = Engine(model, EngineConfig.from_params(tcfg), device, weight, labels, targets).fit(
+        train_d, dev_d, seed=seed, desc=f"teacher {m}")
     save_teacher(out, m, {k: arch.get(k, v) for k, v in teacher_defaults().items()}, corpus.dims, labels, norm,
-                 res, seed)
+                 res, seed, targets)
     best = res["history"][res["epoch"]]["dev"]
     summary = {"modality": m, "epoch": res["epoch"], "epochs_run": res["epochs_run"],
                **{f"dev_{k}": v for k, v in best.items()}}
@@ -71,14 +73,19 @@ def train_teacher(tcfg: dict, utterances: str, out: str, metrics: str, feature_d
     if test_d:  # the selected (best-on-dev) weights on test: the teacher's own row of Tables 1-2
         model.load_state_dict(res["state_dict"])
         pred, y, _, _ = predict(model, test_d, int(tcfg.get("batch_size", 8)), device)
-        tm = classification_metrics(y, pred, labels)
-        summary.update({f"test_{k}": tm[k] for k in ("accuracy", "weighted_f1", "macro_f1")}, test_n=tm["n"],
+        if targets:
+            tm = regression_metrics(y, pred, targets)
+            summary.update({f"test_{k}": tm[k] for k in REG_SCALARS}, test_n=tm["n"])
+        else:
+            tm = classification_metrics(y, pred, labels)
+            summary.update({f"test_{k}": tm[k] for k in ("accuracy", "weighted_f1", "macro_f1")}, test_n=tm["n"],
                        test_per_class_f1={c: v["f1"] for c, v in tm["per_class"].items()})
     else:
         log.warning("teacher: no labelled test dialogues, so no test scores are written")
     atomic_write_text(json.dumps(summary, indent=1) + "\n", metrics)
-    log.info("teacher %s: best dev weighted F1 %.4f at epoch %d; test weighted F1 %s", m, res["dev_weighted_f1"],
-             res["epoch"], f"{summary['test_weighted_f1']:.4f}" if "test_weighted_f1" in summary else "n/a")
+    score = res["score_name"]
+    log.info("teacher %s: best dev %s %.4f at epoch %d; test %s", m, score, res["dev_score"], res["epoch"],
+             f"{summary['test_' + score]:.4f}" if "test_" + score in summary else "n/a")
     return summary
 
 
@@ -89,12 +96,13 @@ def teacher_defaults() -> dict:
 
 
 def save_teacher(out, modality: str, arch: dict, dims: dict, labels: list[str], norm: Standardizer, res: dict,
-                 seed: int = 0) -> None:
+                 seed: int = 0, targets: list[str] | None = None) -> None:
     """The teacher checkpoint ``models.summer.Summer`` loads: modality, full architecture, widths, best weights
     (plain tensors and values: it is read with ``weights_only=True``)."""
     save_checkpoint({"model": "summer_teacher", "modality": modality, "arch": arch, "input_dims": dims,
                        "labels": labels, "norm": norm.state(), "state_dict": res["state_dict"], "epoch": res["epoch"],
-                       "dev_weighted_f1": res["dev_weighted_f1"], "seed": seed}, out)
+                       "dev_weighted_f1": res.get("dev_weighted_f1", res.get("dev_score")), "seed": seed,
+                       "targets": list(targets or [])}, out)
 
 
 def main() -> None:

@@ -13,12 +13,17 @@ from pipeline.schema import EMOTIONS, UTTERANCE_SCHEMA, feature_matrix, feature_
 def test_utterance_schema_round_trip(tmp_path):
     rows = [dict(dialogue_id="train_dia0", utterance_id=0, speaker="A", text="hi", label="joy", label_id=4,
                  split="train", media_path="rec.avi", start_s=1.5, end_s=2.25, audio_path=None,
-                 annot_duration_s=0.75, media_duration_s=None, status="ok", error=None, source="test")]
+                 annot_duration_s=0.75, media_duration_s=None, status="ok", error=None, source="test",
+                 targets=None)]
     t = pa.Table.from_pylist(rows, schema=UTTERANCE_SCHEMA)
     atomic_write_table(t.replace_schema_metadata({"labels": json.dumps(["neg", "pos"])}), tmp_path / "u.parquet")
     back = read_utterances(tmp_path / "u.parquet")
     assert back.schema.equals(UTTERANCE_SCHEMA)
     assert back.to_pylist() == rows
+    # a table written before regression targets existed reads back with a null targets column
+    old = t.drop(["targets"]).replace_schema_metadata({"labels": json.dumps(["neg", "pos"])})
+    atomic_write_table(old, tmp_path / "old.parquet")
+    assert read_utterances(tmp_path / "old.parquet").to_pylist() == rows
     assert label_names(back.schema) == ["neg", "pos"]  # the label set survives validation
     assert label_names(t.schema) == EMOTIONS  # tables without one are MELD's
     assert not list(tmp_path.glob(".*tmp"))  # no temp file left behind

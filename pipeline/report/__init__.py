@@ -200,6 +200,17 @@ def corpus_section(corpus: Corpus, groups: list[Group], params: dict, out_dir: P
                    analyses: bool = True) -> dict[str, str]:
     """Markdown pieces of one corpus (and its figures under ``out_dir/<slug>/``)."""
     d = out_dir / corpus.slug
+    if corpus.regression:  # no classes: one comparison table; the classification tables say why they are empty
+        table = tables.regression_comparison(corpus, groups, params)
+        none = "regression corpus: see the model comparison (Pearson r, CCC, MAE per target).\n"
+        md = {"model_comparison": table, "text_only": none, "modalities": tables.regression_comparison(
+            corpus, [g for g in groups if g.modalities != "tav"], params) if len(groups) > 1 else none,
+            "ablations": none, "per_class_f1": none,
+            "papers": ("Ada2I Table 4 (CMU-MOSEI) columns are in the model comparison.\n"
+                       if list(corpus.targets) == ["sentiment"] else
+                       "DialogueTRM Table 2 (AVEC: Pearson r per target) = the model comparison's r columns.\n")}
+        atomic_write_text(f"# {corpus.name}: the papers' tables\n\n{md['papers']}", d / "papers.md")
+        return md
     classes = corpus_classes(corpus, groups)
     md = {"model_comparison": tables.model_comparison(groups, params),
           "modalities": tables.modalities(groups, params),

@@ -45,10 +45,15 @@ class Corpus:
     target: str
     labels: tuple[str, ...]
     source: str = ""
+    targets: tuple[str, ...] = ()  # regression target names (issue #20); empty: classification
+
+    @property
+    def regression(self) -> bool:
+        return bool(self.targets)
 
     @property
     def key(self) -> str:
-        return f"{self.adapter}:{self.source}:{self.target}:{','.join(self.labels)}"
+        return f"{self.adapter}:{self.source}:{self.target}:{','.join(self.labels)}:{','.join(self.targets)}"
 
     @property
     def family(self) -> str:
@@ -62,21 +67,23 @@ class Corpus:
         base = {"meld": "MELD", "iemocap": "IEMOCAP", "demo": "demo (MELD layout)", "mosei": "CMU-MOSEI",
                 "features": f"{self.source or 'features'} (feature pickle)"}.get(self.adapter)
         base = base or f"{self.source or 'manifest'} (manifest)"
+        if self.targets:
+            return f"{base} — {self.target}, regression on {', '.join(self.targets)}"
         n = len(self.labels)
         return f"{base} — {self.target}, {n if n else '?'} classes" + (f" ({', '.join(self.labels)})" if n else "")
 
     @property
     def slug(self) -> str:
-        s = f"{self.adapter}{'_' + self.source if self.source else ''}_{self.target}_{len(self.labels)}"
+        s = f"{self.adapter}{'_' + self.source if self.source else ''}_{self.target}_" + \
+            (f"{len(self.labels)}" if not self.targets else "r" + str(len(self.targets)))
         return "".join(c if c.isalnum() or c in "_-" else "_" for c in s)
 
 
 def corpus_from_info(info: dict) -> Corpus:
     """From the ``corpus`` block ``evaluate`` writes into metrics.json (the utterance table's provenance)."""
-    labels = info.get("labels") or ""
-    labels = tuple(labels.split(",")) if isinstance(labels, str) else tuple(labels)
-    return Corpus(str(info.get("adapter")), str(info.get("target") or "emotion"), tuple(x for x in labels if x),
-                  str(info.get("source") or ""))
+    split = lambda v: tuple(x for x in (v.split(",") if isinstance(v, str) else (v or ())) if x)  # noqa: E731
+    return Corpus(str(info.get("adapter")), str(info.get("target") or "emotion"), split(info.get("labels") or ""),
+                  str(info.get("source") or ""), split(info.get("targets") or ""))
 
 
 def corpus_from_params(params: dict) -> Corpus:
@@ -224,7 +231,8 @@ class Group:
     def selected(self) -> Run:
         """The run whose files (predictions, t-SNE, checkpoint) stand for the group: the best test-free choice,
         i.e. the highest dev weighted F1 (selection on dev, never on test)."""
-        return max(self.runs, key=lambda r: (r.metrics.get("dev_weighted_f1") or -1, r.name))
+        return max(self.runs, key=lambda r: (r.metrics.get("dev_weighted_f1") or r.metrics.get("dev_pearson_r") or -1,
+                                             r.name))
 
     def name(self) -> str:
         return ", ".join(sorted({r.name for r in self.runs}))

@@ -97,6 +97,28 @@ def model_comparison(groups: list[Group], params: dict) -> str:
                      "config vs this corpus's reference", "experiments"], rows)
 
 
+def regression_comparison(corpus: Corpus, groups: list[Group], params: dict) -> str:
+    """A regression corpus (issue #20): mean Pearson r, CCC, MAE over the targets and r per target; for CMU-MOSEI's
+    sentiment score also Ada2I Table 4's columns (acc2 both readings, F1, acc7, MAE, Corr)."""
+    rows, per = [], list(corpus.targets)
+    mosei = per == ["sentiment"]
+    for g in sorted(groups, key=lambda g: (g.model, -np.nan_to_num(np.mean(g.values("pearson_r"))
+                                                                   if g.values("pearson_r").size else 0))):
+        ref = reference(groups, params, g.model)
+        seeds = list(g.by_seed().values())
+        per_r = [fmt(np.asarray([m["per_target"][t]["pearson_r"] for m in seeds
+                                 if isinstance((m.get("per_target") or {}).get(t), dict)]), digits=3) for t in per]
+        extra = [pct(g.values(k)) for k in ("acc2_has0", "f1_has0", "acc2_non0", "f1_non0", "acc7")] + \
+            [fmt(g.values("corr"), digits=3)] if mosei else []
+        rows.append([g.label(), g.modalities, fmt(g.values("pearson_r"), digits=3), fmt(g.values("ccc"), digits=3),
+                     fmt(g.values("mae"), digits=3), *per_r, *extra, len(g.values("pearson_r")),
+                     describe(diff(g.config, ref.config, ("prepare.",))) if ref is not g else "reference", g.name()])
+    head = ["model", "modalities", "mean r", "mean CCC", "mean MAE", *[f"r {t}" for t in per]]
+    if mosei:
+        head += ["Acc-2 (has-0)", "F1 (has-0)", "Acc-2 (non-0)", "F1 (non-0)", "Acc-7", "Corr"]
+    return md_table(head + ["seeds", "config vs this corpus's reference", "experiments"], rows)
+
+
 def ablations(groups: list[Group], params: dict) -> str:
     out = []
     for model in sorted({g.model for g in groups}):
