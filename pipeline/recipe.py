@@ -82,7 +82,8 @@ class Recipe:
         ``recipe: <name>[-offline|-demo]``."""
         out = {**self.set, **(self.offline if offline or demo else {})}
         if demo:
-            out.update(DEMO)
+            keep = str(self.offline.get("prepare.root", "")).startswith("data/demo/")  # a demo-derived corpus
+            out.update({k: v for k, v in DEMO.items() if not (keep and k.startswith("prepare."))})
             if out.get("model") == "summer":
                 out["model_params.summer.teacher.epochs"] = DEMO["train.epochs"]
         out["recipe"] = self.exp_name(offline, demo)
@@ -94,6 +95,8 @@ class Recipe:
 
 # ``--demo``: the offline variant on the embedded demo corpus, two epochs, one seed — a smoke run of the
 # recipe's whole path (its features, model at the offline size, engine options) in minutes, not a result.
+# An offline block whose ``prepare.root`` is a file under data/demo/ (e.g. the demo as a regression manifest)
+# keeps its own corpus.
 DEMO = {"prepare.dataset": "demo", "prepare.root": "data/demo", "train.epochs": 2, "train.seeds": [0]}
 
 
