@@ -207,3 +207,20 @@ def test_report_has_a_regression_section(tmp_path):
     assert "CMU-MOSEI — sentiment, regression on sentiment" in table
     assert "0.600 ± 0.141" in table  # mean r over the two seeds ± sample std
     assert "Acc-2 (non-0)" in table and "75.00 ± 0.00" in table
+
+
+def test_demo_regression_manifest_is_current():
+    """data/demo/regression.csv is what data/demo/regression_manifest.py writes (the committed demo clips,
+    one row per utterance, targets from its fixed per-emotion table)."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "data" / "demo" / "regression_manifest.py"
+    spec = importlib.util.spec_from_file_location("regression_manifest", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    text = mod.build()
+    assert mod.OUT.read_text(encoding="utf-8") == text
+    rows = text.splitlines()
+    assert len(rows) == 1 + 59 and rows[0].endswith("valence,arousal")
+    assert rows[2].endswith(f"{mod.VA['joy'][0]},{mod.VA['joy'][1]}")  # train dia0 utt1 is joy (demo CSV)
