@@ -32,14 +32,17 @@ class TextExtractor(FeatureExtractor):
 
     Pooling is over the target utterance's own tokens (segment 0: ``mean``) or the first token (``cls``);
     ``layers`` = k averages the last k hidden layers. Pairs are truncated in the context only, so the
-    target is never cut for context.
+    target is never cut for context. ``store_tokens``: also store the target utterance's token states (same
+    layers, its own tokens only) as the list column ``frames`` — the text token sequence of LPGNet(Frame) §4.4
+    (``model_params.lpgnet.sequences: {t: frames, a: frames}``).
     """
 
     extra_fields = [pa.field("n_tokens", pa.int32())]
 
     def __init__(self, model: str, pooling: str = "mean", max_length: int = 128, batch_size: int = 32,
                  layers: int = 1, context: str = "utterance", window: int = 8, budget: int = 256,
-                 future: bool = False, index: DialogueIndex | None = None, device: str | None = None):
+                 future: bool = False, index: DialogueIndex | None = None, device: str | None = None,
+                 store_tokens: bool = False):
         if pooling not in ("mean", "cls"):
             raise UserError(f"params.yaml text.pooling must be mean or cls, got {pooling!r}")
         if context != "utterance" and index is None:
@@ -50,6 +53,9 @@ class TextExtractor(FeatureExtractor):
         self.dim = int(self.model.config.hidden_size)
         self.pooling, self.max_length, self.batch_size, self.layers = pooling, max_length, batch_size, layers
         self.context, self.window, self.budget, self.future, self.index = context, window, budget, future, index
+        self.store_tokens = bool(store_tokens)
+        if self.store_tokens:  # per instance: the class attribute is shared by every extractor
+            self.extra_fields = [*type(self).extra_fields, pa.field("frames", pa.list_(pa.list_(pa.float32(), self.dim)))]
 
     def pair(self, row: dict) -> tuple[str, str | None]:
         if self.context == "utterance":
@@ -59,9 +65,11 @@ class TextExtractor(FeatureExtractor):
 
     @torch.inference_mode()
     def encode(self, pairs: list[tuple[str, str | None]]) -> tuple[np.ndarray, np.ndarray]:
-        """Vectors and token counts, batched by length (pairs and single texts in separate batches)."""
+        """Vectors and token counts, batched by length (pairs and single texts in separate batches); with
+        ``store_tokens`` each pair's token states land in ``self.last_tokens`` (in ``pairs`` order)."""
         out = np.zeros((len(pairs), self.dim), dtype=np.float32)
         n_tok = np.zeros(len(pairs), dtype=np.int32)
+        self.last_tokens = [None] * len(pairs)
         size = lambda i: len(pairs[i][0]) + len(pairs[i][1] or "")  # noqa: E731
         order = sorted(range(len(pairs)), key=lambda i: (pairs[i][1] is not None, size(i)))
         batches = [order[s : s + self.batch_size] for s in range(0, len(order), self.batch_size)]
@@ -70,9 +78,12 @@ class TextExtractor(FeatureExtractor):
         for idx in (b for b in batches if b):
             enc, target = tokenize_pairs(self.tok, [pairs[i] for i in idx], self.max_length)
             enc = enc.to(self.device)
+            toks = [] if self.store_tokens else None
             with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device == "cuda"):
-                vec = encode_batch(self.model, enc, target, self.pooling, self.layers)
+                vec = encode_batch(self.model, enc, target, self.pooling, self.layers, tokens=toks)
             out[idx] = vec.float().cpu().numpy()
+            for i, t in zip(idx, toks or []):
+                self.last_tokens[i] = t.float().cpu().numpy()
             n_tok[idx] = enc["attention_mask"].sum(1).cpu().numpy()
         return out, n_tok
 
@@ -85,6 +96,14 @@ class TextExtractor(FeatureExtractor):
                 err = nonfinite_error(self.name, vecs[j])  # e.g. fp16 overflow in a fine-tuned encoder
                 records[i] = dict(status="error" if err else "ok", error=err, feature=None if err else vecs[j],
                                   n_tokens=int(n_tok[j]))
+                if self.store_tokens:
+                    tok = self.last_tokens[j]
+                    bad = err or nonfinite_error(self.name + " tokens", tok)
+                    records[i].update(status="error" if bad else "ok", error=bad,
+                                      feature=None if bad else vecs[j], frames=None if bad else list(tok))
+        if self.store_tokens:
+            for r in records:
+                r.setdefault("frames", None)
         return records
 
 
@@ -115,7 +134,8 @@ def main() -> None:
     model, config = encoder_and_config(p)
     # a factory, not an instance: under runtime ray each actor loads the encoder itself
     ex = functools.partial(TextExtractor, model, p["pooling"], p["max_length"], p["batch_size"], p["layers"],
-                           p["context"], p["window"], p["budget"], p["future"], index)
+                           p["context"], p["window"], p["budget"], p["future"], index,
+                           store_tokens=bool(p.get("store_tokens", False)))
     ex, config = imported_or(args.utterances, "t", ex, config)  # a feature pickle's vectors, when imported
     run_sharded(ex, args.utterances, args.out, config=config, shard_size=p["shard_size"],
                 runtime=stage_runtime("text"), stage="extract_text")

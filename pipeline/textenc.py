@@ -47,10 +47,17 @@ def tokenize_pairs(tok, pairs: list[tuple[str, str | None]], max_length: int):
     return enc, target
 
 
-def encode_batch(model, enc, target: torch.Tensor, pooling: str = "mean", layers: int = 1) -> torch.Tensor:
-    """Pooled vectors ``[B, hidden]``: CLS, or the mean over target tokens of the last ``layers`` layers."""
+def encode_batch(model, enc, target: torch.Tensor, pooling: str = "mean", layers: int = 1,
+                 tokens: list | None = None) -> torch.Tensor:
+    """Pooled vectors ``[B, hidden]``: CLS, or the mean over target tokens of the last ``layers`` layers.
+
+    ``tokens``: a list that receives, per row, the target utterance's token states ``[n_i, hidden]`` (the same
+    layers; its own tokens only, special and context tokens excluded) — LPGNet(Frame)'s text token sequence."""
     res = model(**enc, output_hidden_states=layers > 1)
     hidden = torch.stack(res.hidden_states[-layers:]).mean(0) if layers > 1 else res.last_hidden_state
+    if tokens is not None:
+        keep = target.to(hidden.device)
+        tokens.extend(hidden[j][keep[j]] for j in range(hidden.shape[0]))
     if pooling == "cls":
         return hidden[:, 0]
     m = target.to(hidden.device).unsqueeze(-1).to(hidden.dtype)

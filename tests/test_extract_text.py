@@ -111,3 +111,33 @@ def test_frozen_shards_ignore_finetune_knobs(tmp_path):
     save_file({"w": torch.ones(2)}, str(tmp_path / "model.safetensors"))
     _, c4 = encoder_and_config(on)
     assert m3 == str(tmp_path) and c3 != c1 and c3["weights_digest"] != c4["weights_digest"]
+
+
+def test_store_tokens_gives_the_target_token_states(tmp_path):
+    """``store_tokens``: each row's ``frames`` are its own tokens' states; with mean pooling their mean is the
+    utterance vector (also with dialogue context: context tokens are not the utterance's), the count is the
+    target's word pieces, and the shard round-trips them for LPGNet(Frame)."""
+    import pyarrow.parquet as pq
+
+    from pipeline.dataset import read_sequences
+    from pipeline.text_context import DialogueIndex
+
+    texts = ["a short one", "", "a considerably longer sentence than the first", "mid length"]
+    t = pa.Table.from_pylist(rows(texts), schema=UTTERANCE_SCHEMA)
+    pq.write_table(t, tmp_path / "u.parquet")
+    index = DialogueIndex.from_table(t)
+    for context in ("utterance", "speaker"):
+        ex = TextExtractor(tiny_encoder(tmp_path, "bert"), batch_size=2, context=context, index=index,
+                           store_tokens=True)
+        recs = ex.process(rows(texts))
+        assert recs[1]["frames"] is None and recs[1]["status"] == "error"
+        for i in (0, 2, 3):
+            frames = np.stack(recs[i]["frames"])
+            target = ex.pair(rows(texts)[i])[0]  # speaker context writes the target as "A: text"
+            assert frames.shape == (len(ex.tok.tokenize(target)), 32)
+            np.testing.assert_allclose(frames.mean(0), recs[i]["feature"], rtol=1e-4, atol=1e-5)
+    out = run_sharded(ex, tmp_path / "u.parquet", tmp_path / "text", config={}, shard_size=3)
+    seqs = read_sequences(read_features(out), "frames")
+    assert [len(s) for s in seqs] == [len(np.stack(r["frames"])) if r["frames"] else 0 for r in recs]
+    np.testing.assert_allclose(seqs[2], np.stack(recs[2]["frames"]), rtol=1e-6)
+    assert TextExtractor.extra_fields == [pa.field("n_tokens", pa.int32())]  # the class attribute is untouched
