@@ -19,8 +19,10 @@ from pipeline.errors import MissingFileError, UserError, run_main
 
 MODALITY_NAMES = {"t": "text", "a": "audio", "v": "visual"}
 SUMMARY = (("accuracy", "accuracy"), ("weighted_f1", "weighted F1"), ("macro_f1", "macro F1"))
+REG_SUMMARY = (("pearson_r", "mean Pearson r"), ("ccc", "mean CCC"), ("mae", "mean MAE"))  # regression runs
 # what the evaluate stage writes, as the summary lists it: one line per tuple
 FILES = ((("confusion matrix", "confusion.png"), ("row-normalised", "confusion_normalized.png")),
+         (("predicted vs true", "scatter.png"),),
          (("curves", "curves.png"), ("per utterance", "predictions.csv"), ("all numbers", "metrics.json")))
 
 
@@ -60,8 +62,11 @@ def summarize(reports: str | Path = "reports", params_file: str | Path = "params
     try:
         m = json.loads(path.read_text())
         n_seeds = len(m.get("seeds") or {}) or 1
+        regression = m.get("task") == "regression"
         scores = " · ".join(f"{label} {m[k]:.4f}" + (f" ± {m.get(k + '_std', 0.0):.4f}" if n_seeds > 1 else "")
-                            for k, label in SUMMARY)
+                            for k, label in (REG_SUMMARY if regression else SUMMARY))
+        if regression:
+            scores += f" (targets: {', '.join(m.get('targets') or [])})"
     except (ValueError, KeyError, TypeError) as e:
         raise UserError(f"{path} is not an evaluate-stage metrics file ({type(e).__name__}: {e}): re-run "
                         "`dvc repro evaluate`") from e
@@ -73,10 +78,14 @@ def summarize(reports: str | Path = "reports", params_file: str | Path = "params
         f"{f'mean ± std over {n_seeds} seeds' if n_seeds > 1 else '1 seed'}): {scores}",
     ]
     if "selected_seed" in m:
+        dev = ("mean Pearson r", m.get("dev_pearson_r", float("nan"))) if regression else \
+            ("weighted F1", m.get("dev_weighted_f1", float("nan")))
         lines.append(f"selected on dev: seed {m['selected_seed']}, epoch {m.get('selected_epoch', '?')} "
-                     f"(dev weighted F1 {m.get('dev_weighted_f1', float('nan')):.4f})")
+                     f"(dev {dev[0]} {dev[1]:.4f})")
     lines.append(f"items: {_items(m)}")
-    for group in FILES:
+    for k, group in enumerate(FILES):
+        if k == (0 if regression else 1):  # the other task's figure is a one-line placeholder
+            continue
         there = [f"{what}: {reports / name}" for what, name in group if (reports / name).exists()]
         if there:
             lines.append(" · ".join(there))

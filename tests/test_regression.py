@@ -165,6 +165,12 @@ def test_train_and_evaluate_a_regression_table(tmp_path):
         assert "regression run" in im.text["merc:message"]
     tsne = pd.read_csv(tmp_path / "reports" / "plots" / "tsne.csv")
     assert set(tsne.label) <= {"valence low", "valence mid", "valence high"}
+    from pipeline.summary import summarize
+
+    text = summarize(tmp_path / "reports")
+    assert f"mean Pearson r {m['pearson_r']:.4f} ± {m['pearson_r_std']:.4f}" in text
+    assert "targets: valence, arousal" in text and "dev mean Pearson r" in text
+    assert "scatter.png" in text and "confusion.png" not in text
 
 
 def test_ccc_loss_trains_and_classification_checkpoint_mismatch(tmp_path):
