@@ -5,14 +5,17 @@ Adapters (``pipeline/adapters``), chosen by ``prepare.dataset``:
     known MELD.Raw defects become row statuses; split sizes are checked against the official ones.
   * ``demo``: the embedded demo corpus in ``data/demo``, laid out exactly like MELD.Raw and read by the MELD
     adapter (without the official-size check); it lets the whole pipeline run offline from a fresh clone.
-  * ``iemocap``: ``IEMOCAP_full_release`` (Sessions 1-5), 6- or 4-class protocol, Session 5 as test.
-  * ``mosei``: CMU-MOSEI's raw release (segment transcripts, videos, label.csv or the SDK's .csd + folds).
-  * ``manifest``: a CSV/Parquet listing any corpus's utterances (see the README).
+  * ``iemocap``: ``IEMOCAP_full_release`` (Sessions 1-5), 6- or 4-class protocol, Session 5 as test;
+    ``prepare.target: dimensional``: regression on the annotators' mean valence, arousal, dominance.
+  * ``mosei``: CMU-MOSEI's raw release (segment transcripts, videos, label.csv or the SDK's .csd + folds);
+    2- or 7-class sentiment, or ``prepare.target: sentiment``: regression on the score in [-3, 3].
+  * ``manifest``: a CSV/Parquet listing any corpus's utterances (see the README); ``prepare.targets`` names
+    numeric columns to regress on instead of classes.
   * ``features``: a pre-extracted feature pickle (DialogueRNN/MMGCN or Ada2I layout, read by a restricted
     unpickler); the extract stages then serve its vectors (``pipeline.imported``).
 
-The table's schema metadata records the label set (``labels``) and provenance (adapter, root, params,
-counts). Run: ``python -m pipeline.prepare`` (reads ``prepare`` from params.yaml).
+The table's schema metadata records the label set (``labels``; empty for a regression corpus), the regression
+target names (``targets``, absent for classification) and provenance (adapter, root, params, counts). Run: ``python -m pipeline.prepare`` (reads ``prepare`` from params.yaml).
 """
 from __future__ import annotations
 
@@ -37,7 +40,8 @@ ADAPTERS = {"meld": meld.load, "demo": meld.load, "iemocap": iemocap.load, "mani
             "features": features.load, "mosei": mosei.load}
 # Every ``prepare`` parameter and its default; params.yaml may leave out any but dataset and root.
 DEFAULTS = dict(
-    target="emotion",       # meld/demo: emotion | sentiment; mosei: sentiment2 | sentiment7
+    target="emotion",       # meld/demo: emotion | sentiment; iemocap: emotion | dimensional (regression on
+                            # valence, arousal, dominance); mosei: sentiment2 | sentiment7 | sentiment (regression)
     check_counts="warn",    # meld: warn | strict | off
     max_excess_s=10.0,      # meld: clip longer than its CSV span by more than this → long_media
     max_clip_s=60.0,        # meld: clip longer than this → long_media (whatever the CSV says)
@@ -46,6 +50,7 @@ DEFAULTS = dict(
     dev_fraction=0.2,       # iemocap: share of training dialogues held out as dev
     seed=0,                 # iemocap: seed of that draw
     labels=None,            # manifest: the label set (None: sorted unique labels); features: class names in index order
+    targets=None,           # manifest: regression target columns, e.g. [valence, arousal] (None: classification)
     features_format="auto",  # features: auto | dialoguernn | ada2i (pipeline/adapters/features.py)
     features_label_key=None,  # features: which label set of a pickle that has several (Ada2I's MOSEI: 2class | 7class)
 )
@@ -60,6 +65,7 @@ def prepare(dataset: str, root: str | Path, out: str | Path, params: dict | None
         raise UserError(f"unknown prepare params {sorted(unknown)} in params.yaml; known: {sorted(DEFAULTS)}")
     p = {**DEFAULTS, **{k: v for k, v in (params or {}).items() if k not in ("dataset", "root")}}
     check_labels(p["labels"])
+    check_target_columns(p["targets"], dataset, p["labels"])
     _probe.cache_clear()  # the probe cache lives for one run: files may change between runs in one process
     try:
         res = ADAPTERS[dataset](root, p, dataset)
@@ -136,6 +142,29 @@ def check_labels(labels) -> None:
     dup = sorted({x for x in labels if labels.count(x) > 1})
     if dup:
         raise UserError(f"params.yaml prepare.labels lists {dup} more than once: each label once, in label order")
+
+
+def check_target_columns(targets, dataset: str, labels) -> None:
+    """``prepare.targets``: null, or (manifest only) a list of distinct non-empty column names, without
+    ``prepare.labels`` (a regression corpus has no classes); anything else is a one-line ``UserError``."""
+    if targets is None:
+        return
+    if not isinstance(targets, list) or not targets:
+        raise UserError(f"params.yaml prepare.targets must be null or a non-empty list of manifest column names "
+                        f"(e.g. [valence, arousal]), got {targets!r}")
+    odd = [x for x in targets if not isinstance(x, str) or not x.strip()]
+    if odd:
+        raise UserError(f"params.yaml prepare.targets must hold column names as strings; {odd} are not (quote them "
+                        "in YAML)")
+    dup = sorted({x for x in targets if targets.count(x) > 1})
+    if dup:
+        raise UserError(f"params.yaml prepare.targets lists {dup} more than once: each target column once")
+    if dataset != "manifest":
+        raise UserError(f"params.yaml prepare.targets is for the manifest adapter, not {dataset!r}: set it to null "
+                        "(iemocap regresses with prepare.target: dimensional, mosei with prepare.target: sentiment)")
+    if labels is not None:
+        raise UserError(f"params.yaml sets both prepare.targets {targets} (regression) and prepare.labels {labels} "
+                        "(classes): set prepare.labels to null")
 
 
 def flag_bad_spans(df: pd.DataFrame) -> None:

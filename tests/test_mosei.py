@@ -76,7 +76,7 @@ def test_mosei_targets_and_errors(tmp_path):
     root = mosei_tree(tmp_path / "m")
     t = prepare("mosei", root, tmp_path / "u.parquet", {"target": "sentiment7"})
     assert {r["label"] for r in t.to_pylist()} == {"+3", "0", "-2", "-1"}  # 2.6→+3, -0.4→0, 0.33→0, …
-    with pytest.raises(MoseiError, match="sentiment2 or sentiment7"):
+    with pytest.raises(MoseiError, match="sentiment2, sentiment7 or sentiment"):
         prepare("mosei", root, tmp_path / "u.parquet", {"target": "emotion"})
     (root / "label.csv").unlink()
     with pytest.raises(MoseiError, match="neither label.csv"):

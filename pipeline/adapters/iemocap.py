@@ -6,8 +6,13 @@ Per dialogue: utterance ids, times and text from ``dialog/transcriptions/<dialog
 letter opening its last part, with the session: ``Ses01_F``; the F/M in ``Ses01F`` names who wore the
 markers, not who speaks); ``media_path`` is the dialogue's ``dialog/avi/DivX/<dialog>.avi`` with the
 utterance's ``start_s``/``end_s``, ``audio_path`` its ``sentences/wav/<dialog>/<utt>.wav``.
-Protocols: 6-class (hap sad neu ang exc fru) and 4-class (exc merged into hap); other labels are dropped
-and counted. Test = Session 5 (speaker-independent); dev = a seeded fraction of the *training dialogues*.
+Protocols (``prepare.target: emotion``, ``prepare.iemocap_classes``): 6-class (hap sad neu ang exc fru) and
+4-class (exc merged into hap); other labels are dropped and counted. ``prepare.target: dimensional``: regression
+on the bracketed ``[v, a, d]`` of each summary line (the annotators' mean valence, activation, dominance on
+IEMOCAP's 1-5 scale), targets ``valence, arousal, dominance``; every utterance is kept whatever its categorical
+code (xxx and oth included: every turn has dimensional ratings), ``label`` is null and ``iemocap_classes`` is not
+used. A triple that is not three finite numbers stops the run naming the file and line. Test = Session 5
+(speaker-independent); dev = a seeded fraction of the *training dialogues*, in both modes.
 """
 from __future__ import annotations
 
@@ -20,6 +25,7 @@ import numpy as np
 import pandas as pd
 
 from pipeline.adapters import Prepared, probe, rel_path
+from pipeline.errors import UserError
 
 log = logging.getLogger("merc.prepare.iemocap")
 
@@ -30,9 +36,26 @@ PROTOCOLS = {
     4: (["angry", "happy", "neutral", "sad"],
         {"ang": "angry", "hap": "happy", "exc": "happy", "neu": "neutral", "sad": "sad"}),
 }
+# dimensional targets in the order of EmoEvaluation's [V, A, D]; IEMOCAP calls arousal "activation"
+DIMENSIONS = ["valence", "arousal", "dominance"]
+TARGETS = ("emotion", "dimensional")
 TEST_SESSION = 5
 TRANSCRIPT = re.compile(r"(Ses\d+[FM]_\S+)\s+\[(\d+(?:\.\d*)?)-(\d+(?:\.\d*)?)\]:\s?(.*)")
 EVALUATION = re.compile(r"\[(\d+(?:\.\d*)?) - (\d+(?:\.\d*)?)\]\t(Ses\d+[FM]_\S+)\t(\w+)\t")
+TRIPLE = re.compile(r"\[([^\[\]]*)\]")  # what follows EVALUATION's match: "[2.5000, 2.5000, 2.5000]"
+
+
+def _dimensions(rest: str, ev_file: Path, lineno: int) -> list[float]:
+    """The ``[v, a, d]`` after a summary line's code, as three finite floats; else a ``UserError`` naming the line."""
+    m = TRIPLE.match(rest.strip())
+    try:
+        vals = [float(x) for x in m[1].split(",")] if m else []
+    except ValueError:
+        vals = []
+    if len(vals) != 3 or not np.isfinite(vals).all():
+        raise UserError(f"{ev_file} line {lineno}: expected [valence, activation, dominance] as three numbers after "
+                        f"the emotion code, got {rest.strip()!r}: fix the line (or use prepare.target: emotion)")
+    return vals
 
 
 def _transcripts(path: Path) -> dict[str, str]:
@@ -53,10 +76,16 @@ def _speaker(utt: str) -> str | None:
 
 def load(root: str | Path, params: dict, adapter: str = "iemocap") -> Prepared:
     root = Path(root)
+    target = params.get("target", "emotion")
+    if target not in TARGETS:
+        raise UserError(f"prepare.target={target!r} for iemocap: use emotion (categorical, prepare.iemocap_classes) "
+                        "or dimensional (regression on valence, arousal, dominance)")
+    dimensional = target == "dimensional"
     classes = int(params["iemocap_classes"])
-    if classes not in PROTOCOLS:
+    if classes not in PROTOCOLS and not dimensional:  # the class protocol plays no part in the dimensional mode
         raise ValueError(f"prepare.iemocap_classes={classes}; use 6 or 4")
-    labels, code_map = PROTOCOLS[classes]
+    labels, code_map = PROTOCOLS.get(classes, PROTOCOLS[6])
+    protocol = "target=dimensional" if dimensional else f"classes={classes}"
     sessions = sorted(root.glob("Session[0-9]*"))
     if not sessions:
         raise FileNotFoundError(f"no Session1..5 folders under {root}: set prepare.root to IEMOCAP_full_release")
@@ -74,12 +103,14 @@ def load(root: str | Path, params: dict, adapter: str = "iemocap") -> Prepared:
                 log.warning("%s: no transcription %s", dialog, tr_file)
             avi = Path(rel_path(session / "dialog" / "avi" / "DivX" / f"{dialog}.avi"))  # errors name it so
             source = f"adapter={adapter} file={rel_path(ev_file)}"
-            for line in ev_file.read_text(encoding="utf-8", errors="replace").splitlines():
+            lines = ev_file.read_text(encoding="utf-8", errors="replace").splitlines()
+            for lineno, line in enumerate(lines, 1):
                 m = EVALUATION.match(line)
                 if not m:
                     continue
                 start, end, utt, code = float(m[1]), float(m[2]), m[3], m[4]
-                if code not in code_map:
+                vad = _dimensions(line[m.end():], ev_file, lineno) if dimensional else None
+                if not dimensional and code not in code_map:
                     dropped[code] += 1
                     continue
                 status, error, dur = probe(avi, end) if params["probe_media"] else ("ok", None, None)
@@ -90,13 +121,15 @@ def load(root: str | Path, params: dict, adapter: str = "iemocap") -> Prepared:
                     counts["no_transcript"] += 1
                 rows.append(dict(
                     dialogue_id=dialog, utt=utt, speaker=_speaker(utt), text=text.get(utt, ""),
-                    label=code_map[code], session=int(session.name[7:]), media_path=str(avi),
+                    label=None if dimensional else code_map[code], targets=vad, session=int(session.name[7:]),
+                    media_path=str(avi),
                     start_s=start, end_s=end, audio_path=rel_path(wav) if wav.exists() else None,
                     annot_duration_s=end - start, media_duration_s=dur, status=status, error=error,
-                    source=f"{source} utt={utt} classes={classes}",
+                    source=f"{source} utt={utt} {protocol}" + (f" code={code}" if dimensional else ""),
                 ))
     if not rows:
-        raise ValueError(f"no utterances of the {classes}-class protocol under {root}")
+        raise ValueError(f"no utterances of the {'dimensional' if dimensional else f'{classes}-class'} protocol "
+                         f"under {root}")
     df = pd.DataFrame(rows).sort_values(["dialogue_id", "start_s", "utt"])
     df["utterance_id"] = df.groupby("dialogue_id").cumcount()  # position in the dialogue, by start time
     df["split"] = _splits(df, params["dev_fraction"], params["seed"])
@@ -104,8 +137,10 @@ def load(root: str | Path, params: dict, adapter: str = "iemocap") -> Prepared:
     counts.update({f"{s}_{k}": int(v) for s, g in df.groupby("split")
                    for k, v in [("utterances", len(g)), ("dialogues", g.dialogue_id.nunique())]})
     counts.update({f"status_{k}": int(v) for k, v in df.status.value_counts().items() if k != "ok"})
-    log.info("IEMOCAP %d-class: kept %d utterances, dropped %s; %s", classes, len(df), dict(dropped) or "-",
+    log.info("IEMOCAP %s: kept %d utterances, dropped %s; %s", protocol, len(df), dict(dropped) or "-",
              dict(counts))
+    if dimensional:
+        return Prepared(df.drop(columns=["utt", "session"]), [], dict(counts), targets=list(DIMENSIONS))
     return Prepared(df.drop(columns=["utt", "session"]), list(labels), dict(counts))
 
 

@@ -9,6 +9,13 @@ Relative paths are relative to the manifest's folder. The label set is ``prepare
 the sorted unique labels. Structural faults (missing columns, duplicate keys, unknown splits or labels; an
 empty, header-only or non-UTF-8 file) raise a one-line ``UserError`` naming the file or rows; bad media or
 times become row statuses.
+
+Regression (``prepare.targets``: a list of column names, e.g. ``[valence, arousal]``): those columns hold each
+row's targets as numbers, in that order, and the table has no classes (``label`` null, ``label_id`` -1; its
+``targets`` metadata names them). The ``label`` column is then optional and must be absent or empty. A row with
+every target cell empty is unlabelled (``targets`` null); a row with some empty and some filled, or a cell that is
+not a finite number (text, ``nan``, ``inf``), stops the run with one line naming the column and manifest lines.
+In a Parquet manifest a NaN in a float column counts as an empty cell, ±inf as a bad one.
 """
 from __future__ import annotations
 
@@ -60,12 +67,64 @@ def _rows(df: pd.DataFrame, mask: pd.Series, n: int = 5) -> list[int]:
     return [i + 2 for i in df.index[mask][:n]]
 
 
+def _number(v) -> float | None:
+    """A target cell as a float; None when it is not one finite number (text, nan, inf, a boolean)."""
+    if isinstance(v, (bool, np.bool_)):
+        return None
+    try:
+        x = float(v.strip()) if isinstance(v, str) else float(v)
+    except (TypeError, ValueError):
+        return None
+    return x if np.isfinite(x) else None
+
+
+def _targets(df: pd.DataFrame, names: list[str], path: Path) -> list[list[float] | None]:
+    """Each row's target values in ``names`` order (None: every target cell empty, an unlabelled row)."""
+    reserved = [c for c in names if c in REQUIRED + OPTIONAL + ["targets"]]
+    if reserved:
+        raise UserError(f"prepare.targets {names}: {reserved} are manifest columns with another meaning; name the "
+                        "target columns otherwise (e.g. valence, arousal, score)")
+    missing = [c for c in names if c not in df.columns]
+    if missing:
+        raise UserError(f"manifest {path} lacks the target columns {missing} named by prepare.targets; its columns "
+                        f"are {list(df.columns)}")
+    faults = []
+    values = {}
+    for c in names:
+        values[c] = df[c].map(lambda v: None if v is None else _number(v))
+        bad = df[c].notna() & values[c].isna()
+        if bad.any():
+            shown = [str(v) for v in df.loc[bad, c][:3]]
+            faults.append(f"column {c!r} on lines {_rows(df, bad)} (got {shown})")
+    if faults:
+        raise UserError(f"manifest {path}: target values that are not finite numbers in {'; '.join(faults)}: write "
+                        "numbers, or leave every target cell of an unlabelled row empty")
+    filled = pd.DataFrame({c: df[c].notna() for c in names})
+    half = filled.any(axis=1) & ~filled.all(axis=1)
+    if half.any():
+        raise UserError(f"manifest {path}: rows with some target columns {names} empty and others filled on lines "
+                        f"{_rows(df, half)}: fill every target, or leave them all empty (unlabelled)")
+    full = filled.all(axis=1).to_numpy()
+    arr = np.array([[np.nan if x is None else x for x in values[c]] for c in names], dtype=np.float64).T
+    return [row.tolist() if ok else None for row, ok in zip(arr, full)]
+
+
 def load(root: str | Path, params: dict, adapter: str = "manifest") -> Prepared:
     path = Path(root)
     df = _read(path)
-    missing = [c for c in REQUIRED if c not in df.columns]
+    names = list(params.get("targets") or [])
+    required = [c for c in REQUIRED if not (names and c == "label")]  # regression: the label column is optional
+    missing = [c for c in required if c not in df.columns]
     if missing:
-        raise UserError(f"manifest {path} lacks columns {missing}; required {REQUIRED}, optional {OPTIONAL}")
+        raise UserError(f"manifest {path} lacks columns {missing}; required {required}, optional {OPTIONAL}")
+    if names:
+        if "label" not in df.columns:
+            df["label"] = None
+        labelled = df.label.notna()
+        if labelled.any():
+            raise UserError(f"manifest {path}: prepare.targets {names} makes this a regression corpus, but the label "
+                            f"column is filled on lines {_rows(df, labelled)}: empty it or drop the column")
+        df["targets"] = _targets(df, names, path)
     if "media_path" not in df.columns:
         log.info("manifest %s has no media_path column: a text-only corpus", path)
     for c in OPTIONAL:
@@ -94,7 +153,7 @@ def load(root: str | Path, params: dict, adapter: str = "manifest") -> Prepared:
         keys = df.loc[dup, ["dialogue_id", "utterance_id"]].drop_duplicates().values.tolist()[:5]
         raise UserError(f"manifest {path}: duplicate keys {keys} on lines {_rows(df, dup, 10)}")
     present = sorted(set(df.label.dropna().astype(str)))
-    labels = [str(x) for x in params["labels"]] if params.get("labels") else present
+    labels = [str(x) for x in params["labels"]] if params.get("labels") and not names else present
     unknown = sorted(set(present) - set(labels))
     if unknown:
         raise UserError(f"manifest {path}: labels {unknown} are not in prepare.labels {labels}")
@@ -122,9 +181,13 @@ def load(root: str | Path, params: dict, adapter: str = "manifest") -> Prepared:
             media_path=str(media) if media else None, start_s=start, end_s=end, audio_path=audio,
             annot_duration_s=end - start if start is not None and end is not None else None,
             media_duration_s=dur, status=status, error=error, source=f"adapter={adapter} file={rel_path(path)}",
+            targets=r.targets if names else None,
         ))
     res = pd.DataFrame(out)
     counts = {f"{s}_utterances": int((res.split == s).sum()) for s in SPLITS}
     counts.update({f"status_{k}": int(v) for k, v in res.status.value_counts().items() if k != "ok"})
-    log.info("manifest %s: %d utterances, labels %s, %s", path, len(res), labels, counts)
-    return Prepared(res, labels, counts)
+    if names:
+        counts["unlabelled_utterances"] = int(res.targets.isna().sum())
+    log.info("manifest %s: %d utterances, %s %s, %s", path, len(res), "targets" if names else "labels",
+             names or labels, counts)
+    return Prepared(res, labels, counts, targets=names)

@@ -12,8 +12,9 @@ Segments (utterances) of each YouTube video (one monologue = one "dialogue", one
         column 0 the sentiment, and ``intervals`` [n, 2] matched to the transcript's segment times) plus
         ``folds.json`` — ``{"train": [video ids], "valid": [...], "test": [...]}``, the SDK's standard folds
         (``cmu_mosei_std_folds``), which the user exports once.
-``prepare.target``: ``sentiment2`` (negative < 0 vs non-negative ≥ 0, the "has-0" acc2 of the literature) or
-``sentiment7`` (round(clip(s, −3, 3)): −3 … +3). Defects become statuses or counts, never failures: a missing
+``prepare.target``: ``sentiment2`` (negative < 0 vs non-negative ≥ 0, the "has-0" acc2 of the literature),
+``sentiment7`` (round(clip(s, −3, 3)): −3 … +3), or ``sentiment``: regression on the raw score (targets
+``["sentiment"]``, ``label`` null; the score as given, not clipped). Defects become statuses or counts, never failures: a missing
 video → ``missing_media``; a segment ending past its video → ``bad_times``; a transcript segment without a label
 → dropped and counted (``unlabelled_segments``); a label without a transcript segment keeps the CSV's text and
 is ``missing_media`` unless its pre-cut clip exists.
@@ -28,11 +29,13 @@ import numpy as np
 import pandas as pd
 
 from pipeline.adapters import Prepared, probe, rel_path
+from pipeline.errors import UserError
 from pipeline.schema import SPLITS
 
 log = logging.getLogger("merc.prepare.mosei")
 
 TARGETS = {"sentiment2": ["negative", "non-negative"], "sentiment7": ["-3", "-2", "-1", "0", "+1", "+2", "+3"]}
+REGRESSION = "sentiment"  # prepare.target for the regression on the score itself
 SPLIT_NAMES = {"train": "train", "valid": "dev", "dev": "dev", "test": "test"}
 TRANSCRIPT_DIR = Path("Raw/Transcript/Segmented/Combined")
 SEGMENT_DIR = Path("Raw/Videos/Segmented/Combined")
@@ -40,7 +43,7 @@ FULL_DIR = Path("Raw/Videos/Full/Combined")
 TIME_TOLERANCE_S = 0.05  # .csd intervals vs transcript times (both written to the millisecond)
 
 
-class MoseiError(ValueError):
+class MoseiError(UserError):
     """The folder does not hold what this adapter reads: the message says what to supply."""
 
 
@@ -111,8 +114,10 @@ def _labels_csd(path: Path, folds_path: Path, trans: dict) -> tuple[pd.DataFrame
 def load(root: str | Path, params: dict, adapter: str = "mosei") -> Prepared:
     root = Path(root)
     target = params.get("target")
-    if target not in TARGETS:
-        raise MoseiError(f"prepare.target={target!r} for mosei: use sentiment2 or sentiment7")
+    if target not in TARGETS and target != REGRESSION:
+        raise MoseiError(f"prepare.target={target!r} for mosei: use sentiment2, sentiment7 or sentiment (regression "
+                         "on the score in [-3, 3])")
+    regression = target == REGRESSION
     trans = transcripts(root)
     counts: dict = {}
     if (root / "label.csv").is_file():
@@ -154,7 +159,8 @@ def load(root: str | Path, params: dict, adapter: str = "mosei") -> Prepared:
                 media, status, dur = None, "missing_media", None
                 error = f"segment {vid}_{r.segment}: no pre-cut clip and no transcript times to cut {full.name}"
             rows.append(dict(dialogue_id=vid, utterance_id=i, speaker=vid, text=text,
-                             label=label_of(float(r.score), target), split=r.split,
+                             label=None if regression else label_of(float(r.score), target), split=r.split,
+                             targets=[float(r.score)] if regression else None,
                              media_path=rel_path(media) if media is not None else None, start_s=start, end_s=end,
                              audio_path=None, annot_duration_s=(seg[2] - seg[1]) if seg else None, media_duration_s=dur,
                              status=status, error=error,
@@ -163,5 +169,7 @@ def load(root: str | Path, params: dict, adapter: str = "mosei") -> Prepared:
     counts.update({f"{s}_utterances": int((df.split == s).sum()) for s in SPLITS})
     counts.update({f"status_{k}": int(v) for k, v in df.status.value_counts().items() if k != "ok"})
     log.info("mosei %s: %d segments of %d videos, %s", root, len(df), df.dialogue_id.nunique(), counts)
+    if regression:
+        return Prepared(df, [], counts, targets=[REGRESSION])
     return Prepared(df, TARGETS[target], counts)
 
