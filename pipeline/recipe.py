@@ -378,8 +378,23 @@ def feature_dims(p: dict) -> dict[str, int]:
     return {"t": t, "a": a, "v": v}
 
 
-def n_classes(p: dict) -> int:
+def regression_targets(p: dict) -> list[str]:
+    """The regression targets the merged params prepare ([] for classification)."""
     pr = p["prepare"]
+    if pr.get("targets"):
+        return list(pr["targets"])
+    if pr["dataset"] == "iemocap" and pr.get("target") == "dimensional":
+        return ["valence", "arousal", "dominance"]
+    if pr["dataset"] == "mosei" and pr.get("target") == "sentiment":
+        return ["sentiment"]
+    return []
+
+
+def n_classes(p: dict) -> int:
+    """Outputs of the model: classes, or regression targets."""
+    pr = p["prepare"]
+    if regression_targets(p):
+        return len(regression_targets(p))
     if pr["dataset"] == "iemocap":
         return int(pr.get("iemocap_classes", 6))
     if pr["dataset"] in ("meld", "demo"):
@@ -390,7 +405,9 @@ def n_classes(p: dict) -> int:
 def build_model(p: dict):
     """The model the merged params train, at their size, on the modalities they use (a SUMMER student gets an
     untrained teacher: the trained one comes from the pipeline)."""
-    from models import get_model
+    import inspect
+
+    from models import get_model, model_class
     from pipeline.engine import parse_modalities
 
     name = p["model"]
@@ -399,6 +416,8 @@ def build_model(p: dict):
         cfg["teacher_path"] = None
     mods = parse_modalities(p["train"]["modalities"])
     dims = {m: d for m, d in feature_dims(p).items() if m in mods}
+    if regression_targets(p) and "task" in inspect.signature(model_class(name)).parameters:
+        cfg["task"] = "regression"
     return get_model(name, input_dims=dims, n_classes=n_classes(p), **cfg), dims
 
 
@@ -441,7 +460,8 @@ def run(name: str, offline: bool = False, dry_run: bool = False, extra: list[str
         try:
             model, dims = build_model(p)
             print(f"# model {p['model']}: {sum(x.numel() for x in model.parameters()):,} parameters "
-                  f"(inputs {dims}, {n_classes(p)} classes)")
+                  f"(inputs {dims}, " + (f"regression on {regression_targets(p)})" if regression_targets(p)
+                                          else f"{n_classes(p)} classes)"))
         except Exception as e:  # noqa: BLE001 - the dry run reports, the test suite fails
             print(f"# model {p['model']}: could not be built: {type(e).__name__}: {e}")
         print(shlex.join(["dvc", *cmd[3:]]))
