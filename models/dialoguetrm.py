@@ -119,7 +119,7 @@ class Gate(nn.Module):
 
 
 class MCB(nn.Module):
-    """Table 5 "Bilinear": Multimodal Compact Bilinear pooling (Fukui et al. 2016, §3.1, Algorithm 1).
+    """Table 5 "Bilinear": Multimodal Compact Bilinear pooling (Fukui et al. 2016, Algorithm 1).
 
     Ψ(x, h, s) is the Count Sketch (Charikar et al.): y[h[i]] += s[i]·x[i] with fixed random h ∈ {0…d−1}^n,
     s ∈ {±1}^n per input (sampled once, never learned, as MCB's Algorithm 1); the sketch of the outer product is
@@ -161,7 +161,7 @@ class MCB(nn.Module):
 
 
 class GMU(nn.Module):
-    """Table 5 "GMU": Gated Multimodal Unit (Arevalo et al. 2017/2020, §3): h_m = tanh(W_m x_m); bimodal
+    """Table 5 "GMU": Gated Multimodal Unit (Arevalo et al. 2017/2020): h_m = tanh(W_m x_m); bimodal
     z = σ(W_z [x_1; x_2]), h = z ⊙ h_1 + (1 − z) ⊙ h_2; with M > 2 modalities the paper's generalisation, one
     gate per modality z_m = σ(W_z,m [x_1; …; x_M]) and h = Σ_m z_m ⊙ h_m (independent sigmoids, no softmax).
     No biases: the GMU equations have none. Absent modality: its x_m is zero and h_m is masked to zero."""
@@ -183,10 +183,11 @@ class GMU(nn.Module):
 
 
 class CrossmodalTransformer(nn.Module):
-    """MulT §3.2 crossmodal transformer β → α: D layers of Ẑ = CM(LN Z^[i−1], LN Z^[0]_β) + Z^[i−1],
-    Z^[i] = f_θ(LN Ẑ) + Ẑ (every layer attends to the low-level source Z^[0]_β), then a final LayerNorm (MulT's
-    code). Built from ``layers.TransformerBlock(cross=True)``; its FFN is GELU (MulT's text does not name the
-    activation; its code uses ReLU) — kept to reuse the shared block."""
+    """MulT crossmodal transformer β → α (Tsai et al. §3.2 "Crossmodal Transformers"; CM is §3.1's crossmodal
+    attention): D layers, each attending to the low-level source Z^[0]_β, then a final LayerNorm (MulT's code).
+    The paper writes Ẑ = CM(LN Z^[i−1], LN Z^[0]_β) + LN Z^[i−1] and Z^[i] = f_θ(LN Ẑ) + LN Ẑ; built from
+    ``layers.TransformerBlock(cross=True)`` the residual is added to the un-normalised Z^[i−1] / Ẑ (pre-LN, as
+    MulT's released code does), and its FFN is GELU (the text does not name the activation; the code uses ReLU)."""
 
     def __init__(self, d: int, heads: int, layers: int, dropout: float):
         super().__init__()
@@ -204,12 +205,14 @@ class CrossmodalTransformer(nn.Module):
 class MulT(nn.Module):
     """Table 5 "MulT" (Tsai et al. 2019), its frames → our utterances of one dialogue.
 
-    §3.1: Z^[0]_m = X̂_m + PE — X̂_m is r_m (MulT projects to a common width only when widths differ, and r is
-    already ``hidden``-wide), PE the sinusoidal utterance-index encoding. §3.2: one crossmodal transformer per
-    ordered pair β → α (six for three modalities). §3.3: Z_α = [Z_β1→α; Z_β2→α] → a self-attention transformer
-    (width (M − 1)·d); MulT takes its "last element" — per utterance i we take position i, which under the causal
-    mask is the last element of the dialogue so far — and concatenates the M targets: M(M − 1)·d into Eq. 17's
-    head (which replaces MulT's own residual block + output layer).
+    §3.2 "Temporal Convolutions" / "Positional Embedding": Z^[0]_m = X̂_m + PE. X̂_m is r_m: the Conv1D only
+    brings the modalities to one width (MulT's code skips it when widths agree, and r is ``hidden``-wide; a
+    kernel wider than 1 would also see the next utterance); PE is the sinusoidal utterance-index encoding.
+    "Crossmodal Transformers": one per ordered pair β → α (six for three modalities). "Self-Attention
+    Transformers and Prediction": Z_α = [Z_β1→α; Z_β2→α] → a self-attention transformer (width (M − 1)·d); MulT
+    takes its last element — per utterance i we take position i, which under the causal mask is the last element
+    of the dialogue so far — and concatenates the M targets: M(M − 1)·d into Eq. 17's head (which replaces MulT's
+    own residual block + output layer).
     Context: every attention (crossmodal and self) uses the K-window ρ̄ of Eq. 3 (``window``, ``causal``) for
     all modalities, as DialogueTRM describes its MulT baseline ("forces all the modalities to use
     context-dependent settings"); keys are real utterances where the source modality is present; an absent target
@@ -230,13 +233,13 @@ class MulT(nn.Module):
                 causal: bool) -> torch.Tensor:
         B, T, d = xs[0].shape
         pe = sinusoidal_positions(T, d, device=xs[0].device, dtype=xs[0].dtype)
-        z0 = {m: x + pe for m, x in zip(self.mods, xs)}  # §3.1
+        z0 = {m: x + pe for m, x in zip(self.mods, xs)}  # Z^[0] = X̂ + PE
         ok = dict(zip(self.mods, valid))
         outs = []
         for a in self.mods:
             z_a = torch.cat([self.cross[a + b](z0[a], z0[b], window_mask(ok[a], ok[b], window, causal))
-                             for b in self.mods if b != a], dim=-1)  # §3.2: [Z_β1→α; Z_β2→α]
-            h = self.mem[a](z_a, window_mask(ok[a], ok[a], window, causal))  # §3.3 self-attention transformer
+                             for b in self.mods if b != a], dim=-1)  # [Z_β1→α; Z_β2→α]
+            h = self.mem[a](z_a, window_mask(ok[a], ok[a], window, causal))  # the self-attention transformer
             outs.append(h * ok[a].unsqueeze(-1))
         return torch.cat(outs, dim=-1)
 
