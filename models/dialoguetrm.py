@@ -189,9 +189,9 @@ class CrossmodalTransformer(nn.Module):
     ``layers.TransformerBlock(cross=True)`` the residual is added to the un-normalised Z^[i−1] / Ẑ (pre-LN, as
     MulT's released code does), and its FFN is GELU (the text does not name the activation; the code uses ReLU)."""
 
-    def __init__(self, d: int, heads: int, layers: int, dropout: float):
+    def __init__(self, d: int, heads: int, layers: int, ff_dim: int, dropout: float):
         super().__init__()
-        self.blocks = nn.ModuleList(TransformerBlock(d, heads, dropout, cross=True, ff_dim=4 * d)
+        self.blocks = nn.ModuleList(TransformerBlock(d, heads, dropout, cross=True, ff_dim=ff_dim)
                                     for _ in range(layers))
         self.norm = nn.LayerNorm(d)
 
@@ -217,17 +217,19 @@ class MulT(nn.Module):
     all modalities, as DialogueTRM describes its MulT baseline ("forces all the modalities to use
     context-dependent settings"); keys are real utterances where the source modality is present; an absent target
     modality's output is zeroed. Not in either paper: our choice, because DialogueTRM gives no MulT size — depth
-    and heads are MGIF's fusion transformer's (``rep_layers``, ``rep_heads``) so Table 5 compares equal depths;
-    FFN width 4·width (MulT's code).
+    and heads are MGIF's fusion transformer's (``rep_layers``, ``rep_heads``) so Table 5 compares equal depths,
+    and the FFN width is ``ff_dim`` (§5.2's PyTorch default 2048, as every transformer of this model; MulT's code
+    uses 4·width: at §5.2's sizes (768 wide, 4 layers, 3 modalities) its fusion would have ~0.51 B parameters,
+    ~0.32 B with 2048).
     """
 
-    def __init__(self, mods: list[str], d: int, heads: int, layers: int, dropout: float):
+    def __init__(self, mods: list[str], d: int, heads: int, layers: int, ff_dim: int, dropout: float):
         super().__init__()
         self.mods = mods
-        self.cross = nn.ModuleDict({a + b: CrossmodalTransformer(d, heads, layers, dropout)
+        self.cross = nn.ModuleDict({a + b: CrossmodalTransformer(d, heads, layers, ff_dim, dropout)
                                     for a in mods for b in mods if a != b})
         w = (len(mods) - 1) * d
-        self.mem = nn.ModuleDict({a: TransformerEncoder(w, heads, layers, dropout, ff_dim=4 * w) for a in mods})
+        self.mem = nn.ModuleDict({a: TransformerEncoder(w, heads, layers, dropout, ff_dim=ff_dim) for a in mods})
 
     def forward(self, xs: list[torch.Tensor], valid: list[torch.Tensor], window: int | None,
                 causal: bool) -> torch.Tensor:
@@ -292,7 +294,7 @@ class DialogueTRM(nn.Module):
         elif self.fusion == "gmu":
             self.fuser = GMU(self.mods, hidden)
         elif self.fusion == "mult":
-            self.fuser = MulT(self.mods, hidden, rep_heads, rep_layers, dropout)
+            self.fuser = MulT(self.mods, hidden, rep_heads, rep_layers, ff_dim, dropout)
             d_head = M * (M - 1) * hidden
         self.head = MLPHead(d_head, head_hidden or hidden, n_classes, dropout=0.0, act=nn.Tanh)  # Eq. 17
 

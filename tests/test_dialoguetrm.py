@@ -332,6 +332,8 @@ def test_mult_is_causal_and_context_dependent_for_every_modality():
     model = build("tav", fusion="mult", window=2)
     assert len(model.fuser.cross) == 6 and model.fuser.mem["t"].blocks[0].attn.h == model.rep_heads
     assert model.fuser.mem["t"].norm.normalized_shape == (32,)  # Z_α = [Z_β1→α; Z_β2→α]: 2·hidden wide
+    assert model.fuser.mem["t"].blocks[0].ff[0].out_features == 2048  # ff_dim, as the model's other transformers
+    assert model.fuser.cross["ta"].blocks[0].ln_kv is not None  # crossmodal: LN on the source stream too
     feats, present, mask, speaker, _ = toy_batch(DIMS, "tav")
     out = model(feats, present, mask, speaker)
     for t in range(1, 5):
