@@ -36,8 +36,16 @@ there is nothing to fuse: the discriminator reads r directly.
 Ablations: Table 3 "remove transformer" → ``intra_transformer: false`` (r = projected f; the segment-embedding
 and [SEP] removals are text-input switches, see ``pipeline/text_e2e.py``); Table 4 → ``context`` per modality;
 Table 5 → ``rep_transformer: false`` ("w/o representation dependency": the six gated vectors concatenated into the
-head), ``gates: false`` ("w/o prototype dependency": the transformer over [e_CLS; r_u; r_a; r_v]), and the simple
-fusions ``fusion: add | concat | max`` over r (Bilinear, GMU and MulT fusions are not implemented).
+head), ``gates: false`` ("w/o prototype dependency": the transformer over [e_CLS; r_u; r_a; r_v]), the simple
+fusions ``fusion: add | concat | max`` over r, and the "advanced single-grained" ones, each after its own paper
+and applied at the same place (on r, into the Eq. 17 head): ``fusion: bilinear`` — MCB (Fukui et al. 2016):
+count sketches, FFT circular convolution to ``bilinear_dim`` outputs (default 8·hidden, our choice), signed sqrt,
+L2; three modalities: one order-3 tensor sketch (product of the three FFTs; our extension, see ``MCB``);
+``fusion: gmu`` — GMU (Arevalo et al.): h_m = tanh(W_m r_m), bimodal z·h_1 + (1 − z)·h_2, else Σ_m z_m·h_m with
+z_m = σ(W_z,m [r_1; …; r_M]); ``fusion: mult`` — MulT (Tsai et al. 2019): a crossmodal transformer per ordered
+modality pair, then a self-attention transformer per target over [Z_β1→α; Z_β2→α], position i per utterance,
+every attention inside the causal K-window for all modalities (DialogueTRM: MulT "forces all the modalities to
+use context-dependent settings"); its size is ``rep_layers``/``rep_heads`` (our choice).
 
 Departures still to be made switches or justified (end-of-session review against dialoguetrm.txt; behaviour
 unchanged): §3's indi-/conv-context definitions, Eq. 18 (argmax) and §5.1 (MELD without visual) are in the
@@ -51,11 +59,25 @@ from itertools import combinations
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
-from models.layers import MLPHead, attention_mask, pool_modalities
+from models.layers import (MLPHead, TransformerBlock, TransformerEncoder, attention_mask, pool_modalities,
+                           sinusoidal_positions)
 from models.registry import register_model
 
 CONTEXTS = ("dependent", "free")
+FUSIONS = ("mgif", "add", "concat", "max", "bilinear", "gmu", "mult")  # Table 5
+
+
+def window_mask(q_valid: torch.Tensor, k_valid: torch.Tensor, window: int | None,
+                causal: bool = True) -> torch.Tensor:
+    """``[B, T, T]``: query i may attend key j when both are valid and i − K ≤ j ≤ i (``causal``; |i − j| ≤ K
+    otherwise); ``window=None`` every previous turn."""
+    T = q_valid.shape[1]
+    m = attention_mask(q_valid, k_valid, window)
+    if causal:
+        m = m & torch.ones(T, T, dtype=torch.bool, device=m.device).tril()
+    return m
 
 
 def context_mask(valid: torch.Tensor, window: int | None, causal: bool = True) -> torch.Tensor:
@@ -63,11 +85,8 @@ def context_mask(valid: torch.Tensor, window: int | None, causal: bool = True) -
     valid and i − K ≤ j ≤ i (``causal``; |i − j| ≤ K otherwise); ``window=0`` is ρ̇ (only itself), ``None`` every
     previous turn. The diagonal is always allowed so that no row is empty (a padded or absent query's output is
     discarded later); without it PyTorch's attention would give NaN."""
-    T = valid.shape[1]
-    m = attention_mask(torch.ones_like(valid), valid, window)
-    if causal:
-        m = m & torch.ones(T, T, dtype=torch.bool, device=valid.device).tril()
-    return m | torch.eye(T, dtype=torch.bool, device=valid.device)
+    m = window_mask(torch.ones_like(valid), valid, window, causal)
+    return m | torch.eye(valid.shape[1], dtype=torch.bool, device=valid.device)
 
 
 def torch_transformer(d: int, heads: int, layers: int, ff_dim: int, dropout: float) -> nn.TransformerEncoder:
@@ -99,6 +118,134 @@ class Gate(nn.Module):
         return z * h_i, (1 - z) * h_j  # Eq. 10, 11 ("1 −": the position-wise normalisation)
 
 
+class MCB(nn.Module):
+    """Table 5 "Bilinear": Multimodal Compact Bilinear pooling (Fukui et al. 2016, Algorithm 1).
+
+    Ψ(x, h, s) is the Count Sketch (Charikar et al.): y[h[i]] += s[i]·x[i] with fixed random h ∈ {0…d−1}^n,
+    s ∈ {±1}^n per input (sampled once, never learned, as MCB's Algorithm 1); the sketch of the outer product is
+    the circular convolution of the sketches, Ψ(x ⊗ q) = Ψ(x) ∗ Ψ(q) = FFT⁻¹(FFT(Ψ(x)) ⊙ FFT(Ψ(q))), d outputs.
+    Then the signed square root and L2 normalisation that follow MCB in Fukui et al.'s VQA architecture (their
+    released network: CompactBilinear → SignedSqrt → L2Normalize).
+    Three modalities: MCB's Algorithm 1 is written for two inputs; not in the paper: our choice, because the
+    convolution identity holds for any number of factors (the Tensor Sketch of Pham & Pagh 2013 that MCB builds
+    on) — Ψ(r_u ⊗ r_a ⊗ r_v) = FFT⁻¹(FFT Ψ(r_u) ⊙ FFT Ψ(r_a) ⊙ FFT Ψ(r_v)), one joint trilinear sketch.
+    Absent modality (not in either paper): its FFT factor is 1 (the FFT of the unit impulse, the convolution
+    identity), i.e. the compact product of the modalities that are present; none present → zeros.
+    """
+
+    def __init__(self, n_inputs: int, d_in: int, d_out: int):
+        super().__init__()
+        self.d = d_out
+        # buffers (not parameters): saved with the checkpoint so a reloaded model sketches identically
+        self.register_buffer("h", torch.randint(0, d_out, (n_inputs, d_in)))
+        self.register_buffer("s", torch.randint(0, 2, (n_inputs, d_in)).float() * 2 - 1)
+
+    def sketch(self, x: torch.Tensor, k: int) -> torch.Tensor:
+        """Ψ(x, h_k, s_k): ``[..., d_in]`` → ``[..., d]``."""
+        return x.new_zeros(*x.shape[:-1], self.d).index_add_(-1, self.h[k], x * self.s[k])
+
+    def compact(self, xs: list[torch.Tensor], valid: list[torch.Tensor]) -> torch.Tensor:
+        """The compact multilinear product before normalisation (float32: torch.fft has no bf16 kernels)."""
+        prod = None
+        for k, (x, ok) in enumerate(zip(xs, valid)):
+            f = torch.fft.rfft(self.sketch(x.float(), k), n=self.d)
+            f = torch.where(ok.unsqueeze(-1), f, torch.ones_like(f))
+            prod = f if prod is None else prod * f
+        y = torch.fft.irfft(prod, n=self.d)
+        return y * torch.stack(valid, -1).any(-1, keepdim=True)
+
+    def forward(self, xs: list[torch.Tensor], valid: list[torch.Tensor]) -> torch.Tensor:
+        y = self.compact(xs, valid)
+        y = torch.sign(y) * torch.sqrt(y.abs() + 1e-12)  # signed sqrt (the eps keeps its gradient finite at 0)
+        return F.normalize(y, dim=-1)
+
+
+class GMU(nn.Module):
+    """Table 5 "GMU": Gated Multimodal Unit (Arevalo et al. 2017/2020): h_m = tanh(W_m x_m); bimodal
+    z = σ(W_z [x_1; x_2]), h = z ⊙ h_1 + (1 − z) ⊙ h_2; with M > 2 modalities the paper's generalisation, one
+    gate per modality z_m = σ(W_z,m [x_1; …; x_M]) and h = Σ_m z_m ⊙ h_m (independent sigmoids, no softmax).
+    No biases: the GMU equations have none. Absent modality: its x_m is zero and h_m is masked to zero."""
+
+    def __init__(self, mods: list[str], d: int):
+        super().__init__()
+        self.mods = mods
+        self.w_h = nn.ModuleDict({m: nn.Linear(d, d, bias=False) for m in mods})
+        gated = mods[:1] if len(mods) == 2 else mods  # bimodal: one gate z, the other modality gets 1 − z
+        self.w_z = nn.ModuleDict({m: nn.Linear(len(mods) * d, d, bias=False) for m in gated})
+
+    def forward(self, xs: list[torch.Tensor], valid: list[torch.Tensor]) -> torch.Tensor:
+        h = [torch.tanh(self.w_h[m](x)) * ok.unsqueeze(-1) for m, x, ok in zip(self.mods, xs, valid)]
+        x = torch.cat(xs, dim=-1)
+        z = [torch.sigmoid(self.w_z[m](x)) for m in self.w_z]
+        if len(self.mods) == 2:
+            z.append(1 - z[0])
+        return sum(zm * hm for zm, hm in zip(z, h))
+
+
+class CrossmodalTransformer(nn.Module):
+    """MulT crossmodal transformer β → α (Tsai et al. §3.2 "Crossmodal Transformers"; CM is §3.1's crossmodal
+    attention): D layers, each attending to the low-level source Z^[0]_β, then a final LayerNorm (MulT's code).
+    The paper writes Ẑ = CM(LN Z^[i−1], LN Z^[0]_β) + LN Z^[i−1] and Z^[i] = f_θ(LN Ẑ) + LN Ẑ; built from
+    ``layers.TransformerBlock(cross=True)`` the residual is added to the un-normalised Z^[i−1] / Ẑ (pre-LN, as
+    MulT's released code does), and its FFN is GELU (the text does not name the activation; the code uses ReLU)."""
+
+    def __init__(self, d: int, heads: int, layers: int, ff_dim: int, dropout: float):
+        super().__init__()
+        self.blocks = nn.ModuleList(TransformerBlock(d, heads, dropout, cross=True, ff_dim=ff_dim)
+                                    for _ in range(layers))
+        self.norm = nn.LayerNorm(d)
+
+    def forward(self, z_a: torch.Tensor, z_b: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        x = z_a
+        for block in self.blocks:
+            x = block(x, mask, kv=z_b)
+        return self.norm(x)
+
+
+class MulT(nn.Module):
+    """Table 5 "MulT" (Tsai et al. 2019), its frames → our utterances of one dialogue.
+
+    §3.2 "Temporal Convolutions" / "Positional Embedding": Z^[0]_m = X̂_m + PE. X̂_m is r_m: the Conv1D only
+    brings the modalities to one width (MulT's code skips it when widths agree, and r is ``hidden``-wide; a
+    kernel wider than 1 would also see the next utterance); PE is the sinusoidal utterance-index encoding.
+    "Crossmodal Transformers": one per ordered pair β → α (six for three modalities). "Self-Attention
+    Transformers and Prediction": Z_α = [Z_β1→α; Z_β2→α] → a self-attention transformer (width (M − 1)·d); MulT
+    takes its last element — per utterance i we take position i, which under the causal mask is the last element
+    of the dialogue so far — and concatenates the M targets: M(M − 1)·d into Eq. 17's head (which replaces MulT's
+    own residual block + output layer).
+    Context: every attention (crossmodal and self) uses the K-window ρ̄ of Eq. 3 (``window``, ``causal``) for
+    all modalities, as DialogueTRM describes its MulT baseline ("forces all the modalities to use
+    context-dependent settings"); keys are real utterances where the source modality is present; an absent target
+    modality's output is zeroed. Not in either paper: our choice, because DialogueTRM gives no MulT size — depth
+    and heads are MGIF's fusion transformer's (``rep_layers``, ``rep_heads``) so Table 5 compares equal depths,
+    and the FFN width is ``ff_dim`` (§5.2's PyTorch default 2048, as every transformer of this model; MulT's code
+    uses 4·width: at §5.2's sizes (768 wide, 4 layers, 3 modalities) its fusion would have ~0.51 B parameters,
+    ~0.32 B with 2048).
+    """
+
+    def __init__(self, mods: list[str], d: int, heads: int, layers: int, ff_dim: int, dropout: float):
+        super().__init__()
+        self.mods = mods
+        self.cross = nn.ModuleDict({a + b: CrossmodalTransformer(d, heads, layers, ff_dim, dropout)
+                                    for a in mods for b in mods if a != b})
+        w = (len(mods) - 1) * d
+        self.mem = nn.ModuleDict({a: TransformerEncoder(w, heads, layers, dropout, ff_dim=ff_dim) for a in mods})
+
+    def forward(self, xs: list[torch.Tensor], valid: list[torch.Tensor], window: int | None,
+                causal: bool) -> torch.Tensor:
+        B, T, d = xs[0].shape
+        pe = sinusoidal_positions(T, d, device=xs[0].device, dtype=xs[0].dtype)
+        z0 = {m: x + pe for m, x in zip(self.mods, xs)}  # Z^[0] = X̂ + PE
+        ok = dict(zip(self.mods, valid))
+        outs = []
+        for a in self.mods:
+            z_a = torch.cat([self.cross[a + b](z0[a], z0[b], window_mask(ok[a], ok[b], window, causal))
+                             for b in self.mods if b != a], dim=-1)  # [Z_β1→α; Z_β2→α]
+            h = self.mem[a](z_a, window_mask(ok[a], ok[a], window, causal))  # the self-attention transformer
+            outs.append(h * ok[a].unsqueeze(-1))
+        return torch.cat(outs, dim=-1)
+
+
 @register_model("dialoguetrm")
 class DialogueTRM(nn.Module):
     def __init__(self, input_dims: dict[str, int], n_classes: int, hidden: int = 128, heads: int = 4,
@@ -106,10 +253,10 @@ class DialogueTRM(nn.Module):
                  context: dict | None = None, intra_transformer: bool = True, fusion: str = "mgif",
                  gates: bool = True, gate_weights: str = "pair", rep_transformer: bool = True, rep_layers: int = 1,
                  rep_heads: int = 4, slot_embeddings: bool = False, head_hidden: int | None = None,
-                 dropout: float = 0.1):
+                 bilinear_dim: int | None = None, dropout: float = 0.1):
         super().__init__()
-        if fusion not in ("mgif", "add", "concat", "max"):
-            raise ValueError(f"dialoguetrm: fusion is mgif|add|concat|max; got {fusion!r}")
+        if fusion not in FUSIONS:
+            raise ValueError(f"dialoguetrm: fusion is {'|'.join(FUSIONS)}; got {fusion!r}")
         if gate_weights not in ("pair", "modality"):
             raise ValueError(f"dialoguetrm: gate_weights is pair|modality; got {gate_weights!r}")
         context = {"t": "dependent", "a": "free", "v": "free", **(context or {})}
@@ -139,6 +286,16 @@ class DialogueTRM(nn.Module):
             self.slot = nn.Parameter(torch.randn(n_vec + 1, hidden) * 0.02) if slot_embeddings else None
             self.rep = torch_transformer(hidden, rep_heads, rep_layers, ff_dim, dropout)
         d_head = hidden * n_vec if self.fusion == "concat" or (self.fusion == "mgif" and self.rep is None) else hidden
+        M = len(self.mods)
+        if self.fusion == "bilinear":
+            # not in the paper: our choice, because DialogueTRM gives no size — MCB's d ≈ 8× its 2048-d inputs
+            d_head = bilinear_dim or 8 * hidden
+            self.fuser = MCB(M, hidden, d_head)
+        elif self.fusion == "gmu":
+            self.fuser = GMU(self.mods, hidden)
+        elif self.fusion == "mult":
+            self.fuser = MulT(self.mods, hidden, rep_heads, rep_layers, ff_dim, dropout)
+            d_head = M * (M - 1) * hidden
         self.head = MLPHead(d_head, head_hidden or hidden, n_classes, dropout=0.0, act=nn.Tanh)  # Eq. 17
 
     def intra_modal(self, feats, present, mask) -> tuple[dict, dict]:
@@ -158,6 +315,10 @@ class DialogueTRM(nn.Module):
         mods = self.mods
         if self.fusion == "none":
             return self.head(r[mods[0]])
+        if self.fusion in ("bilinear", "gmu"):  # Table 5 advanced single-grained fusions
+            return self.head(self.fuser([r[m] for m in mods], [valid[m] for m in mods]))
+        if self.fusion == "mult":  # MulT: the context window K for every modality
+            return self.head(self.fuser([r[m] for m in mods], [valid[m] for m in mods], self.window, self.causal))
         if self.fusion != "mgif":  # Table 5 simple fusions
             return self.head(pool_modalities([r[m] for m in mods], [valid[m] for m in mods], self.fusion))
         if self.pairs:  # Eq. 12–14, in Eq. 15's order: (ua, au), (uv, vu), (av, va)

@@ -221,3 +221,172 @@ def test_recipe_models_instantiate_and_run(name, offline):
         assert m.intra["t"].layers[0].self_attn.num_heads == 12 and len(m.intra["t"].layers) == 6
         assert m.rep is None or (len(m.rep.layers) == 4 and m.rep.layers[0].self_attn.num_heads == 8)
         assert isinstance(m.proj["t"], torch.nn.Identity)  # 768-d BERT used as is
+
+
+# ---- Table 5 advanced single-grained fusions: Bilinear (MCB), GMU, MulT ----
+
+@pytest.mark.parametrize("fusion", ["bilinear", "gmu", "mult"])
+@pytest.mark.parametrize("mods", ["t", "a", "v", "ta", "tv", "av", "tav"])
+def test_table5_fusions_shapes_on_every_subset(fusion, mods):
+    model = build(mods, fusion=fusion, bilinear_dim=40)
+    feats, present, mask, speaker, _ = toy_batch(DIMS, mods)
+    out = model(feats, present, mask, speaker)
+    assert out.shape == (3, 5, 7) and torch.isfinite(out).all()
+    M = len(mods)
+    if M == 1:  # "-U": nothing to fuse, whichever fusion is asked for
+        assert model.fusion == "none" and not hasattr(model, "fuser")
+        return
+    width = {"bilinear": 40, "gmu": 16, "mult": M * (M - 1) * 16}[fusion]
+    assert model.head.net[0].in_features == width
+
+
+def sketch_matrix(h, s, d):
+    """The Count Sketch Ψ(·, h, s) as an explicit ``[n, d]`` matrix: column h[i] of row i holds s[i]."""
+    S = torch.zeros(len(h), d)
+    S[torch.arange(len(h)), h] = s
+    return S
+
+
+def test_mcb_equals_the_outer_product_projected_by_the_sketch():
+    """Fukui et al. Alg. 1: FFT⁻¹(FFT Ψ(x) ⊙ FFT Ψ(q)) is the count sketch of x ⊗ q under the hash
+    (h_x[i] + h_q[j]) mod d and sign s_x[i]·s_q[j] — computed here explicitly, entry by entry."""
+    torch.manual_seed(1)
+    from models.dialoguetrm import MCB
+    n, d = 4, 5
+    mcb = MCB(3, n, d)
+    x, q, w = torch.randn(3, n).unbind(0)
+    S = [sketch_matrix(mcb.h[k], mcb.s[k], d) for k in range(3)]
+    torch.testing.assert_close(mcb.sketch(x, 0), x @ S[0])  # Ψ(x) = x S
+    # bimodal: the explicit outer product x ⊗ q (n² entries) projected by the outer-product sketch
+    outer2 = torch.zeros(n * n, d)
+    for i in range(n):
+        for j in range(n):
+            outer2[i * n + j, (mcb.h[0, i] + mcb.h[1, j]) % d] = mcb.s[0, i] * mcb.s[1, j]
+    expect2 = torch.outer(x, q).reshape(-1) @ outer2
+    ok = torch.tensor(True)
+    got2 = mcb.compact([x, q, w], [ok, ok, ~ok])  # third input absent: the compact product of the other two
+    torch.testing.assert_close(got2, expect2)
+    # trimodal (our documented extension): the order-3 tensor sketch of x ⊗ q ⊗ w
+    expect3 = torch.zeros(d)
+    for i in range(n):
+        for j in range(n):
+            for k in range(n):
+                idx = (mcb.h[0, i] + mcb.h[1, j] + mcb.h[2, k]) % d
+                expect3[idx] += mcb.s[0, i] * mcb.s[1, j] * mcb.s[2, k] * x[i] * q[j] * w[k]
+    torch.testing.assert_close(mcb.compact([x, q, w], [ok, ok, ok]), expect3)
+    # then signed square root and L2 normalisation
+    y = torch.sign(expect3) * expect3.abs().sqrt()
+    torch.testing.assert_close(mcb([x, q, w], [ok, ok, ok]), y / y.norm())
+    assert mcb.compact([x, q, w], [~ok] * 3).abs().sum() == 0  # nothing present → zeros
+
+
+def test_mcb_sketch_is_fixed_and_saved():
+    """Algorithm 1 samples h, s once: they are buffers (no gradient, in the checkpoint), not parameters."""
+    model = build("tav", fusion="bilinear")
+    names = dict(model.named_buffers())
+    assert {"fuser.h", "fuser.s"} <= set(names) and not any("fuser" in n for n, _ in model.named_parameters())
+    assert set(names["fuser.s"].unique().tolist()) == {-1.0, 1.0}
+    assert names["fuser.h"].max() < 8 * 16  # default d = 8 · hidden (documented choice)
+
+
+def test_gmu_matches_its_equations_and_gates_saturate():
+    from models.dialoguetrm import GMU
+    torch.manual_seed(0)
+    d = 4
+    ok = torch.ones(2, dtype=torch.bool)
+    x1, x2, x3 = torch.randn(3, 2, d).unbind(0)
+    x1[:, 0] = torch.tensor([1.0, -1.0])  # the coordinate the saturated gates read
+    g = GMU(["t", "a"], d)
+    assert list(g.w_z) == ["t"]  # bimodal: one gate z, and 1 − z for the other modality
+    h1, h2 = torch.tanh(x1 @ g.w_h["t"].weight.T), torch.tanh(x2 @ g.w_h["a"].weight.T)
+    z = torch.sigmoid(torch.cat([x1, x2], -1) @ g.w_z["t"].weight.T)
+    torch.testing.assert_close(g([x1, x2], [ok, ok]), z * h1 + (1 - z) * h2)
+    with torch.no_grad():
+        g.w_z["t"].weight.zero_()
+        g.w_z["t"].weight[:, 0] = 100.0  # z = σ(±100): row 0 takes h_1 only, row 1 h_2 only
+    out = g([x1, x2], [ok, ok])
+    torch.testing.assert_close(out[0], h1[0])
+    torch.testing.assert_close(out[1], h2[1])
+    # trimodal: one independent sigmoid gate per modality (no softmax: gates need not sum to one)
+    g3 = GMU(["t", "a", "v"], d)
+    hs = [torch.tanh(x @ g3.w_h[m].weight.T) for m, x in zip("tav", (x1, x2, x3))]
+    with torch.no_grad():
+        for m in "tav":
+            g3.w_z[m].weight.zero_()
+    torch.testing.assert_close(g3([x1, x2, x3], [ok] * 3), 0.5 * sum(hs))
+    with torch.no_grad():
+        g3.w_z["t"].weight[:, 0] = 100.0
+        g3.w_z["a"].weight[:, 0] = -100.0
+        g3.w_z["v"].weight[:, 0] = 100.0  # row 0: z_t = z_v = 1, z_a = 0; row 1: only z_a = 1
+    out = g3([x1, x2, x3], [ok] * 3)
+    torch.testing.assert_close(out[0], hs[0][0] + hs[2][0])
+    torch.testing.assert_close(out[1], hs[1][1])
+    absent = torch.tensor([True, False])
+    torch.testing.assert_close(g3([x1, x2, x3], [ok, ok, absent])[1], hs[1][1])  # absent v: h_v is masked
+    # the GMU equations have no biases
+    assert {n for n, _ in g3.named_parameters()} == {f"w_{k}.{m}.weight" for k in "hz" for m in "tav"}
+
+
+def test_mult_is_causal_and_context_dependent_for_every_modality():
+    """MulT attends over the K-window context in all modalities (DialogueTRM §5.4); never the future."""
+    model = build("tav", fusion="mult", window=2)
+    assert len(model.fuser.cross) == 6 and model.fuser.mem["t"].blocks[0].attn.h == model.rep_heads
+    assert model.fuser.mem["t"].norm.normalized_shape == (32,)  # Z_α = [Z_β1→α; Z_β2→α]: 2·hidden wide
+    assert model.fuser.mem["t"].blocks[0].ff[0].out_features == 2048  # ff_dim, as the model's other transformers
+    assert model.fuser.cross["ta"].blocks[0].ln_kv is not None  # crossmodal: LN on the source stream too
+    feats, present, mask, speaker, _ = toy_batch(DIMS, "tav")
+    out = model(feats, present, mask, speaker)
+    for t in range(1, 5):
+        for m in "tav":
+            out2 = model(changed(feats, 0, t, m, seed=t), present, mask, speaker)
+            torch.testing.assert_close(out2[0, :t], out[0, :t])  # the future never reaches the past
+            assert (out2[0, t] - out[0, t]).abs().max() > 1e-4
+    # audio is context-free in the intra-modal transformer, but MulT's attention carries turn 1's audio to turn 2
+    out2 = model(changed(feats, 0, 1, "a"), present, mask, speaker)
+    assert (out2[0, 2] - out[0, 2]).abs().max() > 1e-4
+    # window 0: MulT sees only the utterance itself (and a/v are context-free): turn 1's audio stays in turn 1
+    model0 = build("tav", fusion="mult", window=0)
+    out = model0(feats, present, mask, speaker)
+    out2 = model0(changed(feats, 0, 1, "a"), present, mask, speaker)
+    torch.testing.assert_close(out2[0, [0, 2, 3, 4]], out[0, [0, 2, 3, 4]])
+
+
+def test_mult_masks_absent_sources_padding_and_the_future():
+    model = build("tav", fusion="mult", window=2)
+    seen = {}
+    model.fuser.cross["tv"].register_forward_hook(lambda mod, args, out: seen.update(mask=args[2]))
+    feats, present, mask, speaker, _ = toy_batch(DIMS, "tav")
+    present["v"][0, 1] = False
+    model(feats, present, mask, speaker)
+    m = seen["mask"]  # text queries attending to visual keys
+    assert not m[0, :, 1].any()  # the absent visual row is no key
+    assert not m[1, :, 3:].any() and not m[1, 3:].any()  # dialogue 1's padding: neither key nor query
+    assert m[0, 3].tolist() == [False, False, True, True, False]  # turns 3−K … 3 (1 is absent), no future
+    assert m[0, 4].tolist() == [False, False, True, True, True]
+
+
+@pytest.mark.parametrize("fusion,cfg", [("bilinear", {}), ("gmu", {}), ("mult", {}), ("mult", {"causal": False})])
+def test_table5_fusions_ignore_padding_and_absent_rows(fusion, cfg):
+    model = build("tav", fusion=fusion, window=2, **cfg)
+    feats, present, mask, speaker, _ = toy_batch(DIMS, "tav")
+    present["v"][0, 1] = False
+    out = model(feats, present, mask, speaker)
+    garbage = {m: f.masked_fill(~mask.unsqueeze(-1), 77.0) for m, f in feats.items()}
+    garbage["v"][0, 1] = -40.0  # an absent row: its values must not matter
+    present2 = {m: p | ~mask for m, p in present.items()}  # "present" padding must not leak either
+    torch.testing.assert_close(model(garbage, present2, mask, speaker)[mask], out[mask])
+    # a second, all-padding tail does not change the real outputs (MulT's positions count from turn 0)
+    pad = lambda x, v: torch.cat([x, torch.full((x.shape[0], 2, *x.shape[2:]), v, dtype=x.dtype)], 1)  # noqa: E731
+    out2 = model({m: pad(f, 9.0) for m, f in feats.items()}, {m: pad(p, True) for m, p in present.items()},
+                 pad(mask, False), pad(speaker, 0))
+    torch.testing.assert_close(out2[:, :5][mask], out[mask])
+
+
+def test_unknown_fusion_is_one_clear_error():
+    with pytest.raises(ValueError, match="bilinear\\|gmu\\|mult"):
+        build(fusion="tensor")
+
+
+@pytest.mark.parametrize("fusion", ["bilinear", "gmu", "mult"])
+def test_table5_fusions_overfit_tiny_batch(fusion):
+    assert overfit_ce(build(fusion=fusion).train(), DIMS, lr=3e-3).item() < 0.1

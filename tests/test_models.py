@@ -19,7 +19,8 @@ ABLATIONS = {
                     {"causal": False}, {"window": None}, {"intra_transformer": False}, {"gates": False},
                     {"rep_transformer": False}, {"gates": False, "rep_transformer": False},
                     {"gate_weights": "modality"}, {"slot_embeddings": True}, {"fusion": "add"},
-                    {"fusion": "concat"}, {"fusion": "max"}],
+                    {"fusion": "concat"}, {"fusion": "max"}, {"fusion": "bilinear"}, {"fusion": "gmu"},
+                    {"fusion": "mult"}],
     "ada2i": [{"afw": False}, {"amw": False}, {"modulation": False}, {"afw": False, "amw": False},
               {"feature_target": "output"}, {"encoder_dim": {"a": 8}}],
 }
