@@ -374,3 +374,33 @@ def test_corpus_names_of_imported_and_mosei_corpora():
     feats = Corpus("features", "emotion", ("happy", "sad"), "IEMOCAP_features")
     assert feats.name.startswith("IEMOCAP_features (feature pickle)") and feats.family == "iemocap"
     assert Corpus("mosei", "sentiment2", ("negative", "non-negative")).name.startswith("CMU-MOSEI — sentiment2")
+
+
+def test_dialoguetrm_tables_4_and_5_find_their_variants():
+    """Table 4 varies ``context.<m>`` (free/dependent), Table 5 ``fusion`` on T+A+V against the T-only model."""
+    from pipeline.report.runs import group_runs
+    from pipeline.report.tables import dialoguetrm_table4, dialoguetrm_table5
+
+    base = {"prepare": {"dataset": "demo"}, "model": "dialoguetrm",
+            "model_params": {"dialoguetrm": {"window": 14, "fusion": "mgif", "gates": True, "rep_transformer": True,
+                                             "context": {"t": "dependent", "a": "free", "v": "free"}}},
+            "train": {"modalities": "tav", "seed": 0}}
+    exps = [entry("r0", "ref", base, metrics(0.70)),
+            entry("u", "u-only", with_(base, train__modalities="t"), metrics(0.60)),
+            entry("u2", "u-free", with_(base, train__modalities="t", model_params__dialoguetrm__context={
+                "t": "free", "a": "free", "v": "free"}), metrics(0.55)),
+            entry("g", "gmu", with_(base, model_params__dialoguetrm__fusion="gmu"), metrics(0.66)),
+            entry("ng", "no-gates", with_(base, model_params__dialoguetrm__gates=False), metrics(0.64))]
+    root = entry("main0", None, base, metrics(0.70))
+    root["experiments"] = [{"revs": [e]} for e in exps]
+    groups = group_runs(runs_from_exp_show([root]))
+    t4 = dialoguetrm_table4(groups, base)
+    row = lambda t, label: next(l for l in t.splitlines() if l.startswith(f"| {label} "))  # noqa: E731
+    assert "u-free" in row(t4, "u (free)") and "55.00" in row(t4, "u (free)")
+    assert "u-only" in row(t4, "u (dependent)") and "60.00" in row(t4, "u (dependent)")
+    assert "not run" in row(t4, "a (free)") or "dvc exp run" in row(t4, "a (free)")
+    t5 = dialoguetrm_table5(groups, base)
+    assert row(t5, "GMU").split("|")[2:5] == [" 60.00 ", " 66.00 ", " +6.00 "]
+    assert "68.1 → 68.8" in row(t5, "GMU") and "gmu" in row(t5, "GMU")
+    assert "+10.00" in row(t5, "Our MGIF") and "+4.00" in row(t5, "w/o prototype dependency")
+    assert "not run" in row(t5, "MulT")

@@ -290,7 +290,7 @@ def paper_tables(corpus: Corpus, groups: list[Group], params: dict, classes: lis
             ("w/o GRU Context", {"model_params.m2fnet.context": "none"}),
             ("w/o Weighted Loss", {"train.weighted_loss": False})], groups, params,
             [("dev weighted F1", lambda g: _dev(g, "weighted_f1")), ("dev macro F1", lambda g: _dev(g, "macro_f1"))])])
-    out["dialoguetrm"] = dialoguetrm_table4(groups, params)
+    out["dialoguetrm"] = "\n".join([dialoguetrm_table4(groups, params), dialoguetrm_table5(groups, params)])
     lam = "model_params.lpgnet.lambda_"
     out["lpgnet"] = "\n".join([
         variant_table("LPGNet Table 3 (ablations)", "lpgnet", [
@@ -309,32 +309,69 @@ def paper_tables(corpus: Corpus, groups: list[Group], params: dict, classes: lis
 
 
 def dialoguetrm_table4(groups: list[Group], params: dict) -> str:
-    """DialogueTRM Table 4: context-free (window 0) vs context-dependent (the reference's text window) per
+    """DialogueTRM Table 4: context-free vs context-dependent (``model_params.dialoguetrm.context.<m>``) per
     modality combination; the last row is the paper's mixed setting (a, v free; u dependent)."""
     ref = reference(groups, params, "dialoguetrm")
-    w = "model_params.dialoguetrm.window."
-    dep = (ref.config.get(w + "t") if ref is not None else None) or 4
+    w = "model_params.dialoguetrm.context."
+    window = ref.config.get("model_params.dialoguetrm.window") if ref is not None else None
     combos = [("u", "T"), ("a", "A"), ("v", "V"), ("a+v", "A+V"), ("a+v+u", "T+A+V")]
     spec = []
     for name, mods in combos:
-        for setting, k in (("free", 0), ("dependent", dep)):
+        for setting in ("free", "dependent"):
             spec.append((f"{name} ({setting})", {"train.modalities": mods,
-                                                 **{w + m.lower(): k for m in mods.split("+")}}))
-    spec.append(("a, v free + u dependent (paper's ‡)", {"train.modalities": "T+A+V", w + "t": dep, w + "a": 0, w + "v": 0}))
-    # a window entry of a modality the run does not use has no effect: it may take any value
-    free = lambda key: False  # noqa: E731
+                                                 **{w + m.lower(): setting for m in mods.split("+")}}))
+    spec.append(("a, v free + u dependent (paper's ‡)", {"train.modalities": "T+A+V", w + "t": "dependent",
+                                                         w + "a": "free", w + "v": "free"}))
     text = []
-    if ref is not None:
-        for label, ch in spec:
-            used = {m.lower() for m in ch["train.modalities"].split("+")}
-            spec_free = lambda key, used=used: key.startswith(w) and key[len(w):] not in used  # noqa: E731
-            g = find_variant([g for g in groups if g.model == "dialoguetrm"], ref, ch, spec_free)
-            text.append([label] + ([pct(g.values("accuracy")), pct(g.values("weighted_f1")), g.name()] if g else
-                                   ["–", "–", missing(groups, params, "dialoguetrm", ch, ref)]))
-        return (f"DialogueTRM Table 4 (context per modality; reference: {ref.label()}; dependent = window "
-                f"{dep} turns):\n\n" + md_table(["setting", "ACC %", "w-F1 %", "experiments"], text))
-    del free
-    return f"DialogueTRM Table 4: {missing(groups, params, 'dialoguetrm', {}, None)}\n"
+    if ref is None:
+        return f"DialogueTRM Table 4: {missing(groups, params, 'dialoguetrm', {}, None)}\n"
+    for label, ch in spec:
+        used = {m.lower() for m in ch["train.modalities"].split("+")}
+        # a context entry of a modality the run does not use has no effect: it may take any value
+        spec_free = lambda key, used=used: key.startswith(w) and key[len(w):] not in used  # noqa: E731
+        g = find_variant([g for g in groups if g.model == "dialoguetrm"], ref, ch, spec_free)
+        text.append([label] + ([pct(g.values("accuracy")), pct(g.values("weighted_f1")), g.name()] if g else
+                               ["–", "–", missing(groups, params, "dialoguetrm", ch, ref)]))
+    return (f"DialogueTRM Table 4 (context per modality; reference: {ref.label()}; dependent = the causal window of "
+            f"{window} turns):\n\n" + md_table(["setting", "ACC %", "w-F1 %", "experiments"], text))
+
+
+# DialogueTRM Table 5 (IEMOCAP, F1 U → M): the paper's multi-modal F1 per fusion (its U is 68.1 throughout)
+DTRM_TABLE5 = (("Additive", "add", 68.6), ("Concat", "concat", 68.5), ("Max-pooling", "max", 68.7),
+               ("Bilinear", "bilinear", 69.0), ("GMU", "gmu", 68.8), ("MulT", "mult", 68.4),
+               ("Our MGIF", "mgif", 69.7))
+
+
+def dialoguetrm_table5(groups: list[Group], params: dict) -> str:
+    """DialogueTRM Table 5: weighted F1 from the utterance-only model (U: the reference on T) to each fusion on
+    T+A+V (M), with the gain; the MGIF ablations w/o representation (``rep_transformer: false``) and prototype
+    (``gates: false``) dependency as the last rows."""
+    ref = reference(groups, params, "dialoguetrm")
+    if ref is None:
+        return f"DialogueTRM Table 5: {missing(groups, params, 'dialoguetrm', {}, None)}\n"
+    f = "model_params.dialoguetrm."
+    dtrm = [g for g in groups if g.model == "dialoguetrm"]
+    u = find_variant(dtrm, ref, {"train.modalities": "T"}, lambda k: k.startswith(f + "fusion"))
+    u_f1 = u.values("weighted_f1") if u is not None else np.asarray([])
+    rows_spec = [(name, {f + "fusion": key}, paper) for name, key, paper in DTRM_TABLE5]
+    rows_spec += [("w/o representation dependency", {f + "fusion": "mgif", f + "rep_transformer": False}, 69.2),
+                  ("w/o prototype dependency", {f + "fusion": "mgif", f + "gates": False}, 68.9)]
+    rows, todo = [], []
+    for name, ch, paper in rows_spec:
+        ch = {"train.modalities": "T+A+V", **ch}
+        g = find_variant(dtrm, ref, ch)
+        if g is None:
+            rows.append([name, pct(u_f1) if u_f1.size else "–", "–", "–", f"68.1 → {paper}", "not run"])
+            todo.append(f"- {name}: {missing(groups, params, 'dialoguetrm', ch, ref)}")
+            continue
+        m = g.values("weighted_f1")
+        gain = f"{100 * (m.mean() - u_f1.mean()):+.2f}" if m.size and u_f1.size else "–"
+        rows.append([name, pct(u_f1) if u_f1.size else "–", pct(m), gain, f"68.1 → {paper}", g.name()])
+    if u is None:
+        todo.insert(0, f"- U (utterance only): {missing(groups, params, 'dialoguetrm', {'train.modalities': 'T'}, ref)}")
+    return (f"DialogueTRM Table 5 (fusion, w-F1 % from utterance-only U to T+A+V M; reference: {ref.label()}):\n\n"
+            + md_table(["fusion", "U w-F1 %", "M w-F1 %", "gain (points)", "paper U → M", "experiments"], rows)
+            + ("\n" + "\n".join(todo) + "\n" if todo else ""))
 
 
 def lpgnet_table7(corpus: Corpus, groups: list[Group], params: dict, classes: list[str]) -> str:
