@@ -172,6 +172,9 @@ class Bundle:
         from models import get_model
 
         cfg = dict(self.meta["cfg"])
+        if self.e2e and not self.meta["e2e_encoder"].get("config"):
+            raise BundleError(f"{self.path}: the bundle records no config of its end-to-end text encoder "
+                              f"({self.meta['e2e_encoder'].get('config_error', 'not recorded')}): retrain")
         quiet = logging.getLogger("merc.models.summer")
         level = quiet.level
         if cfg.get("teacher_path") and any(k.startswith(("teacher.", "model.teacher.")) for k in self.state_dict):

@@ -196,8 +196,11 @@ def encoder_record(c: dict) -> dict:
     from pipeline.textenc import resolve_model
 
     path = resolve_model(c["model"])
-    rec: dict = {"config": json.loads(AutoConfig.from_pretrained(path).to_json_string(use_diff=False)),
-                 "tokenizer": {"model": c["model"], "resolved": path, "sha256": None}}
+    rec: dict = {"config": None, "tokenizer": {"model": c["model"], "resolved": path, "sha256": None}}
+    try:
+        rec["config"] = json.loads(AutoConfig.from_pretrained(path).to_json_string(use_diff=False))
+    except (OSError, ValueError) as e:  # recorded: predict refuses the bundle with this reason
+        rec["config_error"] = str(e).splitlines()[0]
     try:
         rec["tokenizer"]["sha256"] = tokenizer_digest(load_tokenizer(c))
     except (RuntimeError, ValueError) as e:  # recorded: predict refuses the bundle with this reason

@@ -173,6 +173,8 @@ def test_e2e_tokenizer_missing_or_different_is_one_line(e2e_trained, conversatio
 
 
 def test_e2e_refusals_kept_for_what_cannot_work(e2e_trained, tmp_path):
+    from pipeline.predict.core import build_extractors
+
     bad = tmp_path / "b"
     shutil.copytree(e2e_trained / "bundle", bad)
     meta = json.loads((bad / "bundle.json").read_text())
@@ -180,6 +182,14 @@ def test_e2e_refusals_kept_for_what_cannot_work(e2e_trained, tmp_path):
     with pytest.raises(BundleError, match="end to end .* predates recording .*: retrain") as e:
         load_bundle(bad)
     assert "\n" not in str(e.value)
+    rec = {**meta["e2e_encoder"], "config": None, "config_error": "no config.json in /gone"}
+    (bad / "bundle.json").write_text(json.dumps({**meta, "e2e_encoder": rec}))  # train could not read the config
+    with pytest.raises(BundleError, match=r"records no config of its end-to-end text encoder \(no config.json"):
+        load_bundle(bad).build_model()
+    tok = {**meta["e2e_encoder"]["tokenizer"], "sha256": None, "error": "could not load the tokenizer"}
+    (bad / "bundle.json").write_text(json.dumps({**meta, "e2e_encoder": {**meta["e2e_encoder"], "tokenizer": tok}}))
+    with pytest.raises(BundleError, match=r"records no tokenizer digest .*\(could not load the tokenizer\)"):
+        build_extractors(load_bundle(bad))
     (bad / "bundle.json").write_text(json.dumps({**meta, "targets": ["valence"]}))
     with pytest.raises(BundleError, match="a regression model"):
         load_bundle(bad)

@@ -6,8 +6,9 @@ the recorded names and widths, and runs them on rows shaped like the utterance t
 ``end_s``, ``text``, ``speaker``): the same ``process`` calls, so the same batching (text batched by length, faces
 batched per clip), the same per-item statuses. A model that fine-tuned its text encoder end to end
 (``train.text_encoder``) gets token rows instead of text vectors (``TokenRows``: train's own ``token_matrix``, the
-video being one dialogue), which its encoder, rebuilt from the bundle, encodes. Features are standardised with the training split's statistics and the
-model sees the utterances of one conversation in order, exactly as ``pipeline.evaluate`` feeds a dialogue.
+video being one dialogue), which its encoder, rebuilt from the bundle, encodes. Features are standardised with the
+training split's statistics and the model sees the utterances of one conversation in order, exactly as
+``pipeline.evaluate`` feeds a dialogue.
 """
 from __future__ import annotations
 
