@@ -5,8 +5,10 @@ Written by the ``train`` stage beside ``model.pt``; a directory of three files:
                 modality list, input widths, the selected seed/epoch/dev F1, the extractor settings the features
                 were built with (the ``text``/``audio``/``visual`` params, the text encoder actually loaded and
                 its weights' SHA-256 when fine-tuned, a visual checkpoint's SHA-256), the feature tables' names
-                and widths, and the SHA-256 of the two tensor files
-  weights.pt    the dev-selected seed's ``state_dict`` (tensors only)
+                and widths, and the SHA-256 of the two tensor files; with a text encoder fine-tuned end to end
+                inside ``train`` (``train.text_encoder``): those settings (``text_encoder_e2e``) and
+                ``e2e_encoder`` (the encoder's config, its tokenizer's id/path and SHA-256)
+  weights.pt    the dev-selected seed's ``state_dict`` (tensors only; end to end: the fine-tuned encoder too)
   norm.pt       the training-split standardiser (``pipeline.dataset.Standardizer``): ``mean.<m>``/``std.<m>``
 Both ``.pt`` files hold plain ``{str: Tensor}`` dicts, so they load with ``torch.load(weights_only=True)``: nothing
 is unpickled. The directory is written to a temporary sibling and renamed into place (never half a bundle).
@@ -82,7 +84,8 @@ def write_bundle(directory: str | Path, params: dict, model: str, cfg: dict, lab
     """Write the bundle atomically (temp directory + rename) and return its path.
 
     ``text_encoder``: ``train.text_encoder``'s settings when the text encoder was fine-tuned inside ``train``
-    (end to end): recorded, and ``load_bundle`` refuses such a bundle (predict rebuilds feature extractors only).
+    (end to end): recorded with the encoder's architecture and its tokenizer's digest (``text_e2e.encoder_record``),
+    so predict rebuilds the wrapper from the bundle and tokenises a video's utterances as training did.
 
     ``best``: the selected run (``state_dict``, ``seed``, ``epoch``, ``dev_weighted_f1``); ``norm``: the fitted
     ``Standardizer``; ``params``: the whole params dict (its ``text``/``audio``/``visual`` sections are recorded).
@@ -104,8 +107,11 @@ def write_bundle(directory: str | Path, params: dict, model: str, cfg: dict, lab
             "modalities": list(modalities), "input_dims": {m: int(d) for m, d in input_dims.items()},
             **{k: best[k] for k in ("seed", "epoch", "dev_weighted_f1") if k in best},
             "extractors": extractor_settings(params),
-            "features": feature_provenance({**FEATURE_DIRS, **(feature_dirs or {})}, modalities),
+            # end to end, the text "features" were token rows, not a feature table's vectors
+            "features": feature_provenance({**FEATURE_DIRS, **(feature_dirs or {})},
+                                           [m for m in modalities if not (text_encoder and m == "t")]),
             "text_encoder_e2e": text_encoder,
+            "e2e_encoder": _encoder_record(text_encoder) if text_encoder and "t" in modalities else None,
             "targets": list(targets or []),  # a regression model's targets (predict refuses those bundles)
             "files": {f: file_digest(tmp / f) for f in ("weights.pt", "norm.pt")},
         }
@@ -116,6 +122,12 @@ def write_bundle(directory: str | Path, params: dict, model: str, cfg: dict, lab
         raise
     log.info("wrote the model bundle %s", directory)
     return directory
+
+
+def _encoder_record(c: dict) -> dict:
+    from pipeline import text_e2e
+
+    return text_e2e.encoder_record(c)
 
 
 def _jsonable(x):
@@ -144,6 +156,12 @@ class Bundle:
     def modalities(self) -> list[str]:
         return self.meta["modalities"]
 
+    @property
+    def e2e(self) -> dict | None:
+        """``train.text_encoder``'s settings when the model fine-tuned its text encoder end to end, else None."""
+        c = self.meta.get("text_encoder_e2e")
+        return c if c and "t" in self.modalities else None
+
     def standardizer(self):
         from pipeline.dataset import Standardizer
 
@@ -154,15 +172,25 @@ class Bundle:
         from models import get_model
 
         cfg = dict(self.meta["cfg"])
+        if self.e2e and not self.meta["e2e_encoder"].get("config"):
+            raise BundleError(f"{self.path}: the bundle records no config of its end-to-end text encoder "
+                              f"({self.meta['e2e_encoder'].get('config_error', 'not recorded')}): retrain")
         quiet = logging.getLogger("merc.models.summer")
         level = quiet.level
-        if cfg.get("teacher_path") and any(k.startswith("teacher.") for k in self.state_dict):
+        if cfg.get("teacher_path") and any(k.startswith(("teacher.", "model.teacher.")) for k in self.state_dict):
             # SUMMER: the frozen teacher's weights are buffers in the state_dict; no teacher.pt is needed
             cfg["teacher_path"] = None
             quiet.setLevel(logging.ERROR)  # its "untrained teacher" warning is moot: the weights are loaded next
         try:
-            model = get_model(self.meta["model"], input_dims=self.meta["input_dims"], n_classes=len(self.labels),
-                              **cfg)
+            build = lambda dims: get_model(self.meta["model"], input_dims=dims,  # noqa: E731
+                                           n_classes=len(self.labels), **cfg)
+            if self.e2e:  # the encoder's architecture from the bundle; its fine-tuned weights are encoder.*
+                from pipeline import text_e2e
+
+                encoder = text_e2e.encoder_from_config(self.meta["e2e_encoder"]["config"])
+                model = text_e2e.with_encoder(build, self.meta["input_dims"], self.e2e, encoder=encoder)[0]
+            else:
+                model = build(self.meta["input_dims"])
             model.load_state_dict(self.state_dict)
         except (KeyError, RuntimeError, TypeError, ValueError, FileNotFoundError) as e:
             raise BundleError(f"{self.path}: model {self.meta['model']!r} cannot be rebuilt from the bundle "
@@ -189,10 +217,10 @@ def load_bundle(directory: str | Path) -> Bundle:
     if meta.get("targets"):
         raise BundleError(f"{directory}: a regression model (targets {meta['targets']}); predict serves emotion "
                           "classification bundles only: train one on a classification corpus")
-    if meta.get("text_encoder_e2e"):
-        raise BundleError(f"{directory}: the model fine-tuned its text encoder end to end (train.text_encoder); "
-                          "predict serves models trained on extracted features only: retrain with "
-                          "train.text_encoder=null")
+    if meta.get("text_encoder_e2e") and "t" in (meta.get("modalities") or []) and not meta.get("e2e_encoder"):
+        raise BundleError(f"{directory}: the model fine-tuned its text encoder end to end (train.text_encoder) but "
+                          "the bundle predates recording that encoder's config and tokenizer: retrain "
+                          "(`dvc repro train`) to write a bundle predict can serve")
     for f, digest in meta["files"].items():
         if not (directory / f).is_file():
             raise BundleError(f"{directory / f} is missing from the bundle")

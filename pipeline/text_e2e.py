@@ -21,6 +21,8 @@ hands the pooled vectors to the wrapped model as its ``t`` input. The engine opt
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 
 import numpy as np
@@ -71,9 +73,10 @@ def encode_pair(tok, text: str, ctx: str | None, max_length: int, segments: bool
 def token_matrix(table, keys: list[tuple[str, int]], tok, c: dict) -> tuple[np.ndarray, np.ndarray]:
     """``[N, 4·L]`` float32 (ids | segment ids | attention mask | target mask) for ``keys`` and their presence.
 
+    ``table``: the utterance table, or its ``DialogueIndex`` (predict: one video's utterances as one dialogue).
     An utterance without text is absent (the models' usual per-modality presence), never an empty input.
     """
-    index = DialogueIndex.from_table(table)
+    index = table if isinstance(table, DialogueIndex) else DialogueIndex.from_table(table)
     L = int(c["max_length"])
     out = np.zeros((len(keys), 4 * L), dtype=np.float32)
     ok = np.zeros(len(keys), dtype=bool)
@@ -173,14 +176,56 @@ def corpus_with_tokens(utterances, mods: list[str], feature_dirs, c: dict | None
     return corpus
 
 
-def with_encoder(build, dims: dict[str, int], c: dict | None, device: str = "cpu"):
-    """``build(input_dims)`` → the model; with end-to-end text, the pretrained encoder (fresh from ``c['model']``)
-    wraps it and the model's ``t`` width is the encoder's. Returns (model, the model's input_dims)."""
+def tokenizer_digest(tok) -> str:
+    """SHA-256 of what tokenises: the fast tokenizer's whole pipeline (normaliser, pre-tokeniser, vocabulary,
+    post-processor, special tokens) as its JSON, without the truncation/padding state a call leaves behind."""
+    backend = getattr(tok, "backend_tokenizer", None)
+    if backend is None:  # encode_pair needs sequence_ids(): only fast tokenizers reach here
+        raise ValueError(f"{type(tok).__name__} is not a fast tokenizer")
+    spec = json.loads(backend.to_str())
+    spec.pop("truncation", None), spec.pop("padding", None)
+    blob = json.dumps({"class": type(tok).__name__, "backend": spec}, sort_keys=True, ensure_ascii=False)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def encoder_record(c: dict) -> dict:
+    """What a model bundle needs to rebuild the wrapper offline: the encoder's architecture (its config as JSON;
+    the fine-tuned weights are in the model's state_dict as ``encoder.*``) and its tokenizer's id/path + digest."""
+    from transformers import AutoConfig
+
+    from pipeline.textenc import resolve_model
+
+    path = resolve_model(c["model"])
+    rec: dict = {"config": None, "tokenizer": {"model": c["model"], "resolved": path, "sha256": None}}
+    try:
+        rec["config"] = json.loads(AutoConfig.from_pretrained(path).to_json_string(use_diff=False))
+    except (OSError, ValueError) as e:  # recorded: predict refuses the bundle with this reason
+        rec["config_error"] = str(e).splitlines()[0]
+    try:
+        rec["tokenizer"]["sha256"] = tokenizer_digest(load_tokenizer(c))
+    except (RuntimeError, ValueError) as e:  # recorded: predict refuses the bundle with this reason
+        rec["tokenizer"]["error"] = str(e).splitlines()[0]
+    return rec
+
+
+def encoder_from_config(config: dict) -> nn.Module:
+    """A randomly initialised encoder of the recorded architecture (the bundle's state_dict fills it)."""
+    from transformers import AutoConfig, AutoModel
+
+    config = dict(config)
+    return AutoModel.from_config(AutoConfig.for_model(config.pop("model_type"), **config))
+
+
+def with_encoder(build, dims: dict[str, int], c: dict | None, device: str = "cpu", encoder: nn.Module | None = None):
+    """``build(input_dims)`` → the model; with end-to-end text, the pretrained encoder (fresh from ``c['model']``,
+    or ``encoder`` when given: a bundle's) wraps it and the model's ``t`` width is the encoder's. Returns (model,
+    the model's input_dims)."""
     if c is None or "t" not in dims:
         return build(dims), dims
-    from pipeline.textenc import load_encoder
+    if encoder is None:
+        from pipeline.textenc import load_encoder
 
-    _, encoder = load_encoder(c["model"], device)
+        _, encoder = load_encoder(c["model"], device)
     dims = {**dims, "t": int(encoder.config.hidden_size)}
     model = build(dims)
     k = getattr(model, "window", c["window"])
@@ -190,5 +235,5 @@ def with_encoder(build, dims: dict[str, int], c: dict | None, device: str = "cpu
     return EndToEndText(encoder, model, int(c["max_length"]), c["pooling"]), dims
 
 
-__all__ = ["EndToEndText", "attach_tokens", "config", "corpus_with_tokens", "encode_pair", "keep_tokens",
-           "token_matrix", "with_encoder"]
+__all__ = ["EndToEndText", "attach_tokens", "config", "corpus_with_tokens", "encode_pair", "encoder_from_config",
+           "encoder_record", "keep_tokens", "token_matrix", "tokenizer_digest", "with_encoder"]

@@ -4,8 +4,11 @@
 ``build_extractor``, ``FaceExtractor``) with the settings recorded in the bundle, checks that they produce features of
 the recorded names and widths, and runs them on rows shaped like the utterance table (``media_path``, ``start_s``,
 ``end_s``, ``text``, ``speaker``): the same ``process`` calls, so the same batching (text batched by length, faces
-batched per clip), the same per-item statuses. Features are standardised with the training split's statistics and the
-model sees the utterances of one conversation in order, exactly as ``pipeline.evaluate`` feeds a dialogue.
+batched per clip), the same per-item statuses. A model that fine-tuned its text encoder end to end
+(``train.text_encoder``) gets token rows instead of text vectors (``TokenRows``: train's own ``token_matrix``, the
+video being one dialogue), which its encoder, rebuilt from the bundle, encodes. Features are standardised with the
+training split's statistics and the model sees the utterances of one conversation in order, exactly as
+``pipeline.evaluate`` feeds a dialogue.
 """
 from __future__ import annotations
 
@@ -20,6 +23,7 @@ from pipeline.bundle import Bundle, BundleError
 from pipeline.common import file_digest
 from pipeline.extract_visual import FaceExtractor, choose_speaker_track, link_tracks
 from pipeline.shards import process_safely
+from pipeline.text_e2e import keep_tokens, token_matrix
 
 log = logging.getLogger("merc.predict")
 
@@ -44,6 +48,50 @@ class TrackedFaceExtractor(FaceExtractor):
         return rec, faces
 
 
+class TokenRows:
+    """End to end text (``train.text_encoder``): the model's ``t`` input is token rows, built exactly as
+    ``text_e2e.attach_tokens`` builds them for train/evaluate (``token_matrix``: Eq. 1's utterance + context pair
+    under the recorded context mode, window, budget, max_length, segment/[SEP] switches); the model's own
+    fine-tuned encoder turns them into vectors. ``index`` is the conversation (set per video by ``features``)."""
+
+    def __init__(self, c: dict, tok):
+        self.c, self.tok, self.context = c, tok, c["context"]
+        self.name, self.dim = f"tokens:{c['model']}", 4 * int(c["max_length"])
+        self.index = None
+
+    def process(self, rows: list[dict]) -> list[dict]:
+        from pipeline.text_context import DialogueIndex
+
+        index = self.index or DialogueIndex([r["dialogue_id"] for r in rows], [r["utterance_id"] for r in rows],
+                                            [r["speaker"] or "" for r in rows], [r["text"] for r in rows])
+        x, ok = token_matrix(index, [(r["dialogue_id"], r["utterance_id"]) for r in rows], self.tok, self.c)
+        L = self.dim // 4
+        return [dict(status="ok", error=None, feature=x[i], n_tokens=int(x[i, 2 * L : 3 * L].sum())) if ok[i]
+                else dict(status="error", error="empty transcript", feature=None, n_tokens=0)
+                for i in range(len(rows))]
+
+
+def token_rows(bundle: Bundle) -> TokenRows:
+    """The e2e bundle's tokenizer, resolved offline and checked against the recorded digest (one-line errors)."""
+    from pipeline.text_e2e import load_tokenizer, tokenizer_digest
+
+    c, rec = bundle.e2e, (bundle.meta.get("e2e_encoder") or {}).get("tokenizer") or {}
+    if not rec.get("sha256"):
+        raise BundleError(f"{bundle.path}: the bundle records no tokenizer digest for its end-to-end text encoder "
+                          f"{c['model']!r} ({rec.get('error', 'not recorded')}): retrain (`dvc repro train`)")
+    try:
+        tok = load_tokenizer({"model": rec.get("model") or c["model"]})
+        got = tokenizer_digest(tok)
+    except (RuntimeError, ValueError, OSError) as e:
+        raise BundleError(f"the bundle needs the tokenizer of its end-to-end text encoder {c['model']!r} "
+                          f"(sha256 {rec['sha256'][:12]}…), not available here: put its files at that path (or "
+                          f"in the Hugging Face cache) ({str(e).splitlines()[0][:200]})") from e
+    if got != rec["sha256"]:
+        raise BundleError(f"the tokenizer at {c['model']!r} differs from the one the model was trained with "
+                          f"(sha256 {got[:12]}… here, {rec['sha256'][:12]}… in the bundle)")
+    return TokenRows(c, tok)
+
+
 def _build(kind: str, factory):
     try:
         return factory()
@@ -56,6 +104,9 @@ def build_extractors(bundle: Bundle, device: str | None = None) -> dict:
     ex, settings = {}, bundle.meta.get("extractors") or {}
     for m in bundle.modalities:
         section = {"t": "text", "a": "audio", "v": "visual"}[m]
+        if m == "t" and bundle.e2e:  # token rows for the model's own encoder: no text feature extractor
+            ex[m] = token_rows(bundle)
+            continue
         recorded = ((bundle.meta.get("features") or {}).get(m) or {}).get("feature_name") or ""
         if recorded.startswith("imported:"):
             raise BundleError(f"the model was trained on {section} features imported from a pickle ({recorded}), "
@@ -111,6 +162,8 @@ class Predictor:
         self.bundle, self.device = bundle, device or ("cuda" if torch.cuda.is_available() else "cpu")
         self.model = bundle.build_model().to(self.device)
         self.norm = bundle.standardizer()
+        if bundle.e2e:
+            keep_tokens(self.norm)  # token ids reach the model's encoder unchanged, as in train/evaluate
         self.extractors = build_extractors(bundle, device)
         self.timings: dict[str, float] = {}
 
