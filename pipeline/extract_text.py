@@ -38,6 +38,7 @@ class TextExtractor(FeatureExtractor):
     """
 
     extra_fields = [pa.field("n_tokens", pa.int32())]
+    store_tokens = False
 
     def __init__(self, model: str, pooling: str = "mean", max_length: int = 128, batch_size: int = 32,
                  layers: int = 1, context: str = "utterance", window: int = 8, budget: int = 256,

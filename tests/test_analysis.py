@@ -134,7 +134,7 @@ def test_evaluate_writes_corpus_and_tsne_of_every_test_utterance(tmp_path, demo_
     evaluate(tmp_path / "m.pt", demo_utterances, tmp_path / "r", feature_dirs=demo_features)
     m = json.loads((tmp_path / "r" / "metrics.json").read_text())
     assert m["corpus"] == {"adapter": "demo", "target": "emotion", "labels": ",".join(
-        ["neutral", "surprise", "fear", "sadness", "joy", "disgust", "anger"]), "source": ""}
+        ["neutral", "surprise", "fear", "sadness", "joy", "disgust", "anger"]), "targets": "", "source": ""}
     tsne = pd.read_csv(tmp_path / "r" / "plots" / "tsne.csv")
     pred = pd.read_csv(tmp_path / "r" / "predictions.csv")
     assert len(tsne) == len(pred) == m["n"]
