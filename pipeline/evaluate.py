@@ -85,19 +85,10 @@ def evaluate(checkpoint: str, utterances: str, reports: str, split: str = "test"
     if targets:
         return _evaluate_regression(ckpt, model, data, corpus, utterances, reports, split, device, live_plots)
     runs = ckpt.get("runs") or [{k: ckpt.get(k, 0) for k in ("seed", "state_dict", "epoch", "dev_weighted_f1")}]
-    per_seed, selected = [], None
-    for run in runs:
-        model.load_state_dict(run["state_dict"])
-        pred, y, _, keys = predict(model, data, 16, device)
-        m = classification_metrics(y, pred, labels)
-        per_seed.append({"seed": int(run["seed"]), **{k: m[k] for k in SUMMARY},
-                         "selected_epoch": int(run["epoch"]), "dev_weighted_f1": float(run["dev_weighted_f1"]),
-                         "per_class_f1": {c: v["f1"] for c, v in m["per_class"].items()}})
-        if selected is None or run["seed"] == ckpt.get("seed"):
-            selected = (m, pred, y, keys, run)
-    m, pred, y, keys, run = selected
-    metrics = {k: mean_std([s[k] for s in per_seed])[0] for k in SUMMARY}
-    metrics.update({f"{k}_std": mean_std([s[k] for s in per_seed])[1] for k in SUMMARY})
+    per_seed, (m, pred, y, keys, run), metrics = _seeds(
+        model, runs, data, device, ckpt.get("seed"), lambda y, p: classification_metrics(y, p, labels), SUMMARY,
+        lambda run, m: {"dev_weighted_f1": float(run["dev_weighted_f1"]),
+                        "per_class_f1": {c: v["f1"] for c, v in m["per_class"].items()}})
     metrics.update(
         n=m["n"],
         per_class=m["per_class"],  # of the dev-selected seed, as are the confusion matrix and predictions
@@ -142,27 +133,38 @@ def evaluate(checkpoint: str, utterances: str, reports: str, split: str = "test"
     return metrics
 
 
+def _seeds(model, runs, data, device, selected_seed, score, scalars, extra):
+    """Every seed's weights on ``data``: per-seed records (``scalars`` + ``extra(run, metrics)``), the selected
+    seed's (metrics, predictions, truth, keys, run) and the mean/std over seeds of each scalar."""
+    per_seed, selected = [], None
+    for run in runs:
+        model.load_state_dict(run["state_dict"])
+        pred, y, _, keys = predict(model, data, 16, device)
+        m = score(y, pred)
+        per_seed.append({"seed": int(run["seed"]), **{k: m[k] for k in scalars},
+                         "selected_epoch": int(run["epoch"]), **extra(run, m)})
+        if selected is None or run["seed"] == selected_seed:
+            selected = (m, pred, y, keys, run)
+    summary = {k: mean_std([s[k] for s in per_seed])[0] for k in scalars}
+    summary.update({f"{k}_std": mean_std([s[k] for s in per_seed])[1] for k in scalars})
+    return per_seed, selected, summary
+
+
 def _evaluate_regression(ckpt, model, data, corpus, utterances, reports, split, device, live_plots) -> dict:
     """``evaluate`` for a regression checkpoint (see the module docstring)."""
     targets = corpus.targets
     mosei = targets == ["sentiment"]  # CMU-MOSEI's sentiment score: the literature's acc2/acc7/F1 as well
     runs = ckpt.get("runs") or [{k: ckpt.get(k, 0) for k in ("seed", "state_dict", "epoch", "dev_pearson_r")}]
     scalars = REG_SCALARS + (tuple(k for k in MOSEI_SCALARS if k != "mae") if mosei else ())
-    per_seed, selected = [], None
-    for run in runs:
-        model.load_state_dict(run["state_dict"])
-        pred, y, _, keys = predict(model, data, 16, device)
+    def score(y, pred):
         m = regression_metrics(y, pred, targets)
         if mosei:
             m.update({k: v for k, v in mosei_metrics(y, pred).items() if k != "mae"})
-        per_seed.append({"seed": int(run["seed"]), **{k: m[k] for k in scalars},
-                         "selected_epoch": int(run["epoch"]), "dev_pearson_r": float(run["dev_pearson_r"]),
-                         "per_target": m["per_target"]})
-        if selected is None or run["seed"] == ckpt.get("seed"):
-            selected = (m, pred, y, keys, run)
-    m, pred, y, keys, run = selected
-    metrics = {k: mean_std([s[k] for s in per_seed])[0] for k in scalars}
-    metrics.update({f"{k}_std": mean_std([s[k] for s in per_seed])[1] for k in scalars})
+        return m
+
+    per_seed, (m, pred, y, keys, run), metrics = _seeds(
+        model, runs, data, device, ckpt.get("seed"), score, scalars,
+        lambda run, m: {"dev_pearson_r": float(run["dev_pearson_r"]), "per_target": m["per_target"]})
     metrics.update(
         task="regression", targets=targets, n=m["n"], per_target=m["per_target"], model=ckpt["model"],
         n_params=sum(p.numel() for p in model.parameters()), split=split, dataset=_dataset(corpus),

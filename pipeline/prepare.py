@@ -127,21 +127,26 @@ def check_targets(df: pd.DataFrame, targets: list[str], root) -> None:
     df["targets"] = [None if v is None else [float(x) for x in v] for v in df.targets]
 
 
+def _check_names(values, key: str, what: str, example: str, once: str) -> None:
+    """A ``prepare.<key>`` list: null, or distinct non-empty strings; anything else is a one-line ``UserError``."""
+    if values is None:
+        return
+    if not isinstance(values, list) or not values:
+        raise UserError(f"params.yaml prepare.{key} must be null or a non-empty list of {what} (e.g. {example}), "
+                        f"got {values!r}")
+    odd = [x for x in values if not isinstance(x, str) or not x.strip()]
+    if odd:
+        raise UserError(f"params.yaml prepare.{key} must hold {what} as strings; {odd} are not (quote them in YAML: "
+                        "'1', 'yes')")
+    dup = sorted({x for x in values if values.count(x) > 1})
+    if dup:
+        raise UserError(f"params.yaml prepare.{key} lists {dup} more than once: {once}")
+
+
 def check_labels(labels) -> None:
     """``prepare.labels``: null, or a list of distinct non-empty strings (YAML reads ``[yes, no]`` as booleans
     and ``1`` as a number: quote them); anything else is a one-line ``UserError``."""
-    if labels is None:
-        return
-    if not isinstance(labels, list) or not labels:
-        raise UserError(f"params.yaml prepare.labels must be null or a non-empty list of label names (e.g. "
-                        f"[neutral, joy, anger]), got {labels!r}")
-    odd = [x for x in labels if not isinstance(x, str) or not x.strip()]
-    if odd:
-        raise UserError(f"params.yaml prepare.labels must hold label names as strings; {odd} are not (quote them "
-                        f"in YAML: '1', 'yes')")
-    dup = sorted({x for x in labels if labels.count(x) > 1})
-    if dup:
-        raise UserError(f"params.yaml prepare.labels lists {dup} more than once: each label once, in label order")
+    _check_names(labels, "labels", "label names", "[neutral, joy, anger]", "each label once, in label order")
 
 
 def check_target_columns(targets, dataset: str, labels) -> None:
@@ -149,16 +154,7 @@ def check_target_columns(targets, dataset: str, labels) -> None:
     ``prepare.labels`` (a regression corpus has no classes); anything else is a one-line ``UserError``."""
     if targets is None:
         return
-    if not isinstance(targets, list) or not targets:
-        raise UserError(f"params.yaml prepare.targets must be null or a non-empty list of manifest column names "
-                        f"(e.g. [valence, arousal]), got {targets!r}")
-    odd = [x for x in targets if not isinstance(x, str) or not x.strip()]
-    if odd:
-        raise UserError(f"params.yaml prepare.targets must hold column names as strings; {odd} are not (quote them "
-                        "in YAML)")
-    dup = sorted({x for x in targets if targets.count(x) > 1})
-    if dup:
-        raise UserError(f"params.yaml prepare.targets lists {dup} more than once: each target column once")
+    _check_names(targets, "targets", "manifest column names", "[valence, arousal]", "each target column once")
     if dataset != "manifest":
         raise UserError(f"params.yaml prepare.targets is for the manifest adapter, not {dataset!r}: set it to null "
                         "(iemocap regresses with prepare.target: dimensional, mosei with prepare.target: sentiment)")
