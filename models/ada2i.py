@@ -78,17 +78,34 @@ settings are ``train`` params here: lr 1.3e-4, batch 10, 50 epochs, early stop 2
 Size: 20.6 M parameters on the MELD-sized bench features (t/a/v 768/6373/512, of which 1.9 M is the 6373→300
 audio projection); the official model on its 768/300/342-d MELD features has 18.6 M.
 
-Departures still to be made switches or justified (end-of-session review against ada2i.txt; behaviour unchanged):
-  * Eq. 2 (per-modality Transformer encoder, §3.1) and Eq. 15 (the base SGD update) are implemented by
-    ``ModalityEncoder`` and the engine's optimiser; Eq. 2's encoder here is pre-LN, GELU, no positional encoding,
-    every modality projected to ``hidden`` — not in the paper: our choice, because the text names only "Transformer".
-  * Eq. 8 normalises W_m per hidden unit (``dim=0``, the official code) where MMCosine/Eq. 16 normalise per class row.
-  * Eq. 12: L_feature is the mean over all elements and modalities, not (1/B)·Σ_iΣ_m‖·‖₁ (≈ d·M times smaller).
-  * Eq. 18–19: modulation and noise act on gradients fed to Adam (the paper writes plain SGD); the noise is
-    N(0, std(grad)²) on the gradient (official code), not N(0, Σ^sgd) on the parameters, also when paper_equations.
-  * Eq. 6 averages the core over utterances (not d_m); Eq. 7's Att_m Z^m is read element-wise; one ``rank`` serves
-    r_s and r_w; Φ_m is one Linear; Eq. 16 scores use the post-AFW features; for pairs Eq. 6 contracts over the
-    modalities present.
+Three more places where the paper and the official code differ, each a switch whose ``null`` default follows
+``paper_equations`` (paper when true, official when false):
+  * ``amw_norm`` — Eq. 8 divides W^m Z by ‖W^m‖‖Z‖. ``class`` (paper): each class row W_k^m normalised, so each
+    modality's logit is cos⟨W_k^m, Z^m⟩ — the reading Eq. 16 states ("the cosine similarity between the output
+    weights and the corresponding feature vectors"), MMCosine's [39], and the per-class weight norms of §5.2.2 /
+    Fig. 5. ``hidden`` (official ``net.py``): each hidden unit's column normalised across classes. ``matrix``:
+    the whole block by its Frobenius norm (Eq. 8's ‖W^m‖ read on its own). Z is normalised per utterance in all.
+  * ``feature_reduction`` — Eq. 12: L_feature = (1/B) Σ_i Σ_m ‖Att − Âtt‖₁. ``sum`` (paper): the L1 norms summed
+    over the modalities and the elements, divided by B = the utterances with at least one modality (Eq. 13's i is
+    "the i-th sample", an utterance, as the engine's L_cls averages); ``mean`` (official ``nn.L1Loss``): the mean
+    over every element (≈ d·M times smaller). Padding and absent rows are excluded in both (the official code
+    averages over padding).
+  * ``noise_target`` — Eq. 19: θ_{t+1} = θ_t − η k_m g̃ + η h(θ_t), h ~ N(0, Σ^sgd(θ_t)): noise on the *parameters*
+    after the update, scaled by the learning rate. ``parameter`` (paper): ``after_step`` adds η·σ·ε to each
+    modulated encoder parameter, σ = the std of its (unmodulated, all-reduced) gradient — Σ^sgd is the gradient's
+    covariance, which the paper does not say how to estimate: its isotropic per-tensor estimate is our choice, the
+    one OGM-GE and the official code use; ε is drawn from a generator seeded by (epoch, step), so DDP replicas
+    stay identical. ``gradient`` (official ``apply_modulation``, from OGM-GE): g ← k·g + N(0, (std(k·g) + 1e-8)²)
+    before the optimiser. Eq. 18's k_m scales the gradient in both: under the paper's SGD that is the same as
+    scaling the step; under Adam (the official optimiser) a constant gradient scale is largely normalised away —
+    which is the official code's behaviour too, so we keep it.
+Also mapped: Eq. 2 (per-modality Transformer encoder, §3.1) = ``ModalityEncoder`` (pre-LN, GELU, no positional
+encoding, projected to ``hidden`` — not in the paper: our choice, because the text names only "Transformer");
+Eq. 15 (the base update) = the engine's optimiser step. Eq. 6 averages Θ "across the modality dimension d_m":
+read literally that would average away the utterance axis N of Att ∈ ℝ^{N×d_m}; the mean over the dialogue's
+utterances (the official ``G_qk.mean(dim=1)``, masked here) is the only axis that leaves A^(m) ∈ ℝ^{r_s×r_w} as
+the paper states, so that is what we do. Eq. 7's Att_m Z^m is element-wise; one ``rank`` serves r_s and r_w; Φ_m
+is one Linear; Eq. 16 scores use the post-AFW features; for modality pairs Eq. 6 contracts over those present.
 """
 from __future__ import annotations
 
@@ -145,9 +162,10 @@ class AFWLayer(nn.Module):
     """One Adaptive Feature Weighting layer over all modalities (Eq. 3–7) with its mapping network (Eq. 11–12)."""
 
     def __init__(self, modalities: list[str], d: int, rank: int, beta: float, dropout: float, feature_target: str,
-                 paper_equations: bool = True):
+                 paper_equations: bool = True, feature_reduction: str = "sum"):
         super().__init__()
         self.modalities, self.beta, self.feature_target = modalities, beta, feature_target
+        self.feature_reduction = feature_reduction
         self.paper, self.rank = paper_equations, rank
 
         def cores():
@@ -166,6 +184,8 @@ class AFWLayer(nn.Module):
             g = {m: (v / math.sqrt(self.rank)).softmax(-1) for m, v in g.items()}
         pooled = {m: masked_mean(g[m], valid[m]).unsqueeze(1) for m in g}  # Eq. 6's A^(m): [B, 1, R, R]
         out, err, n = {}, 0.0, 0
+        if self.feature_reduction == "sum":  # Eq. 12's B: utterances with at least one modality
+            n_utt = int(torch.stack([valid[m] for m in self.modalities]).any(0).sum())
         for m in self.modalities:
             a = g[m]
             for l in self.modalities:  # Eq. 6: ×A^(t) ×A^(a) ×A^(v) (official: the other modalities only)
@@ -179,7 +199,9 @@ class AFWLayer(nn.Module):
                 err = err + (diff * valid[m].to(diff.dtype)).sum()
                 n += int(valid[m].sum()) * w.shape[-1]
             out[m] = self.drop(y)
-        return out, (err / max(n, 1) if with_loss else None)
+        if with_loss and self.feature_reduction == "sum":  # (1/B) Σ_i Σ_m ‖·‖₁
+            return out, err / max(n_utt, 1)
+        return out, (err / max(n, 1) if with_loss else None)  # official nn.L1Loss: mean over elements
 
 
 @register_model("ada2i")
@@ -189,17 +211,29 @@ class Ada2I(nn.Module):
                  ff_dim: int | None = 2048, afw: bool = True, afw_layers: int = 2, rank: int = 6, beta: float = 0.55,
                  feature_target: str = "attention", amw: bool = True, modulation: bool = True, alpha: float = 0.42,
                  start_mod: int = 4, end_mod: int | None = None, noise: bool = True, dropout: float = 0.5,
-                 paper_equations: bool = True, task: str = "classification"):
+                 paper_equations: bool = True, amw_norm: str | None = None, feature_reduction: str | None = None,
+                 noise_target: str | None = None, task: str = "classification"):
         super().__init__()
         self.task = check_task(task, "ada2i")
+        paper = paper_equations
+        amw_norm = amw_norm or ("class" if paper else "hidden")
+        feature_reduction = feature_reduction or ("sum" if paper else "mean")
+        noise_target = noise_target or ("parameter" if paper else "gradient")
+        for key, val, ok in (("amw_norm", amw_norm, ("class", "hidden", "matrix")),
+                             ("feature_reduction", feature_reduction, ("sum", "mean")),
+                             ("noise_target", noise_target, ("parameter", "gradient"))):
+            if val not in ok:
+                raise ValueError(f"ada2i: {key} is null|{'|'.join(ok)}; got {val!r}")
+        self.amw_norm, self.noise_target = amw_norm, noise_target
+        self._sigma: dict = {}  # noise_target parameter: per parameter, σ from before_step, used by after_step
         if feature_target not in ("attention", "output"):
             raise ValueError(f"ada2i: feature_target is attention|output; got {feature_target!r}")
         self.modalities = mods = ordered(input_dims)
         dims = encoder_dim if isinstance(encoder_dim, dict) else {m: encoder_dim for m in mods}
         self.encoders = nn.ModuleDict({m: ModalityEncoder(input_dims[m], dims.get(m), hidden, heads, encoder_layers,
                                                           ff_dim, dropout) for m in mods})
-        self.afw = nn.ModuleList(AFWLayer(mods, hidden, rank, beta, dropout, feature_target, paper_equations)
-                                 for _ in range(afw_layers if afw else 0))
+        self.afw = nn.ModuleList(AFWLayer(mods, hidden, rank, beta, dropout, feature_target, paper_equations,
+                                          feature_reduction) for _ in range(afw_layers if afw else 0))
         self.fc = nn.Linear(hidden * len(mods), n_classes)  # W = [W_t | W_a | W_v]: one block per modality
         self.paper = paper_equations
         # Eq. 9: ŷ = MLP(Z^{m-adapt}) with ReLU (paper only; the official prediction is Z^{m-adapt})
@@ -229,8 +263,8 @@ class Ada2I(nn.Module):
                 feature = feature + err
         if self.training and len(self.afw):
             losses["feature"] = feature
-        if self.amw:  # Eq. 8: features normalised per utterance, each modality's weights over the class axis
-            logits = sum(F.normalize(h[m], dim=-1) @ F.normalize(self._partition(m)[0], dim=0).T for m in mods)
+        if self.amw:  # Eq. 8: features normalised per utterance, each modality's weights by ``amw_norm``
+            logits = sum(F.normalize(h[m], dim=-1) @ self._normalized_weight(m).T for m in mods)
             logits = logits + self.fc.bias
         else:
             logits = self.fc(torch.cat([h[m] for m in mods], dim=-1))
@@ -240,6 +274,15 @@ class Ada2I(nn.Module):
         if self.mlp is None:
             return {"logits": logits, "losses": losses}
         return {"logits": self.mlp(logits), "z_adapt": logits, "losses": losses}
+
+    def _normalized_weight(self, m: str) -> torch.Tensor:
+        """Eq. 8's W^m / ‖W^m‖ (``amw_norm``): per class row, per hidden unit (official) or the whole block."""
+        w = self._partition(m)[0]  # [C, hidden]
+        if self.amw_norm == "class":
+            return F.normalize(w, dim=1)
+        if self.amw_norm == "hidden":
+            return F.normalize(w, dim=0)
+        return w / w.norm().clamp(min=1e-12)
 
     def _unimodal_logits(self, m: str, z: torch.Tensor) -> torch.Tensor:
         """Eq. 16's per-class input: cos⟨W_k^m, Z^m⟩ + b_k/M (paper) or W^m Z^m + b/M (official)."""
@@ -296,18 +339,34 @@ class Ada2I(nn.Module):
 
     @torch.no_grad()
     def before_step(self, epoch: int, step: int) -> None:
-        """Eq. 18–19: scale each modality encoder's gradients by k_m, then add N(0, (std + 1e-8)²) noise."""
+        """Eq. 18–19: scale each modality encoder's gradients by k_m; ``noise_target: gradient`` (official) then adds
+        N(0, (std + 1e-8)²) noise to them, ``parameter`` (paper) keeps σ = std(g) for ``after_step``."""
         coef, self._coef = self._coef, None
+        self._sigma = {}
         if not coef or not self.modulating(epoch):
             return
         for m, k in coef.items():
             for p in self.encoders[m].parameters():
                 if p.grad is None:
                     continue
+                if self.noise and self.noise_target == "parameter" and p.grad.numel() > 1:
+                    self._sigma[p] = float(p.grad.std())  # Σ^sgd(θ_t): the unmodulated gradient's spread
                 p.grad.mul_(k)
-                if self.noise and p.grad.numel() > 1:  # a one-element gradient has no std
+                if self.noise and self.noise_target == "gradient" and p.grad.numel() > 1:  # one element: no std
                     # in place: on CPU drawing the normals (~12 ns each) is this hook's whole cost
                     p.grad.add_(torch.randn_like(p.grad).mul_(p.grad.std() + 1e-8))
+
+    @torch.no_grad()
+    def after_step(self, epoch: int, step: int, lr: float) -> None:
+        """Eq. 19 (``noise_target: parameter``): θ ← θ + η·σ·ε after the optimiser's update, ε ~ N(0, I) from a
+        generator seeded by (epoch, step) so every DDP replica adds the same noise."""
+        sigma, self._sigma = self._sigma, {}
+        if not sigma:
+            return
+        gen = torch.Generator(device="cpu").manual_seed(1_000_003 * (epoch + 1) + step)
+        for p, s in sigma.items():
+            eps = torch.randn(p.shape, generator=gen, dtype=torch.float32).to(device=p.device, dtype=p.dtype)
+            p.add_(eps, alpha=lr * s)
 
     def epoch_logs(self) -> dict:
         """Epoch means of ρ_m (Fig. 4) and s_m (Fig. 1b), then reset; per-class AMW weight norms (Fig. 5)."""

@@ -46,6 +46,8 @@ Optional hooks, so models with extra objectives plug in without a second trainin
   * ``before_step(epoch=, step=)``: after backward, before the optimiser step and (unless
     ``clip_before_hooks``) before clipping — gradient modulation (e.g. Ada2I's 1 − tanh(α·ρ)) edits ``p.grad``
     here.
+  * ``after_step(epoch=, step=, lr=)``: after the optimiser step (``lr``: the step's learning rate) — e.g.
+    Ada2I Eq. 19's parameter noise η·h(θ). Under DDP it must act identically on every rank.
   * ``epoch_logs() -> {name: float}``: extra per-epoch values logged as ``train/<name>`` (e.g. ρ per modality).
 
 Multi-GPU / multi-process (``torchrun --nproc-per-node N``): ``init_distributed`` reads torchrun's environment
@@ -383,6 +385,8 @@ class Engine:
             if hasattr(model, "before_step"):
                 self._check_finite({}, epoch, step, "after before_step")  # a hook may divide by zero too
             self.opt.step()
+            if hasattr(model, "after_step"):
+                model.after_step(epoch=epoch, step=step, lr=self.opt.param_groups[0]["lr"])
             if self.step_sched is not None:
                 self.step_sched.step()
             n = int(b["mask"].sum())

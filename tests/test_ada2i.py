@@ -120,7 +120,7 @@ def test_modulation_window_and_noise():
         for m, k in coef.items():
             name = f"encoders.{m}.encoder.blocks.0.ff.0.weight"
             torch.testing.assert_close(params[name].grad, grads[name] * (k if on else 1.0))
-    noisy = build(start_mod=1, noise=True)
+    noisy = build(start_mod=1, noise=True, noise_target="gradient")  # the official code's Eq. 19
     _, grads, coef = train_step(noisy, b)
     name = "encoders.a.encoder.blocks.0.ff.0.weight"
     g = dict(noisy.named_parameters())[name].grad
@@ -163,6 +163,47 @@ def test_afw_layer_matches_tensor_ring_equations(paper):
         torch.testing.assert_close(out[m], w * h[m] + 0.55 * h[m])
 
 
+def test_feature_loss_sum_is_eq12_and_mean_the_official():
+    """Eq. 12 (``sum``): Σ_m ‖Att − Âtt‖₁ per utterance over B utterances; ``mean``: over every element — their
+    ratio is (elements counted) / B on a batch with an absent modality row and padding."""
+    feats, present, mask, speaker, _ = batch()
+    present = {m: p.clone() for m, p in present.items()}
+    present["v"][0, 1] = False
+    losses = {}
+    for red in ("sum", "mean"):
+        model = build(feature_reduction=red, afw_layers=1, dropout=0.0)
+        losses[red] = model(feats, present, mask, speaker)["losses"]["feature"].item()
+    n_elem = sum(int((present[m] & mask).sum()) for m in "tav") * TINY["hidden"]
+    n_utt = int(mask.sum())  # every real utterance has text here
+    assert losses["sum"] / losses["mean"] == pytest.approx(n_elem / n_utt, rel=1e-5)
+    assert build(paper_equations=False).afw[0].feature_reduction == "mean"
+
+
+def test_eq19_noise_on_the_parameters_after_the_step():
+    """``noise_target: parameter`` (paper Eq. 19): gradients are only scaled by k_m; after the update each encoder
+    parameter moves by η·σ·ε with σ = std of its unmodulated gradient; the same (epoch, step) draws the same ε."""
+    b = batch()
+    model = build(start_mod=1, noise=True)
+    assert model.noise_target == "parameter"
+    _, grads, coef = train_step(model, b)
+    name = "encoders.a.encoder.blocks.0.ff.0.weight"
+    p = dict(model.named_parameters())[name]
+    torch.testing.assert_close(p.grad, grads[name] * coef["a"])  # no noise on the gradient
+    before = p.detach().clone()
+    encoder_params = {id(x) for n, x in model.named_parameters() if n.startswith("encoders.")}
+    assert model._sigma and {id(x) for x in model._sigma} <= encoder_params  # σ only for the modality encoders
+    sigma = model._sigma[p]
+    assert sigma == pytest.approx(grads[name].std().item(), rel=1e-5)
+    model.after_step(epoch=0, step=0, lr=0.5)
+    step = p.detach() - before
+    assert step.std().item() == pytest.approx(0.5 * sigma, rel=0.15) and abs(step.mean().item()) < 0.2 * sigma
+    twin = build(start_mod=1, noise=True)
+    train_step(twin, b)
+    twin.after_step(epoch=0, step=0, lr=0.5)
+    torch.testing.assert_close(dict(twin.named_parameters())[name].detach(), p.detach())  # DDP replicas agree
+    assert not model._sigma  # consumed by after_step
+
+
 def test_feature_loss_targets():
     b = batch()
     losses = {}
@@ -176,16 +217,25 @@ def test_feature_loss_targets():
     assert "feature" not in build(afw=False)(*b[:4])["losses"]
 
 
-def test_amw_normalises_weights_and_features():
-    """Eq. 8: AMW logits ignore the scale of each hidden unit's class weights and of each modality's features."""
+@pytest.mark.parametrize("norm", ["class", "hidden", "matrix"])
+def test_amw_normalises_weights_and_features(norm):
+    """Eq. 8: AMW logits ignore the scale of what ``amw_norm`` normalises — a class row of W^m (paper), a hidden
+    unit's column (official), the whole block — and not the others'; without AMW every scale matters."""
     b = batch(seed=1)
+    h = TINY["hidden"]
+    scalings = {"class": (slice(2, 3), slice(0, h)), "hidden": (slice(None), slice(3, 4)),
+                "matrix": (slice(None), slice(0, h))}  # rows = classes, columns = modality t's block
     for amw in (True, False):
-        model = build(amw=amw).eval()
-        out = model(*b[:4])["logits"]
-        with torch.no_grad():
-            model.fc.weight[:, 3] *= 5.0
-        changed = (model(*b[:4])["logits"] - out).abs().max()
-        assert (changed < 1e-5) if amw else (changed > 1e-3)
+        for what, (rows, cols) in scalings.items():
+            model = build(amw=amw, amw_norm=norm).eval()
+            out = model(*b[:4])["logits"]
+            with torch.no_grad():
+                model.fc.weight[rows, cols] *= 5.0
+            changed = (model(*b[:4])["logits"] - out).abs().max()
+            # scaling the whole block changes no normalisation's output; a row or a column only its own
+            invariant = amw and what in (norm, "matrix")
+            assert (changed < 1e-5) if invariant else (changed > 1e-3), (norm, amw, what)
+    assert build(paper_equations=True).amw_norm == "class" and build(paper_equations=False).amw_norm == "hidden"
     model = build(amw=False).eval()
     feats, present, mask, speaker, _ = b
     logits = model(feats, present, mask, speaker)["logits"]
@@ -224,12 +274,14 @@ def test_overfits_tiny_batch_with_modulation():
     model = build(start_mod=1, dropout=0.0)
     b = batch()
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
-    for _ in range(100):
+    for i in range(100):
         loss, _, _ = train_step(model, b)
         opt.step()
+        model.after_step(epoch=0, step=i, lr=1e-2)  # Eq. 19's parameter noise, as the engine calls it
     out = model.eval()(*b[:4])["logits"]
     acc = (out.argmax(-1) == b[4])[b[2]].float().mean()
-    assert acc == 1.0 and loss.item() < 0.5
+    ce = F.cross_entropy(out.reshape(-1, 7), b[4].reshape(-1), ignore_index=-100)
+    assert acc == 1.0 and ce.item() < 0.5 and torch.isfinite(loss)
 
 
 def dialogues(n=6, seed=0, mods="tav"):
