@@ -59,7 +59,7 @@ def test_representations_are_what_the_classifier_reads(name):
     assert keys[:2] == [("d0", 0), ("d0", 1)]
     _, _, logits, _ = predict(model, data, 16, "cpu")
     if name == "ada2i":  # AMW: logits = Σ_m norm(h_m) · norm(W_m)ᵀ + b, rep = [norm(h_t); norm(h_a); norm(h_v)]
-        w = torch.cat([torch.nn.functional.normalize(model._partition(m)[0], dim=0) for m in model.modalities], 1)
+        w = torch.cat([model._normalized_weight(m) for m in model.modalities], 1)  # Eq. 8's amw_norm
         with torch.no_grad():
             again = torch.from_numpy(x) @ w.T + model.fc.bias
             if model.mlp is not None:  # paper_equations: Eq. 9's MLP head reads the AMW scores

@@ -141,8 +141,10 @@ def test_imported_features_train(tmp_path, model):
     params = load_params()
     params["model"] = model
     if model == "ada2i":  # CPU-test sizes (the official widths take seconds per epoch here)
+        # feature_reduction mean (the official L1Loss): Eq. 12's printed sum makes L_feature ≈ d·M times larger,
+        # and 12 epochs at these sizes then reach only ~0.24 dev weighted F1 (measured)
         params["model_params"]["ada2i"].update(hidden=32, ff_dim=64, encoder_dim={"t": None, "a": None, "v": None},
-                                               dropout=0.1)
+                                               dropout=0.1, feature_reduction="mean")
     params["train"] = {**params["train"], "modalities": "tav", "epochs": 12, "patience": 12, "seeds": [0]}
     res = train(params, str(utt), str(tmp_path / "model.pt"), str(tmp_path / "live"), dirs)
     # the text vectors carry the label: far above chance (≈ 0.17 weighted F1 for 6 balanced classes);
