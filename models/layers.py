@@ -60,10 +60,13 @@ class PointwiseConv1d(nn.Conv1d):
     """Conv1d with kernel size 1 over the utterances of ``[B, T, D]`` sequences (channels last in and out).
 
     A per-utterance linear map, written as the papers that use "1D convolution" projections (SDT, LPGNet) do.
+    An odd ``kernel`` > 1 (zero "same" padding) mixes each utterance with its ``kernel // 2`` neighbours per side.
     """
 
-    def __init__(self, d_in: int, d_out: int, bias: bool = True):
-        super().__init__(d_in, d_out, kernel_size=1, bias=bias)
+    def __init__(self, d_in: int, d_out: int, bias: bool = True, kernel: int = 1):
+        if kernel < 1 or kernel % 2 == 0:
+            raise ValueError(f"conv kernel must be odd and >= 1 (same-length output); got {kernel}")
+        super().__init__(d_in, d_out, kernel_size=kernel, padding=kernel // 2, bias=bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return super().forward(x.transpose(1, 2)).transpose(1, 2)
@@ -72,22 +75,27 @@ class PointwiseConv1d(nn.Conv1d):
 class ModalityProjector(nn.Module):
     """Per-modality projection into a shared width, absent modalities zeroed.
 
-    ``kind="mlp"``: LayerNorm → Linear → GELU → Dropout; ``kind="conv1d"``: a bias-free kernel-1 Conv1d →
-    Dropout (the temporal-convolution input layer of SDT / LPGNet).
+    ``kind="mlp"``: LayerNorm → Linear → GELU → Dropout; ``kind="conv1d"``: a kernel-``kernel`` Conv1d (bias-free
+    unless ``bias``) → Dropout (the temporal-convolution input layer of SDT / LPGNet).
     """
 
-    def __init__(self, input_dims: dict[str, int], hidden: int, dropout: float = 0.1, kind: str = "mlp"):
+    def __init__(self, input_dims: dict[str, int], hidden: int, dropout: float = 0.1, kind: str = "mlp",
+                 kernel: int = 1, bias: bool = False):
         super().__init__()
         if kind not in ("mlp", "conv1d"):
             raise ValueError(f"projector kind is mlp|conv1d; got {kind!r}")
-        self.modalities = ordered(input_dims)
+        self.modalities, self.kernel = ordered(input_dims), kernel if kind == "conv1d" else 1
         make = {"mlp": lambda d: nn.Sequential(nn.LayerNorm(d), nn.Linear(d, hidden), nn.GELU(), nn.Dropout(dropout)),
-                "conv1d": lambda d: nn.Sequential(PointwiseConv1d(d, hidden, bias=False), nn.Dropout(dropout))}[kind]
+                "conv1d": lambda d: nn.Sequential(PointwiseConv1d(d, hidden, bias=bias, kernel=kernel),
+                                                  nn.Dropout(dropout))}[kind]
         self.proj = nn.ModuleDict({m: make(d) for m, d in input_dims.items()})
 
     def forward(self, feats: dict[str, torch.Tensor], present: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        # Multiply (not only mask later) so an absent modality's values can never reach any later layer.
-        return {m: self.proj[m](feats[m]) * present[m].unsqueeze(-1).to(feats[m].dtype) for m in self.modalities}
+        # Multiply (not only mask later) so an absent modality's values can never reach any later layer; a kernel
+        # wider than 1 also sees its neighbours, so their absent entries enter as zeros.
+        on = {m: present[m].unsqueeze(-1) for m in self.modalities}
+        x = {m: feats[m].masked_fill(~on[m], 0.0) if self.kernel > 1 else feats[m] for m in self.modalities}
+        return {m: self.proj[m](x[m]) * on[m].to(feats[m].dtype) for m in self.modalities}
 
 
 class MLPHead(nn.Module):
@@ -137,14 +145,16 @@ class MultiHeadAttention(nn.Module):
     """Scaled dot-product multi-head attention (Vaswani et al. 2017, Eq. 1) with a boolean mask.
 
     A query with no allowed key gets a zero output instead of NaN (softmax over nothing) or an average of
-    padding, so absent modalities and padded utterances contribute nothing.
+    padding, so absent modalities and padded utterances contribute nothing. ``mask_fill`` (a score, e.g. −1e9)
+    instead fills masked scores with that value and keeps the softmax as is: a query with no allowed key then
+    attends uniformly to all keys (what a paper's "−10⁹ otherwise" computes).
     """
 
-    def __init__(self, d: int, heads: int, dropout: float = 0.0):
+    def __init__(self, d: int, heads: int, dropout: float = 0.0, mask_fill: float | None = None):
         super().__init__()
         if d % heads:
             raise ValueError(f"width {d} is not divisible by {heads} heads")
-        self.h, self.dh = heads, d // heads
+        self.h, self.dh, self.mask_fill = heads, d // heads, mask_fill
         self.q, self.k, self.v, self.o = (nn.Linear(d, d) for _ in range(4))
         self.drop = nn.Dropout(dropout)
 
@@ -155,7 +165,9 @@ class MultiHeadAttention(nn.Module):
         k = self.k(kv).view(B, Tk, self.h, self.dh).transpose(1, 2)
         v = self.v(kv).view(B, Tk, self.h, self.dh).transpose(1, 2)
         s = q @ k.transpose(-1, -2) / math.sqrt(self.dh)
-        if mask is not None:
+        if mask is not None and self.mask_fill is not None:  # low precision: the dtype's most negative value
+            a = s.masked_fill(~mask.unsqueeze(1), max(self.mask_fill, torch.finfo(s.dtype).min)).softmax(-1)
+        elif mask is not None:
             m = mask.unsqueeze(1)
             s = s.masked_fill(~m, torch.finfo(s.dtype).min)
             a = s.softmax(-1) * m  # rows with no allowed key become all-zero

@@ -8,8 +8,15 @@ becomes an MSE on the targets and L_KL an MSE between each unimodal output and t
 KL's teacher), λ weights unchanged.
 
 Paper → code (section / equation of the paper):
-  §3.1, §3.3 (1)  X_s = Conv1D(X_s), s ∈ {t, a}: a kernel-1 Conv1d per modality into ``hidden``
-                  (``ModalityProjector(kind="conv1d")``). No speaker embeddings anywhere (``speaker`` is ignored).
+  §3.1, §3.3 (1)  X_s = Conv1D(X_s), s ∈ {t, a}: a Conv1d per modality into ``hidden``
+                  (``ModalityProjector(kind="conv1d")``), kernel ``conv_kernel`` = 1 as the text says ("kernel size
+                  1"). The same sentence gives it a second purpose, "localized context modeling across adjacent
+                  utterances", which a kernel of 1 cannot serve: ``conv_kernel: 3`` (any odd k, zero "same"
+                  padding; padded and absent entries enter as zeros) is that reading. No dropout after it
+                  (``proj_dropout: false``: the formula has none; ``true`` = SDT's dropout on the encoder input).
+                  Its bias: not in the paper: our choice (``proj_bias: false``), because SDT's official code
+                  (model.py, ``nn.Conv1d(..., kernel_size=1, bias=False)``), whose input layer LPGNet keeps, has
+                  none. No speaker embeddings anywhere (``speaker`` is ignored).
   §3.3 (2)        Attention(Q, K, V) = Softmax(QKᵀ/√d) V, four parallel branches (``LPIABranch.attn``):
                     X_tt = Attention(X_t, X_t, X_t)     X_aa = Attention(X_a, X_a, X_a)
                     X_at = Attention(X_a, X_t, X_t)     X_ta = Attention(X_t, X_a, X_a)
@@ -19,16 +26,31 @@ Paper → code (section / equation of the paper):
                   we follow the formulas because §3.4 pairs H_at with text (T_fused = Linear([H_t; H_at])) and
                   X_at's values are text in the written operands. ``heads`` defaults to 1: the formula has one
                   softmax scaled by √d. Learned Q/K/V/output projections: not in the formula; our choice,
-                  because §3.3 calls them attention "blocks" (SDT's blocks have them).
-  §3.3 (3)        Mask-aware scores (−10⁹ off the mask): boolean masks over valid utterances (frames in the
-                  Frame mode) of query and key modality (``attention_mask``); the whole dialogue is visible.
+                  because §3.3 calls them attention "blocks" (SDT's blocks have them). No dropout on the attention
+                  weights (``attn_dropout: false``): A = Softmax(S) has none and §3.3 (4) places the method's one
+                  Dropout in the FFN, so §4.3's rate 0.1 is that one; ``true`` drops the attention weights at
+                  ``dropout`` as SDT's official MultiHeadedAttention does.
+  §3.3 (3)        Mask-aware scores: boolean masks over valid utterances (frames in the Frame mode) of query and
+                  key modality (``attention_mask``); the whole dialogue is visible. S = QKᵀ/√d on the mask,
+                  −10⁹ off it, A = Softmax(S) (``mask_fill: paper``): a query with no valid key (a text utterance
+                  of a dialogue without audio, in X_ta) attends uniformly to all keys, which are all zeroed
+                  inputs, so it gets the value projection of zero whatever the padding length.
+                  ``mask_fill: zero`` gives such a query an all-zero attention row instead (the convention of
+                  ``layers.MultiHeadAttention`` the other models share). Padded queries' rows differ too, but the
+                  branch output is zeroed there (below). In low precision the fill is the dtype's most negative
+                  value when −10⁹ is out of range (float16).
   §3.3 (4)        Two-stage residual enhancement, per branch (the four outputs stay separate):
                     A_conv = Conv2D(Mean(Â)) — 1×1 conv → BatchNorm → LeakyReLU (``GlobalCompression``). "Mean"
                     is read as the mean over the utterance axis (valid positions only), the result "broadcast
                     back to the sequence dimension" (``compression: global``, the text's reading);
                     ``compression: per_utterance`` applies the block to every utterance of Â instead.
-                    FFN(x) = W₂ Dropout(GELU(W₁ LayerNorm(x))), d_ff = ``ff_mult``·d (2 or 4 in the text; 2 here)
-                    X_final = Q + A_conv + FFN(A_conv), Q = the branch's query input.
+                    FFN(x) = W₂ Dropout(GELU(W₁ LayerNorm(x))), d_ff = ``ff_mult``·d: the text says "typically
+                    2d or 4d" and picks neither; 2 here (our choice, because it is the lighter one of a network
+                    built to be "lightweight"), 4 by ``ff_mult: 4``.
+                    X_final = Q + A_conv + FFN(A_conv), Q = the branch's query input. X_final is zeroed at padded
+                    query positions: not in the paper: our choice, because a padded position holds no utterance;
+                    every later step (BatchNorm statistics, the means, the loss) reads valid positions only, so
+                    no real output changes, and padding stays inert under any switch.
   §3.4 (1)        Unimodal gated fusion, one gate per branch: Z = σ(W_g H), H_gated = Z ⊙ H (four
                   ``UnimodalGate``s: H_t, H_a, H_at, H_ta), then T_fused = Linear([H_t; H_at]),
                   A_fused = Linear([H_a; H_ta]) (``fuse``; with one branch per stream: Linear(H)).
@@ -65,18 +87,12 @@ Not in the paper — our choices, switchable:
     branch and every ``xy``.
 
 Ablations (Table 3): ``inter: false`` (no X_at, X_ta), ``intra: false`` (no X_tt, X_aa), ``ffn: false``
-(X_final = Q + A_conv), ``dual_gate: false`` (no gates: F_final = mean of the Linear-fused streams); unimodal =
-``train.modalities=t`` (or ``a``); plus ``distill: false`` and ``compress: false`` (A_conv = Â).
-
-Departures still to be made switches or justified (end-of-session review against lpgnet.txt; behaviour unchanged):
-  * §3.3(3) masks scores with −1e9; ``layers.MultiHeadAttention`` uses finfo.min and gives a query with no valid key
-    an all-zero row (not uniform). Attention dropout, the bias-free Conv1d projector with dropout, zeroing padded
-    outputs, and ``ff_mult`` fixed at 2 (the text says "2d or 4d") are not in the paper: our choices, because they
-    keep padding inert and match SDT's layers the project shares.
-  * §3.3(1) says the kernel-1 Conv1D models "adjacent utterances", which kernel 1 cannot; we follow kernel 1.
-  * ``compress: false``/``distill: false`` are ablations beyond Table 3; "w/o dual-gated fusion" (mean of the
-    Linear-fused streams, gates dropped) is our reading. §4.3's hidden 768 is set by the recipes (default 128: CPU).
-  * Frame mode pads to the batch's longest sequence (≤ 512), equivalent under masking to padding to 512.
+(X_final = Q + A_conv), ``dual_gate: false`` (no gates: F_final = mean of the Linear-fused streams — the table
+names the ablation only, so which fusion replaces the gates is our reading: the plainest one that still uses
+both streams); unimodal = ``train.modalities=t`` (or ``a``). Beyond Table 3 (not in the paper, for analysis):
+``distill: false`` and ``compress: false`` (A_conv = Â). §4.3's hidden 768 is set by the recipes (default 128,
+CPU-sized). The Frame mode pads to the batch's longest sequence (≤ 512), not to 512: the same outputs, because
+padded keys are zeroed inputs (under either ``mask_fill``) and padded queries are zeroed and never averaged.
 """
 from __future__ import annotations
 
@@ -91,7 +107,8 @@ from models.registry import register_model
 
 CHOICES = {"operand_order": ("paper", "swapped"), "compression": ("global", "per_utterance"),
            "gate_softmax": ("modality", "feature"), "kl_direction": ("student_teacher", "teacher_student"),
-           "student_input": ("intra", "fused"), "mode": ("utterance", "frame")}
+           "student_input": ("intra", "fused"), "mode": ("utterance", "frame"), "mask_fill": ("paper", "zero")}
+MASK_FILL = {"paper": -1e9, "zero": None}  # §3.3 (3) "−10⁹ otherwise" | layers' all-zero row for a keyless query
 
 
 def distillation_kl(student: torch.Tensor, teacher: torch.Tensor, valid: torch.Tensor, tau: float = 1.0,
@@ -150,9 +167,10 @@ class GlobalCompression(nn.Module):
 class LPIABranch(nn.Module):
     """One of the parallel branches: Â = Attention(Q, K, V), then X_final = Q + A_conv + FFN(A_conv) (§3.3)."""
 
-    def __init__(self, d: int, heads: int, dropout: float, ff_mult: int, compress: bool, compression: str, ffn: bool):
+    def __init__(self, d: int, heads: int, dropout: float, ff_mult: int, compress: bool, compression: str, ffn: bool,
+                 attn_dropout: float = 0.0, mask_fill: float | None = MASK_FILL["paper"]):
         super().__init__()
-        self.attn = MultiHeadAttention(d, heads, dropout)
+        self.attn = MultiHeadAttention(d, heads, attn_dropout, mask_fill)
         self.compress = GlobalCompression(d) if compress else None
         self.global_mean = compression == "global"
         # FFN(x) = W2 Dropout(GELU(W1 LayerNorm(x)))
@@ -193,18 +211,24 @@ class LPGNet(nn.Module):
                  distill: bool = True, student_input: str = "intra", kl_direction: str = "student_teacher",
                  detach_teacher: bool = True, lambda_task: float = 1.5, lambda_ce: float = 1.0,
                  lambda_kl: float = 0.3, tau: float = 1.0, mode: str = "utterance", max_len: int = 512,
-                 sequences: dict | None = None, task: str = "classification"):
+                 sequences: dict | None = None, mask_fill: str = "paper", attn_dropout: bool = False,
+                 proj_dropout: bool = False, proj_bias: bool = False, conv_kernel: int = 1,
+                 task: str = "classification"):
         super().__init__()
         self.task = check_task(task, "lpgnet")
         for k, v in dict(operand_order=operand_order, compression=compression, gate_softmax=gate_softmax,
-                         kl_direction=kl_direction, student_input=student_input, mode=mode).items():
+                         kl_direction=kl_direction, student_input=student_input, mode=mode,
+                         mask_fill=mask_fill).items():
             if v not in CHOICES[k]:
                 raise ValueError(f"lpgnet: {k} is {'|'.join(CHOICES[k])}; got {v!r}")
         if not (intra or inter):
             raise ValueError("lpgnet: intra and inter attention cannot both be off (LPIA would be empty)")
         if tau <= 0:
             raise ValueError(f"lpgnet: temperature tau must be > 0; got {tau}")
-        self.proj = ModalityProjector(input_dims, hidden, dropout, kind="conv1d")
+        if conv_kernel < 1 or conv_kernel % 2 == 0:
+            raise ValueError(f"lpgnet: conv_kernel must be odd and >= 1 (§3.3 (1): 1); got {conv_kernel}")
+        self.proj = ModalityProjector(input_dims, hidden, dropout if proj_dropout else 0.0, kind="conv1d",
+                                      kernel=conv_kernel, bias=proj_bias)
         self.modalities = mods = ordered(input_dims)
         if inter and len(mods) == 1:
             inter = False  # one modality: only its intra branch exists
@@ -213,7 +237,8 @@ class LPGNet(nn.Module):
                         for y in mods}
         if not any(self.streams.values()):
             raise ValueError("lpgnet: intra: false with a single modality leaves no attention branch")
-        self.branch = nn.ModuleDict({n: LPIABranch(hidden, heads, dropout, ff_mult, compress, compression, ffn)
+        attn = dict(attn_dropout=dropout if attn_dropout else 0.0, mask_fill=MASK_FILL[mask_fill])
+        self.branch = nn.ModuleDict({n: LPIABranch(hidden, heads, dropout, ff_mult, compress, compression, ffn, **attn)
                                      for y in mods for n in self.streams[y]})
         self.operand_order, self.positions, self.dual_gate = operand_order, positions, dual_gate
         self.fuse = nn.ModuleDict({y: nn.Linear(hidden * len(self.streams[y]), hidden) for y in mods})

@@ -11,7 +11,8 @@ Section / equation → code:
   Eq. 3   G_dyn = Softmax(W_g)/T in the band     ``DynamicRouter.band`` (μ ± 2σ on the gate logits W_g) and
           (μ−2σ, μ+2σ) of W_g, 0 outside           ``DynamicRouter.forward`` (… · keep / T)
   Eq. 4   Ĝ = softmax((W_g + g_noise)/τ)          ``DynamicRouter.forward`` (Gumbel noise in training, τ learnable)
-  Eq. 5   M_sparse = Σ_i Ĝ_i E_o,i               ``SDMoE.forward`` (E_i = BiGRU_i(U_e), the auxiliary experts)
+  Eq. 5   M_sparse = Σ_i Ĝ_i E_o,i               ``SDMoE.forward`` (E_i = BiGRU_i(U_e), the auxiliary experts;
+                                                 ``share_experts``: one BiGRU for all i)
   Eq. 6   H_fuse = Σ_i V_g F_o,i H_m,i           ``GlobalMoE`` (router logits V_g·f_i, sparse dynamic routing)
   Eq. 7   M_ij = 1 if |s_tr − s_st| > 0.5        ``dynattn_mask``
   Eq. 8   DynAttn = ((1 − φM) ⊙ Softmax(QKᵀ/√d)) V   ``DynAttention.forward``
@@ -36,7 +37,15 @@ query); the result continues as branch m. Branch outputs f_m (LayerNorm'd) are t
 IKD's intermediate features f_mi.
 
 Readings of ambiguous text (the most literal one implemented — where the prose and a printed formula disagree, the
-prose —; the alternative is a switch):
+prose; where a literal reading contradicts the rest of its section, the reading that fits it, said so —; the
+alternative is a switch):
+  * §3.4 "Parameters are shared within intra-modal components but remain independent across inter-modal
+    components", with E_i = BiGRU(U_e) (no expert index): ``share_experts: true`` is the literal reading, one
+    BiGRU per modality serving as all n experts, so Eq. 5 collapses to (Σ_i Ĝ_i)·BiGRU(U_e): the routing only
+    scales the one expert per token (by 1/T when the band drops nothing). The default (``false``) gives each of the n
+    experts its own BiGRU, because the same paragraph has "a set of BiGRU experts" capturing semantics "at multiple
+    levels" and Eq. 3 "dynamically adjusts the number of experts", which identical experts cannot do. The part
+    of the sentence both readings share holds in both: nothing is shared across modalities (one SDMoE each).
   * Eq. 3's μ, σ are "the mean and standard deviation of the weights": ``route_stats: tensor`` takes them over all
     entries of W_g for the batch's real utterances (running estimates in evaluation, so a prediction never depends
     on the rest of the batch); ``expert`` per expert over utterances; ``token`` per utterance over its experts
@@ -49,19 +58,38 @@ prose —; the alternative is a switch):
     [own token; mean of the utterance's present modalities; that mean averaged over the dialogue]; ``false`` only
     the own token.
   * Eq. 6: V_g is one learnable vector scoring each branch output (V_g × F_o); the scores are routed like Eq. 3–4
-    (``global_moe: sparse``); ``dense`` = a plain softmax over the branches.
+    (``global_moe: sparse``); ``dense`` = a plain softmax over the branches. The GMoE runs once, on the last
+    level's branch outputs F_o = {f_t, f_a, f_v}, giving H_fuse, "the multimodal decision vector" the classifier
+    reads, as Eq. 6 defines it; "our proposed GMoE can be applied to any layer for intermediate output processing"
+    states a possibility, and what an intermediate GMoE's output would feed is not said, so there is no switch.
   * Eq. 7's s are the scaled scores QKᵀ/√d_h per head (what the softmax of Eq. 8 sees); with different head counts
     teacher and student are compared on their head means. Student level l uses teacher layer ⌊l·L_t/L⌋ (not in
     the paper). Eq. 8's (1 − φM) ⊙ Softmax(·)V is only well-formed on the attention weights: ((1 − φM) ⊙ A) V, not
-    renormalised (as written). φ: one per DynAttn block, learnable from ``phi`` (``learn_phi: false`` keeps it set).
+    renormalised (as written). Its Σ_{i=1}^n is read as the sum over the n heads: concatenating the heads and
+    applying the output projection W_o is Σ_i W_o,i head_i, i.e. multi-head attention. φ: one per DynAttn block,
+    learnable from ``phi`` (``learn_phi: false`` keeps it set). The paper gives φ no range ("a dynamic adjustment
+    factor that moderates the masking field"): ``phi_bound: none`` learns φ itself (not in the paper: our choice,
+    because it adds no constraint the text does not state; ``phi_mean`` in the epoch logs shows where it goes);
+    then φ > 1 turns the attenuation into negative weights and φ < 0 into amplification. ``phi_bound: sigmoid``
+    learns ρ with φ = σ(ρ) ∈ (0, 1), initialised at ``phi``: between no mask and a full mask.
   * HCMF branches: ``branch_query: each`` — every branch queries the others, as "taking HCMF_t as an example"
     implies; ``anchor`` — only the first modality's branch does cross-modal fusion (Eq. 9–10 as printed).
   * Eq. 11 prints p̂ log(p̂/p̄) (student first): KL(student ‖ teacher), ``kl_direction: student_teacher``;
-    ``teacher_student`` is the usual KD direction. ``kd_temperature`` (not in the paper) defaults to 1.
+    ``teacher_student`` is the usual KD direction. ``kd_temperature`` (not in the paper, which has no temperature)
+    defaults to 1; with T ≠ 1 the term is scaled by T² (Hinton et al.'s convention, keeping the gradient scale),
+    inert at T = 1.
+  * Eq. 11–13's Σ_{i=1}^N runs over the utterances: each term is summed over the batch's real utterances
+    (``ikd_reduction: sum``, as printed); Eq. 14 has a free i and no Σ, and is reduced the same way, so that the κ's
+    weigh the four terms as Eq. 15 prints them (κ4 "set with a higher weight"). ``mean`` averages every term
+    instead. All four reduced alike, the two differ by the batch's utterance count N_b on the whole of Eq. 15: the
+    κ ratios are unchanged and Adam's (§4.3) steps nearly so, but batches then count by their utterances, the
+    coupled L2 weight decay and any gradient clipping meet an N_b-times larger gradient, and with
+    ``engine_ce: true`` the engine's CE (a mean) weighs 1/N_b against Eq. 15.
   * Eq. 12's gt is the hard label (Eq. 14's "where" defines the soft targets for Eq. 14 only).
   * Eq. 13 is called MSE in the text but printed as an L2 norm: ``inner_loss: mse`` (the text), ``l2`` (the
-    formula: per-utterance Euclidean norm). Σ_i runs over the branches; utterances are averaged (our choice:
-    independent of batch size).
+    formula: per-utterance Euclidean norm), summed over the branches and reduced over the utterances as above.
+    Its Σ_{j=1}^C has a summand without j, so it multiplies by the constant C, which κ3 (no value in the paper)
+    absorbs: dropped.
   * Eq. 14: the target gives ε to the true class and (1−ε)/(C−1) to each other one (the "where" clause, read as
     written), so ``smooth_eps`` is the TRUE class's share (0.9 = the usual "smoothing 0.1" spread over the other
     classes; the other convention is the same family with ε ↦ 1−ε, so it needs no switch). ε ≤ 1/C would put no
@@ -70,31 +98,41 @@ prose —; the alternative is a switch):
     printed formula has no log, −Σ_j softmax(p)_j q_j (``smooth_form: printed``). Text and formula disagree, so as
     for Eq. 13 the text decides; measured on a tiny batch (tests): the printed form plateaus (89 % fitted after
     200 steps), the CE form fits it in 50.
+    The printed denominator Σ_i^N exp(p_{m_i}) runs over the utterances, reusing the numerator's own index i:
+    ``smooth_norm: utterances`` is that (per class j, a softmax over the batch's N real utterances). The default,
+    ``classes``, normalises over the C classes, because the text calls the term label smoothing with "soft labels
+    instead of hard labels" (a distribution over classes per utterance), and a denominator over utterances would
+    make each utterance's loss depend on the rest of its batch (and, for a batch of one utterance, be constant).
     It is never class-weighted unless ``smooth_class_weight: true``.
   * Eq. 15 is "our overall training objective": with ``engine_ce: false`` ``aux_loss`` returns ``engine_ce`` =
     −(the engine's CE, with its class weights), cancelling it exactly, so the student is trained on Eq. 15 alone;
     ``engine_ce: true`` keeps the engine's CE beside it. ``ikd: false`` (the "w/o IKD" ablation) = the engine's CE
     alone.
 
-Not in the paper (our choices, because the text gives no value or form): residual + LayerNorm around each SDMoE;
-pre-LN transformer blocks with FFN width 2·hidden; the LayerNorm on each branch output (so the teacher's classifier
-sees normalised features as in the teacher); the κ values (κ4 "set with a higher weight": 2 vs 1); DialogueRNN on
-the student's inputs (A.1 runs it at feature extraction; here it is trained with the student, as no separately
-trained one exists), unidirectional as Majumder et al.'s basic model. With no ``teacher_path`` (tests,
-benchmarks) the frozen teacher is an untrained one of the configured shape; a warning says so.
+Not in the paper (our choices, because the text gives no value or form), each with its reason:
+  * Eq. 2's P is sinusoidal ("absolute position embeddings", form not given): it needs no maximum dialogue length
+    and no parameters.
+  * BiGRU experts of hidden/2 per direction: their concatenated outputs are ``hidden`` wide, the width of U_e that
+    Eq. 5 sums them into.
+  * τ is stored as log τ, read clamped at 1e-2: Eq. 4 divides by τ, which must stay positive under gradient steps;
+    the floor stops a vanishing τ from making the softmax one-hot with exploding gradients.
+  * Running μ, σ (momentum 0.1, BatchNorm's default) in evaluation: a prediction must not depend on the rest of
+    its batch.
+  * Residual + LayerNorm around each SDMoE: when the band zeroes every weight of a token, M_sparse = 0 and the
+    residual keeps U_e (§3.5 introduces residual blocks for "smoother" fusion in the same spirit).
+  * Pre-LN transformer blocks with FFN width 2·hidden; the LayerNorm on each branch output (so the teacher's
+    classifier sees normalised features as in the teacher).
+  * The teacher's transformer layers: Eq. 7 needs the teacher's attention scores s_tr, so it has attention layers
+    ("BERT-like", §3.5); their number is ``teacher.layers``.
+  * The κ values (κ4 "set with a higher weight": 2 vs 1).
+  * DialogueRNN on the student's inputs (A.1 runs it at feature extraction; here it is trained with the student,
+    as no separately trained one exists), unidirectional as Majumder et al.'s basic model.
+With no ``teacher_path`` (tests, benchmarks) the frozen teacher is an untrained one of the configured shape; a
+warning says so.
 
 Ablations (paper Tables 3–4, Fig. 4): ``moe: plain`` (softmax gate over all experts), ``fusion: self_attention``
 (plain per-modality self-attention instead of HCMF), ``ikd: false``, ``teacher.modality`` (t | a | v), the
 teacher's ``teacher.moe: none``, ``fusion_layers``, and the modality subsets through ``train.modalities``.
-
-Departures still to be made switches or justified (end-of-session review against summer.txt; behaviour unchanged):
-  * §3.4: experts are not shared within a modality ("parameters are shared within intra-modal components" is not
-    implemented); GMoE is applied once, not "to any layer".
-  * Eq. 8 drops Σ_{i=1}^n (read as one attention block per head group); φ is learnable and unbounded (no clamp).
-  * Eq. 13 drops Σ_j; Eq. 14's printed denominator sums over utterances, we normalise over classes; Eq. 11/12/14
-    average over utterances instead of summing; ``kd_temperature`` comes with T² scaling.
-  * Not in the paper: sinusoidal P (Eq. 2), BiGRU experts of hidden/2 per direction, τ stored as log τ clamped at
-    1e-2, running-statistics momentum 0.1, residual + LayerNorm around Eq. 5, the teacher's transformer layers.
 """
 from __future__ import annotations
 
@@ -272,7 +310,8 @@ class SDMoE(nn.Module):
 
     def __init__(self, hidden: int, experts: int, moe: str = "sdmoe", gate_context: bool = True,
                  route_sigma: float = 2.0, tau: float = 1.0, temperature: float = 1.0, route_stats: str = "tensor",
-                 route_renorm: bool = False, route_momentum: float = 0.1, dropout: float = 0.1):
+                 route_renorm: bool = False, route_momentum: float = 0.1, dropout: float = 0.1,
+                 share_experts: bool = False):
         super().__init__()
         if hidden % 2:
             raise ValueError(f"summer: hidden must be even (BiGRU experts of hidden/2 per direction); got {hidden}")
@@ -280,8 +319,9 @@ class SDMoE(nn.Module):
             raise ValueError(f"summer: moe is sdmoe|plain; got {moe!r}")
         self.gate_context = gate_context
         self.gate = nn.Linear(hidden * (3 if gate_context else 1), experts)
+        self.shared = share_experts  # §3.4 "parameters are shared within intra-modal components", read literally
         self.experts = nn.ModuleList(nn.GRU(hidden, hidden // 2, batch_first=True, bidirectional=True)
-                                     for _ in range(experts))
+                                     for _ in range(1 if share_experts else experts))
         self.router = DynamicRouter(experts, route_sigma, tau, temperature, route_stats, route_renorm,
                                     route_momentum) if moe == "sdmoe" else None
         self.norm, self.drop = nn.LayerNorm(hidden), nn.Dropout(dropout)
@@ -292,7 +332,10 @@ class SDMoE(nn.Module):
 
     def forward(self, x, mask, valid, context=None) -> torch.Tensor:
         g = self.weights(x, valid, context)  # [B, T, E]
-        out = sum(g[..., e : e + 1] * masked_rnn(expert, x, mask) for e, expert in enumerate(self.experts))  # Eq. 5
+        if self.shared:  # n identical experts E_i = BiGRU(U_e): Eq. 5 = (Σ_i Ĝ_i)·BiGRU(U_e)
+            out = g.sum(-1, keepdim=True) * masked_rnn(self.experts[0], x, mask)
+        else:
+            out = sum(g[..., e : e + 1] * masked_rnn(expert, x, mask) for e, expert in enumerate(self.experts))  # Eq. 5
         return self.norm(x + self.drop(out))
 
 
@@ -327,11 +370,14 @@ class DynAttention(MultiHeadAttention):
     (the teacher exposes these for the student)."""
 
     def __init__(self, d: int, heads: int, dropout: float = 0.0, phi: float | None = None, learn_phi: bool = True,
-                 threshold: float = 0.5):
+                 threshold: float = 0.5, phi_bound: str = "none"):
         super().__init__(d, heads, dropout)
-        self.threshold = threshold
-        if phi is not None:
-            t = torch.tensor(float(phi))
+        if phi_bound not in ("none", "sigmoid") or (phi_bound == "sigmoid" and phi is not None and not 0 < phi < 1):
+            raise ValueError(f"summer: phi_bound is none|sigmoid (sigmoid needs 0 < phi < 1); got {phi_bound!r}, "
+                             f"phi {phi}")
+        self.threshold, self.bound = threshold, phi_bound
+        if phi is not None:  # with phi_bound: sigmoid the stored value is the logit ρ, φ = σ(ρ)
+            t = torch.tensor(float(phi) if phi_bound == "none" else math.log(phi / (1 - phi)))
             if learn_phi:
                 self.phi = nn.Parameter(t)
             else:
@@ -339,6 +385,11 @@ class DynAttention(MultiHeadAttention):
         else:
             self.phi = None
         self.masked = [0.0, 0.0]  # pairs attenuated, real pairs since the last epoch_logs()
+
+    @property
+    def phi_value(self) -> torch.Tensor:
+        """Eq. 8's φ: the stored value (``phi_bound: none``) or σ(ρ) ∈ (0, 1) (``sigmoid``)."""
+        return self.phi.sigmoid() if self.bound == "sigmoid" else self.phi
 
     def forward(self, x, kv=None, mask=None, guide=None):
         kv = x if kv is None else kv
@@ -351,7 +402,7 @@ class DynAttention(MultiHeadAttention):
         a = s.masked_fill(~m, torch.finfo(s.dtype).min).softmax(-1) * m if m is not None else s.softmax(-1)
         if guide is not None and self.phi is not None:
             M = dynattn_mask(guide, s, self.threshold)  # Eq. 7
-            a = a * (1 - self.phi.to(a.dtype) * M)  # Eq. 8: attenuate, do not remove
+            a = a * (1 - self.phi_value.to(a.dtype) * M)  # Eq. 8: attenuate, do not remove
             if self.training and m is not None:
                 self.masked[0] += float((M * m).sum())
                 self.masked[1] += float(m.sum()) * M.shape[1]
@@ -396,7 +447,7 @@ def _epoch_logs(module: nn.Module, prefix: str = "") -> dict[str, float]:
             masked = [masked[0] + sub.masked[0], masked[1] + sub.masked[1]]
             sub.masked = [0.0, 0.0]
             if sub.phi is not None:
-                phis.append(float(sub.phi.detach()))
+                phis.append(float(sub.phi_value.detach()))
     if masked[1]:
         logs[f"{prefix}dyn_masked"] = masked[0] / masked[1]
     if phis:
@@ -417,7 +468,7 @@ class SummerTeacher(nn.Module):
                  experts: int = 4, gate_context: bool = True, route_sigma: float = 2.0, tau: float = 1.0,
                  temperature: float = 1.0, route_stats: str = "tensor", route_renorm: bool = False,
                  route_momentum: float = 0.1, audio_reduce: int | None = None, dialoguernn=("v",),
-                 dialoguernn_dim: int = 256):
+                 dialoguernn_dim: int = 256, share_experts: bool = False):
         super().__init__()
         if modality not in input_dims:
             raise ValueError(f"summer_teacher needs the {modality!r} modality; got {sorted(input_dims)}")
@@ -429,7 +480,7 @@ class SummerTeacher(nn.Module):
         self.embed = UtteranceEmbedding(self.front.dims, hidden, dropout, max_speakers)
         self.moe = None if moe == "none" else SDMoE(
             hidden, experts, moe, gate_context, route_sigma, tau, temperature, route_stats, route_renorm,
-            route_momentum, dropout)
+            route_momentum, dropout, share_experts=share_experts)
         self.blocks = nn.ModuleList(DynBlock(hidden, heads, dropout) for _ in range(layers))
         self.norm = nn.LayerNorm(hidden)
         self.classifier = nn.Linear(hidden, n_classes)
@@ -494,13 +545,16 @@ class Summer(nn.Module):
                  kappa1: float = 1.0, kappa2: float = 1.0, kappa3: float = 1.0, kappa4: float = 2.0,
                  audio_reduce: int | None = None, dialoguernn=("v",), dialoguernn_dim: int = 256,
                  dropout: float = 0.2, max_speakers: int = 16, teacher_path: str | None = None,
-                 teacher: dict | None = None, task: str = "classification"):
+                 teacher: dict | None = None, share_experts: bool = False, phi_bound: str = "none",
+                 smooth_norm: str = "classes", ikd_reduction: str = "sum", task: str = "classification"):
         super().__init__()
         self.task = check_task(task, "summer")
         choices = {"fusion": (fusion, ("hcmf", "self_attention")), "branch_query": (branch_query, ("each", "anchor")),
                    "global_moe": (global_moe, ("sparse", "dense")), "inner_loss": (inner_loss, ("mse", "l2")),
                    "kl_direction": (kl_direction, ("student_teacher", "teacher_student")),
-                   "smooth_form": (smooth_form, ("ce", "printed"))}
+                   "smooth_form": (smooth_form, ("ce", "printed")), "phi_bound": (phi_bound, ("none", "sigmoid")),
+                   "smooth_norm": (smooth_norm, ("classes", "utterances")),
+                   "ikd_reduction": (ikd_reduction, ("sum", "mean"))}
         for key, (val, ok) in choices.items():
             if val not in ok:
                 raise ValueError(f"summer: {key} is one of {'|'.join(ok)}; got {val!r}")
@@ -515,10 +569,11 @@ class Summer(nn.Module):
         mods = self.modalities = self.embed.modalities
         self.gate_context = gate_context
         self.moe = nn.ModuleDict({m: SDMoE(hidden, experts, moe, gate_context, route_sigma, tau, temperature,
-                                           route_stats, route_renorm, route_momentum, dropout) for m in mods})
+                                           route_stats, route_renorm, route_momentum, dropout,
+                                           share_experts=share_experts) for m in mods})
         self.fusion, self.L = fusion, fusion_layers
         guided = fusion == "hcmf"
-        dyn = dict(phi=phi if guided else None, learn_phi=learn_phi, threshold=dyn_threshold)
+        dyn = dict(phi=phi if guided else None, learn_phi=learn_phi, threshold=dyn_threshold, phi_bound=phi_bound)
         self.intra = nn.ModuleList(nn.ModuleDict({m: DynBlock(hidden, heads, dropout, **dyn) for m in mods})
                                    for _ in range(fusion_layers))
         anchors = (mods if branch_query == "each" else mods[:1]) if guided else []
@@ -532,6 +587,7 @@ class Summer(nn.Module):
         self.C, self.ikd, self.T, self.eps = n_classes, ikd, kd_temperature, smooth_eps
         self.kl_direction, self.inner_loss, self.smooth_form = kl_direction, inner_loss, smooth_form
         self.smooth_class_weight, self.engine_ce = smooth_class_weight, engine_ce
+        self.smooth_norm, self.ikd_reduction = smooth_norm, ikd_reduction
         self.kappa = (kappa1, kappa2, kappa3, kappa4)
         self.teacher = self._teacher(input_dims, n_classes, hidden, heads, dropout, max_speakers, teacher_path,
                                      dict(teacher or {})) if (ikd or guided) else None
@@ -619,7 +675,8 @@ class Summer(nn.Module):
         label = batch["label"]
         valid = batch["mask"] & (label >= 0)
         y = label[valid]
-        k1, k2, k3, k4 = self.kappa
+        n = y.numel() if self.ikd_reduction == "sum" else 1  # Σ_{i=1}^N of Eq. 11–13 (Eq. 14's i alike) | means
+        k1, k2, k3, k4 = (k * n for k in self.kappa)
         T, teacher = self.T, self.teacher
         h_t = c["h_t"][valid].float()
         log_pbar = (teacher.classifier(h_t) / T).log_softmax(-1)  # p̄: the teacher's features, its classifier
@@ -636,8 +693,9 @@ class Summer(nn.Module):
             inner = inner + ((d * d).mean() if self.inner_loss == "mse" else d.norm(dim=-1).mean())  # Eq. 13
         logits = c["logits"][valid].float()
         q = smooth_targets(y, self.C, self.eps)  # Eq. 14's δ(gt)
-        per = -(logits.softmax(-1) * q).sum(-1) if self.smooth_form == "printed" \
-            else -(q * logits.log_softmax(-1)).sum(-1)
+        dim = 0 if self.smooth_norm == "utterances" else -1  # Eq. 14's denominator: over the N utterances | classes
+        per = -(logits.softmax(dim) * q).sum(-1) if self.smooth_form == "printed" \
+            else -(q * logits.log_softmax(dim)).sum(-1)
         cw = batch.get("class_weight")
         if self.smooth_class_weight and cw is not None:
             smooth = (per * cw[y]).sum() / cw[y].sum()
@@ -655,7 +713,9 @@ class Summer(nn.Module):
         distributions. Eq. 11: MSE between the teacher's regressor on f_m and on f_tr (in place of the KL);
         Eq. 12: MSE of the teacher's regressor on f_m against the targets (in place of the CE); Eq. 13 as
         written; Eq. 14 (the label-smoothed CE that trains the student's head) has no regression counterpart: the
-        engine's task loss (MSE or CCC) takes its place, so ``engine_ce`` is ignored in regression."""
+        engine's task loss (MSE or CCC) takes its place, so ``engine_ce`` is ignored in regression — and since that
+        loss is a mean over utterances, the IKD terms are means too (``ikd_reduction`` is not applied), so Eq. 15's
+        κ ratios between the terms hold."""
         valid = batch["mask"]
         k1, k2, k3, _ = self.kappa
         teacher = self.teacher

@@ -1,6 +1,7 @@
 """LPGNet (models/lpgnet.py): branches per modality subset, training-only self-distillation, the paper's loss
 weighting through the engine hooks, ablation switches, padding safety and the masked KL / BatchNorm."""
 import json
+import math
 
 import numpy as np
 import pytest
@@ -11,7 +12,7 @@ import torch.nn.functional as F
 
 from models import get_model
 from models.layers import MaskedBatchNorm1d, SoftmaxModalityFusion
-from models.lpgnet import distillation_kl, masked_ce
+from models.lpgnet import MASK_FILL, distillation_kl, masked_ce
 from pipeline.engine import Engine, EngineConfig, split_output
 
 DIMS = {"t": 16, "a": 12, "v": 8}
@@ -19,7 +20,9 @@ SUBSETS = ["t", "a", "v", "ta", "tv", "av", "tav"]
 ABLATIONS = [{"inter": False}, {"intra": False}, {"ffn": False}, {"dual_gate": False}, {"compress": False},
              {"positions": True}, {"distill": False}, {"lambda_task": 1.0}, {"operand_order": "swapped"},
              {"compression": "per_utterance"}, {"gate_softmax": "feature"}, {"student_input": "fused"},
-             {"kl_direction": "teacher_student"}, {"detach_teacher": False}, {"heads": 4}, {"ff_mult": 4}]
+             {"kl_direction": "teacher_student"}, {"detach_teacher": False}, {"heads": 4}, {"ff_mult": 4},
+             {"mask_fill": "zero"}, {"attn_dropout": True, "proj_dropout": True, "proj_bias": True},
+             {"conv_kernel": 3}]
 
 
 def batch(mods="ta", B=3, T=5, seed=0):
@@ -354,9 +357,110 @@ def test_detach_teacher_switch():
 
 
 def test_invalid_switch_values_are_errors():
-    for k in ("operand_order", "compression", "gate_softmax", "kl_direction", "student_input", "mode"):
+    for k in ("operand_order", "compression", "gate_softmax", "kl_direction", "student_input", "mode", "mask_fill"):
         with pytest.raises(ValueError, match=k):
             build("ta", **{k: "nope"})
+    for k in (0, 2):
+        with pytest.raises(ValueError, match="conv_kernel"):
+            build("ta", conv_kernel=k)
+
+
+def identity_attention(d=2, **kw):
+    """One head with identity Q/K/V/output maps (zero biases): Attention(Q, K, V) = Softmax(QKᵀ/√d) V exactly."""
+    from models.layers import MultiHeadAttention
+
+    att = MultiHeadAttention(d, 1, **kw)
+    with torch.no_grad():
+        for lin in (att.q, att.k, att.v, att.o):
+            lin.weight.copy_(torch.eye(d))
+            lin.bias.zero_()
+    return att
+
+
+def test_mask_fill_paper_is_uniform_for_a_keyless_query_zero_is_zero():
+    """§3.3 (3): S = −10⁹ off the mask, A = Softmax(S). Query 0 may see keys 0, 1; query 1 sees none: with the
+    paper's fill its row is uniform over all three keys, with ``zero`` it is all zero. Hand-computed."""
+    x = torch.tensor([[[1.0, 0.0], [0.0, 2.0]]])
+    kv = torch.tensor([[[1.0, 0.0], [0.0, 1.0], [3.0, 3.0]]])
+    mask = torch.tensor([[[True, True, False], [False, False, False]]])
+    s0 = torch.tensor([1.0, 0.0]) / math.sqrt(2)  # query 0 · keys 0, 1
+    w0 = torch.softmax(s0, 0)
+    row0 = w0[0] * kv[0, 0] + w0[1] * kv[0, 1]
+    for fill, row1 in (("paper", kv[0].mean(0)), ("zero", torch.zeros(2))):
+        att = identity_attention(mask_fill=MASK_FILL[fill])
+        out = att(x, kv, mask)[0]
+        torch.testing.assert_close(out[0], row0)
+        torch.testing.assert_close(out[1], row1)
+
+
+def test_mask_fill_in_the_model_a_dialogue_without_audio():
+    """X_ta (text queries, audio keys) of a dialogue with no audio at all: the paper's fill gives every text
+    utterance Attention = o(v(0)) (uniform over zeroed keys), ``zero`` gives o(0); real outputs elsewhere and the
+    padding invariance are unchanged."""
+    feats, present, mask, speaker, _ = batch("ta")
+    present["a"][0] = False
+    for fill in ("paper", "zero"):
+        model = build("ta", mask_fill=fill).eval()
+        x, valid = _streams(model, feats, present, mask)
+        att = model.branch["ta"].attn
+        out = att(x["t"], x["a"], valid["t"].unsqueeze(2) & valid["a"].unsqueeze(1))
+        v0 = att.v.bias if fill == "paper" else torch.zeros_like(att.v.bias)
+        torch.testing.assert_close(out[0], att.o(v0).expand(5, -1))
+        logits = model(feats, present, mask, speaker)
+        assert torch.isfinite(logits).all()
+        pad = {m: torch.cat([f, torch.randn(3, 4, f.shape[-1])], 1) for m, f in feats.items()}
+        ppad = {m: torch.cat([p, torch.zeros(3, 4, dtype=torch.bool)], 1) for m, p in present.items()}
+        mpad = torch.cat([mask, torch.zeros(3, 4, dtype=torch.bool)], 1)
+        torch.testing.assert_close(model(pad, ppad, mpad, speaker)[:, :5][mask], logits[mask])
+
+
+def test_dropout_only_where_the_paper_puts_it():
+    """Default: no dropout on the attention weights nor after the Conv1D (the FFN keeps its Dropout);
+    ``attn_dropout``/``proj_dropout`` add them (SDT's official layers). Two training passes agree or differ."""
+    feats, present, mask, speaker, _ = batch("ta")
+    for on in (False, True):
+        model = build("ta", dropout=0.5, attn_dropout=on, proj_dropout=on).train()
+        assert model.branch["tt"].ffn[1][2].p == 0.5
+        x1, x2 = model.proj(feats, present), model.proj(feats, present)
+        assert torch.equal(x1["t"], x2["t"]) != on
+        valid = {m: present[m] & mask for m in "ta"}
+        att = model.branch["ta"].attn
+        pair = valid["t"].unsqueeze(2) & valid["a"].unsqueeze(1)
+        assert torch.equal(att(x1["t"], x1["a"], pair), att(x1["t"], x1["a"], pair)) != on
+
+
+def test_proj_bias_switch():
+    """``proj_bias: false`` (SDT's official bias-free Conv1d): a zero input projects to zero; ``true``: to the
+    bias at present utterances, still zero at absent ones."""
+    feats, present, mask, speaker, _ = batch("ta")
+    zero = {m: torch.zeros_like(f) for m, f in feats.items()}
+    for bias in (False, True):
+        model = build("ta", proj_bias=bias).eval()
+        x = model.proj(zero, present)["t"]
+        conv = model.proj.proj["t"][0]
+        assert (conv.bias is not None) == bias
+        exp = conv.bias.detach().expand_as(x) * present["t"].unsqueeze(-1) if bias else torch.zeros_like(x)
+        torch.testing.assert_close(x, exp)
+
+
+def test_conv_kernel_mixes_adjacent_utterances_by_hand():
+    """§3.3 (1): kernel 1 (the text) maps each utterance alone; ``conv_kernel: 3`` ("adjacent utterances") gives
+    out_i = W₋ x_{i−1} + W₀ x_i + W₊ x_{i+1}, with padded/absent neighbours entering as zeros."""
+    feats, present, mask, speaker, _ = batch("ta")
+    present["t"][0, 3] = False
+    feats["t"][1, 3:] = 1e3  # padding of dialogue 1: must not reach its last real utterance
+    for k in (1, 3):
+        model = build("ta", conv_kernel=k).eval()
+        w = model.proj.proj["t"][0].weight.detach()  # [hidden, F, k]
+        x = feats["t"] * present["t"].unsqueeze(-1)
+        out = model.proj(feats, present)["t"]
+        for b, i in ((0, 2), (0, 4), (1, 2), (2, 0)):
+            exp = sum(w[:, :, j] @ x[b, i + j - k // 2] for j in range(k) if 0 <= i + j - k // 2 < 5)
+            torch.testing.assert_close(out[b, i], exp * present["t"][b, i])
+        changed = dict(feats, t=feats["t"].clone())
+        changed["t"][0, 1] += 1.0  # a neighbour of utterances 0 and 2
+        out2 = model.proj(changed, present)["t"]
+        assert torch.equal(out2[0, 0], out[0, 0]) == (k == 1) and torch.equal(out2[0, 2], out[0, 2]) == (k == 1)
 
 
 # --- LPGNet(Frame), §4.4: token/frame sequences per utterance --------------------------------------------------

@@ -13,6 +13,7 @@ from modelkit import one_thread, overfit, toy_batch, toy_dialogues  # noqa: F401
 import torch.nn.functional as F
 
 from models import get_model
+from models.layers import masked_rnn
 from models.summer import (DialogueRNN, DynamicRouter, DynAttention, Summer, SummerTeacher, dynattn_mask,
                            smooth_targets)
 from pipeline.dataset import Standardizer
@@ -27,7 +28,8 @@ VARIANTS = [{}, {"moe": "plain"}, {"fusion": "self_attention"}, {"ikd": False},
             {"fusion_layers": 2, "branch_query": "anchor"}, {"teacher": {"moe": "none", "modality": "a"}},
             {"global_moe": "dense", "gate_context": False, "route_stats": "expert", "route_renorm": True},
             {"smooth_form": "printed", "engine_ce": True, "inner_loss": "l2", "kl_direction": "teacher_student",
-             "learn_phi": False, "audio_reduce": 6, "dialoguernn": []}]
+             "learn_phi": False, "audio_reduce": 6, "dialoguernn": []},
+            {"share_experts": True, "phi_bound": "sigmoid", "smooth_norm": "utterances", "ikd_reduction": "mean"}]
 IKD_KEYS = {"ikd_cross", "ikd_align", "ikd_inner", "smooth"}
 VIDS = ["default" if not c else ",".join(f"{k}={v}" for k, v in c.items()) for c in VARIANTS]
 
@@ -111,8 +113,8 @@ def test_dynattn_mask_hand_computed_3x3():
     torch.testing.assert_close(dynattn_mask(s_tr, two)[0, 0], (abs(s_tr - s_st - 1) > 0.5).float()[0, 0])
 
 
-def identity_attention(phi=0.5, learn_phi=True):
-    att = DynAttention(2, 1, phi=phi, learn_phi=learn_phi)
+def identity_attention(phi=0.5, learn_phi=True, **kw):
+    att = DynAttention(2, 1, phi=phi, learn_phi=learn_phi, **kw)
     with torch.no_grad():
         for lin in (att.q, att.k, att.v, att.o):
             lin.weight.copy_(torch.eye(2))
@@ -164,6 +166,51 @@ def test_phi_is_learned_or_set():
     full_loss(model, feats, present, mask, speaker, label)[0].backward()
     assert all(dict(model.named_parameters())[n].grad is not None for n in names)
     assert not [n for n, _ in build("ta", learn_phi=False).named_parameters() if n.endswith(".phi")]
+
+
+def test_phi_bound_keeps_the_attenuation_a_mask():
+    """Eq. 8's φ has no range in the paper. ``phi_bound: none`` (default) stores φ itself: a φ > 1 flips the sign of
+    the attenuated weights; ``sigmoid`` stores ρ with φ = σ(ρ) ∈ (0, 1): at most a full mask, never a flip."""
+    x = torch.tensor([[[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]]])
+    guide = torch.full((1, 1, 3, 3), 5.0)  # every pair attenuated
+    plain = identity_attention()(x)[0].detach()
+    att = identity_attention(phi=0.3, phi_bound="sigmoid")
+    assert att.phi.item() == pytest.approx(math.log(0.3 / 0.7)) and att.phi_value.item() == pytest.approx(0.3)
+    torch.testing.assert_close(att(x, guide=guide)[0], 0.7 * plain)
+    free = identity_attention(phi=0.3)
+    with torch.no_grad():
+        att.phi.fill_(50.0)  # far past any φ = 1, as unbounded learning could go
+        free.phi.fill_(3.0)
+    torch.testing.assert_close(att(x, guide=guide)[0], torch.zeros_like(plain))  # φ → 1: fully masked
+    torch.testing.assert_close(free(x, guide=guide)[0], -2.0 * plain)  # (1 − 3)·A: negative attention
+    with pytest.raises(ValueError, match="phi_bound"):
+        DynAttention(2, 1, phi=1.5, phi_bound="sigmoid")
+    with pytest.raises(ValueError, match="phi_bound"):
+        build("ta", phi_bound="tanh")
+    assert build("ta", phi_bound="sigmoid", phi=0.25).epoch_logs()["phi_mean"] == pytest.approx(0.25)
+
+
+def test_share_experts_is_one_bigru_per_modality_scaled_by_the_gate_mass():
+    """§3.4 read literally (E_i = BiGRU(U_e); "parameters are shared within intra-modal components but remain
+    independent across inter-modal components"): one BiGRU per modality, so Eq. 5 = (Σ_i Ĝ_i)·BiGRU(U_e); with
+    nothing outside the band Σ_i Ĝ_i = 1/T, i.e. the plain BiGRU. The default keeps ``experts`` distinct ones."""
+    shared, own = build("ta", share_experts=True), build("ta")
+    for m in "ta":
+        assert len(shared.moe[m].experts) == 1 and len(own.moe[m].experts) == 3
+    assert shared.moe["t"].experts[0] is not shared.moe["a"].experts[0]
+    n_gru = sum(p.numel() for p in own.moe["t"].experts[0].parameters())
+    assert sum(p.numel() for p in own.parameters()) - sum(p.numel() for p in shared.parameters()) == 2 * 2 * n_gru
+    moe = shared.moe["t"].eval()
+    torch.manual_seed(1)
+    x, ctx = torch.randn(2, 4, 16), torch.randn(2, 4, 32)
+    mask = torch.tensor([[True] * 4, [True, True, False, False]])
+    g = moe.weights(x, mask, ctx)
+    rnn = masked_rnn(moe.experts[0], x, mask)
+    torch.testing.assert_close(moe(x, mask, mask, ctx), moe.norm(x + g.sum(-1, keepdim=True) * rnn))
+    torch.testing.assert_close(g.sum(-1), torch.ones(2, 4))  # T = 1 and no statistics yet: nothing dropped
+    torch.testing.assert_close(moe(x, mask, mask, ctx), moe.norm(x + rnn))
+    t = SummerTeacher({"t": DIMS["t"]}, 7, hidden=16, heads=4, experts=3, share_experts=True)
+    assert len(t.moe.experts) == 1
 
 
 def test_dynamic_routing_keeps_exactly_the_band():
@@ -260,6 +307,44 @@ def test_ikd_per_branch_against_hand_computation():
     assert "engine_ce" not in aux
 
 
+def test_eq14_denominator_and_the_sum_over_utterances_by_hand():
+    """Two utterances, 3 classes. Eq. 14's denominator: over the N utterances per class (as printed,
+    ``smooth_norm: utterances``) or over the classes (default), in both loss forms; Eq. 11–14 summed over the
+    utterances (Eq. 11–13's Σ_{i=1}^N, default) or averaged (``ikd_reduction: mean``): a factor N = 2 on each."""
+    logits = torch.tensor([[[1.0, 0.0, 0.0], [0.0, 2.0, -1.0]]])
+    f_t, f_a = torch.tensor([[[2.0, 0, 0, 0], [0, 1.0, 0, 0]]]), torch.zeros(1, 2, 4)
+    h_t = torch.tensor([[[0.0, 1, 0, 0], [1.0, 0, 0, 0]]])
+    batch2 = {"mask": torch.ones(1, 2, dtype=torch.bool), "label": torch.tensor([[0, 1]])}
+
+    def run(**cfg):
+        model = hand_model(smooth_eps=0.8, kappa4=1.0, **cfg)
+        model._cache = {"logits": logits, "branches": [f_t, f_a], "h_t": h_t}
+        return model.aux_loss(logits, batch2)
+
+    def softmax(v):
+        e = [math.exp(x) for x in v]
+        return [x / sum(e) for x in e]
+
+    L = logits[0].tolist()
+    q = [[0.8, 0.1, 0.1], [0.1, 0.8, 0.1]]
+    by_utt = [[math.exp(L[i][j]) / sum(math.exp(L[k][j]) for k in range(2)) for j in range(3)] for i in range(2)]
+    by_cls = [softmax(L[i]) for i in range(2)]
+    for norm, P in (("utterances", by_utt), ("classes", by_cls)):
+        printed = [-sum(P[i][j] * q[i][j] for j in range(3)) for i in range(2)]
+        ce = [-sum(q[i][j] * math.log(P[i][j]) for j in range(3)) for i in range(2)]
+        for form, per in (("printed", printed), ("ce", ce)):
+            for red, div in (("sum", 1), ("mean", 2)):
+                aux = run(smooth_norm=norm, smooth_form=form, ikd_reduction=red)
+                assert aux["smooth"].item() == pytest.approx(sum(per) / div, rel=1e-5), (norm, form, red)
+    summed, mean = run(), run(ikd_reduction="mean")
+    for k in IKD_KEYS:
+        assert summed[k].item() == pytest.approx(2 * mean[k].item(), rel=1e-5)
+    assert summed["engine_ce"].item() == pytest.approx(mean["engine_ce"].item())  # the engine's CE is a mean
+    # Eq. 12 summed by hand: branches t (teacher logits [2,0,0], [0,1,0]) and a (zeros), labels 0, 1
+    align = -math.log(softmax([2, 0, 0])[0]) - math.log(softmax([0, 1, 0])[1]) + 2 * math.log(3)
+    assert summed["ikd_align"].item() == pytest.approx(align, rel=1e-5)
+
+
 def test_engine_ce_is_cancelled_exactly():
     """With engine_ce=false the engine's (class-weighted) CE + aux has the gradient of Eq. 15 alone."""
     model = build("ta", dropout=0.0).eval()
@@ -282,10 +367,11 @@ def test_engine_ce_is_cancelled_exactly():
         torch.testing.assert_close(grads[0][n], grads[1][n], rtol=1e-5, atol=1e-6)
 
 
-def test_padded_batch_gives_finite_ikd_losses_equal_to_unpadded():
+@pytest.mark.parametrize("reduction", ["sum", "mean"])
+def test_padded_batch_gives_finite_ikd_losses_equal_to_unpadded(reduction):
     """Heavy padding (one dialogue of 1 turn in a batch of 3) gives finite per-branch terms equal to those of the
-    real utterances alone."""
-    model = build("tav").eval()  # eval: no Gumbel noise or dropout, so both calls compute the same thing
+    real utterances alone: summed over them (Eq. 11–13's Σ_i, the default) or their mean (``ikd_reduction``)."""
+    model = build("tav", ikd_reduction=reduction).eval()  # eval: no Gumbel noise or dropout: both calls agree
     feats, present, mask, speaker, label = batch("tav", B=3, T=6)
     mask[0, :] = False
     mask[0, 0] = True
@@ -304,8 +390,11 @@ def test_padded_batch_gives_finite_ikd_losses_equal_to_unpadded():
                    cut(mask, b, n), cut(speaker, b, n))
         per.append((n, model.aux_loss(lg, {"mask": cut(mask, b, n), "label": cut(label, b, n)})))
     N = sum(n for n, _ in per)
-    for k in ("ikd_cross", "ikd_align", "smooth", "engine_ce"):  # per-utterance means: the weighted mean
-        torch.testing.assert_close(aux[k], sum(n * a[k] for n, a in per) / N, rtol=1e-4, atol=1e-5)
+    for k in ("ikd_cross", "ikd_align", "ikd_inner", "smooth", "engine_ce"):
+        if reduction == "sum" and k != "engine_ce":  # Σ over every real utterance of the batch
+            torch.testing.assert_close(aux[k], sum(a[k] for _, a in per), rtol=1e-4, atol=1e-5)
+        else:  # per-utterance means (the engine's CE always): the utterance-weighted mean
+            torch.testing.assert_close(aux[k], sum(n * a[k] for n, a in per) / N, rtol=1e-4, atol=1e-5)
 
 
 def test_dialoguernn_is_causal_and_speaker_aware():
