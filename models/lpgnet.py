@@ -141,10 +141,7 @@ def _mse_to_teacher(student: torch.Tensor, teacher: torch.Tensor, valid: torch.T
 
 def masked_ce(logits: torch.Tensor, label: torch.Tensor, valid: torch.Tensor, weight: torch.Tensor | None):
     """Cross-entropy over ``valid`` positions (class-weighted like the engine's); zero when none is valid."""
-    keep = valid & (label >= 0)
-    if not keep.any():
-        return logits.sum() * 0.0
-    return F.cross_entropy(logits[keep].float(), label[keep], weight=weight)
+    return task_loss(logits, {"label": label, "mask": valid}, valid, weight)
 
 
 def masked_mean(x: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
@@ -371,15 +368,16 @@ class LPGNet(nn.Module):
         return {"logits": logits, "unimodal": uni, "valid": uvalid, "losses": {"kl": self.lambda_kl * kl}}
 
     def aux_loss(self, out, batch) -> dict[str, torch.Tensor]:
-        """Label-dependent terms: (λ_task − 1)·CE(fused) and λ_CE·Σ_m CE(unimodal head m)."""
+        """Label-dependent terms: (λ_task − 1)·L(fused) and λ_CE·Σ_m L(unimodal head m), L = the class-weighted CE
+        (regression: the MSE on the targets, ``task_loss``)."""
         if not isinstance(out, dict):
             return {}
-        if self.task == "regression":  # the same terms with the MSE on the targets in place of the CE
-            losses = {"uni_ce": self.lambda_ce * sum(task_loss(out["unimodal"][m], batch, v)
-                                                     for m, v in out["valid"].items())}
-            if self.lambda_task != 1.0:
-                losses["task_extra"] = (self.lambda_task - 1.0) * task_loss(out["logits"], batch)
-            return losses
+        w = batch.get("class_weight")
+        losses = {"uni_ce": self.lambda_ce * sum(task_loss(out["unimodal"][m], batch, v, w)
+                                                 for m, v in out["valid"].items())}
+        if self.lambda_task != 1.0:
+            losses["task_extra"] = (self.lambda_task - 1.0) * task_loss(out["logits"], batch, weight=w)
+        return losses
         label, w = batch["label"], batch.get("class_weight")
         losses = {"uni_ce": self.lambda_ce * sum(masked_ce(out["unimodal"][m], label, v, w)
                                                  for m, v in out["valid"].items())}
