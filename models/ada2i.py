@@ -7,6 +7,8 @@ modality score s_m = exp(−MSE of modality m's unimodal prediction W_m h_m + b/
 probability's role: 1 = perfect), so Eq. 17–19 run unchanged.
 
 Pipeline (equation numbers are the paper's):
+  0. Eq. 1, the input: each utterance's t/a/v feature vectors (``feats``), a conversation of N utterances per
+     dialogue (``mask``); a modality a row lacks is ``present`` false and masked everywhere.
   1. Per-modality encoders: a transformer over the utterances of the dialogue at the feature's width, then a
      linear map to ``hidden``. ``encoder_dim`` first projects a (too) wide feature to a set width — the
      default is the official MELD input widths (audio 300-d, visual 342-d), so a 6373-d ComParE vector
