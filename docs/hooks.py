@@ -28,7 +28,6 @@ import re
 from pathlib import Path
 
 import yaml
-from mkdocs.structure.files import File
 
 log = logging.getLogger("mkdocs.hooks.merc")
 
@@ -104,6 +103,8 @@ def on_config(config):
 
 def on_files(files, config):
     """The report's corpus pages and figures, as generated files of the site."""
+    from mkdocs.structure.files import File  # here, not at the top: tests import the parsers without MkDocs
+
     results = _results_dir(config)
     for slug, name in _corpora(results):
         d = results / slug
@@ -222,10 +223,15 @@ def _cell(s: str) -> str:
 
 
 def params_table(path: Path, prefix: str) -> str:
-    entries = params_entries(path.read_text(encoding="utf-8"))
+    return params_table_text(path.read_text(encoding="utf-8"), prefix)
+
+
+def params_table_text(text: str, prefix: str) -> str:
+    """Markdown table of every key under ``prefix`` (key relative to it, default, comment)."""
+    entries = params_entries(text)
     head = next((e for e in entries if e[0] == prefix), None)
     if head is None:
-        raise ValueError(f"merc:params: no key {prefix!r} in {path.name}")
+        raise ValueError(f"merc:params: no key {prefix!r} in params.yaml")
     rows = []
     for key, value, comment in entries:
         if key.startswith(prefix + "."):
