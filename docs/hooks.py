@@ -235,8 +235,8 @@ def params_table_text(text: str, prefix: str) -> str:
     rows = []
     for key, value, comment in entries:
         if key.startswith(prefix + "."):
-            shown = f"`{value.replace('|', '¦')}`" if value else "*(block)*"
-            rows.append(f"| `{key[len(prefix) + 1:]}` | {_cell(shown)} | {_cell(comment)} |")
+            shown = f"`{value}`" if value else "*(block)*"  # a | inside a code span does not split the cell
+            rows.append(f"| `{key[len(prefix) + 1:]}` | {shown} | {_cell(comment)} |")
     intro = f"`{prefix}` in `params.yaml`" + (f" — {head[2]}" if head[2] else "") + "\n\n"
     return intro + "| key | default | meaning (the comment in params.yaml) |\n|---|---|---|\n" + "\n".join(rows) + "\n"
 
