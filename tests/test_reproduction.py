@@ -181,7 +181,8 @@ def test_reproduction_table_values_delta_sign_by_hand(tmp_path):
         entry("d3", "up", p(model_params__gru__depth=3), m(0.53)),
         entry("m1", "mlp-a", p(model="mlp"), m(0.3)),
         entry("m2", "mlp-b", p(model="mlp", model_params__mlp__hidden=32), m(0.31))]))
-    md = reproduction.write(runs, BASE, tmp_path / "out", rows)
+    store.save([r for r in runs if r.name != "main"], tmp_path / "runs", files=False)  # a store of the runs
+    md = reproduction.write(store.load(tmp_path / "runs"), BASE, tmp_path / "out", rows)
     page = (tmp_path / "out" / "iemocap6" / "reproduction.md").read_text()
     assert md["iemocap6/reproduction"] in page and (tmp_path / "out" / "meld7" / "reproduction.md").is_file()
     # base: seeds 50, 54 → 52.00 ± 2.83 (sample std = 2·√2); Δ = 52 − 60 = −8 > 3 → the spec's cause

@@ -201,7 +201,7 @@ def _misses(spec: dict, flat: dict, defaults: dict) -> dict:
     for k, want in spec.items():
         known, have = _lookup(flat, k, defaults)
         if not known or not _wants(k, want, have):
-            out[k] = (want, have if known else "(no such key)")
+            out[k] = (want, have if known else "(absent)")
     return out
 
 
@@ -315,7 +315,7 @@ def sign_cell(row: PaperRow, metric: str, by_id: dict[str, PaperRow], matches: d
 
 # -------------------------------------------------------------------------------------------------------- tables
 HEADER = ["paper", "table", "row", "metric", "paper %", "ours % (mean ± std, n seeds)", "Δ (points)",
-          "sign vs reference", f"cause (|Δ| > {CAUSE_ABOVE:g})", "experiments"]
+          "sign vs reference", f"cause (Δ beyond ±{CAUSE_ABOVE:g})", "experiments"]
 
 
 def page_markdown(rows: list[PaperRow], by_id: dict[str, PaperRow], matches: dict[str, Match]) -> str:
@@ -348,7 +348,10 @@ def page_markdown(rows: list[PaperRow], by_id: dict[str, PaperRow], matches: dic
                           exps])
         if r.note:
             notes.append(f"- {r.paper} {r.table} \"{r.row}\": {r.note}")
-    text = md_table(HEADER, lines)
+    shown = [r for r in rows if r.show]
+    done = sum(matches[r.id].group is not None for r in shown)
+    head = f"{done} of {len(shown)} paper rows run" + (" (the others: below the table).\n\n" if done < len(shown) else ".\n\n")
+    text = head + md_table(HEADER, [[str(c).replace("|", "\\|") for c in line] for line in lines])
     return text + ("\n" + "\n".join(notes) + "\n" if notes else "")
 
 
