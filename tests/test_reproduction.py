@@ -149,7 +149,8 @@ def test_cli_save_then_report_from_the_store_only(tmp_path, seeds_json):
 ROWS = """
 rows:
   - {id: base, paper: P, table: T1, row: Full, corpus: {family: iemocap, classes: 6},
-     values: {weighted_f1: 60.0, accuracy: 62.0}, model: gru, match: {model_params.gru.depth: 1},
+     values: {weighted_f1: 60.0, accuracy: 62.0}, model: gru,
+     match: {model_params.gru.depth: 1, train.weighted_loss: true},
      cause: widths differ}
   - {id: abl-down, paper: P, table: T2, row: w/o X, corpus: {family: iemocap, classes: 6},
      values: {weighted_f1: 58.0}, model: gru, match: {model_params.gru.depth: 2}, reference: base}
@@ -174,9 +175,11 @@ def cells(md, row, metric="w-F1"):
 def test_reproduction_table_values_delta_sign_by_hand(tmp_path):
     rows = tmp_path / "rows.yaml"
     rows.write_text(ROWS)
+    old = p(train__seed=1)
+    del old["train"]["weighted_loss"]  # a run from before the key existed: params.yaml's default stands in
     runs = runs_from_exp_show(exp_show([
         entry("b0", "base-s0", p(), m(0.50, acc=0.60)),
-        entry("b1", "base-s1", p(train__seed=1), m(0.54, acc=0.64)),
+        entry("b1", "base-s1", old, m(0.54, acc=0.64)),
         entry("d2", "down", p(model_params__gru__depth=2), m(0.55), dev={"macro_f1": 0.40}),
         entry("d3", "up", p(model_params__gru__depth=3), m(0.53)),
         entry("m1", "mlp-a", p(model="mlp"), m(0.3)),
@@ -191,6 +194,7 @@ def test_reproduction_table_values_delta_sign_by_hand(tmp_path):
     assert c[6] == "-8.00" and c[7] == "" and c[8] == "widths differ" and c[9] == "base-s0, base-s1"
     assert cells(page, "Full", "ACC")[5:7] == ["62.00 ± 2.83 (n=2)", "+0.00"]  # 62 − 62: within 3, no cause
     assert cells(page, "Full", "ACC")[8] == ""
+    assert "\"Full\": base-s1 predate `train.weighted_loss`: matched as if run with today's default (true)" in page
     # ablations: paper 58 − 60 = −2, ours 55 − 52 = +3 → ✗; paper 61 − 60 = +1, ours 53 − 52 = +1 → ✓
     down, up = cells(page, "w/o X"), cells(page, "w/o Y")
     assert down[5:8] == ["55.00 (n=1)", "-3.00", "✗ (paper -2.00, ours +3.00)"] and down[8] == ""  # |Δ| = 3

@@ -205,6 +205,19 @@ def _misses(spec: dict, flat: dict, defaults: dict) -> dict:
     return out
 
 
+def assumed(row: PaperRow, params: dict, defaults: dict) -> dict:
+    """key → params.yaml's default for the keys of ``row`` the run does not have (it predates them): the match
+    assumes the run behaved as that default, which is wrong if the default changed after the run."""
+    flat = flatten(params)
+    alt = next((a for a in row.match_any if not _misses(a, flat, defaults)), {})  # the route the run took
+    keys = dict.fromkeys([*row.match, *alt])
+    out = {}
+    for k in keys:
+        if k not in flat and k in defaults and not _lookup(flat, k, {})[0]:
+            out[k] = defaults[k]
+    return out
+
+
 def mismatches(row: PaperRow, params: dict, defaults: dict) -> dict:
     """What keeps a run (its params) from being ``row``'s run; empty: it is one (corpus aside)."""
     flat = flatten(params)
@@ -318,9 +331,10 @@ HEADER = ["paper", "table", "row", "metric", "paper %", "ours % (mean ± std, n 
           "sign vs reference", f"cause (Δ beyond ±{CAUSE_ABOVE:g})", "experiments"]
 
 
-def page_markdown(rows: list[PaperRow], by_id: dict[str, PaperRow], matches: dict[str, Match]) -> str:
+def page_markdown(rows: list[PaperRow], by_id: dict[str, PaperRow], matches: dict[str, Match],
+                  defaults: dict | None = None) -> str:
     """The table of one corpus's rows, then the notes (not run, ambiguous, the rows' notes)."""
-    lines, notes = [], []
+    lines, notes, defaults = [], [], defaults or {}
     for r in (r for r in rows if r.show):
         m = matches[r.id]
         if m.ambiguous:
@@ -332,6 +346,16 @@ def page_markdown(rows: list[PaperRow], by_id: dict[str, PaperRow], matches: dic
             notes.append(f"- **ambiguous** — {msg}")
         elif m.group is None:
             notes.append(f"- not run — {r.paper} {r.table} \"{r.row}\": {m.closest}")
+        else:
+            old, who = {}, []
+            for run in m.group.runs:
+                if a := assumed(r, run.params, defaults):
+                    old.update(a)
+                    who.append(run.name)
+            if old:
+                notes.append(f"- {r.paper} {r.table} \"{r.row}\": {', '.join(sorted(who))} predate "
+                             + ", ".join(f"`{k}`" for k in old) + ": matched as if run with today's default ("
+                             + ", ".join(f"{_fmt_spec(v)}" for v in old.values()) + "); rerun if it changed since")
         for metric, pv in r.values.items():
             label = METRICS[metric] + (" (dev)" if r.split == "dev" else "")
             if m.group is not None:
@@ -383,7 +407,7 @@ def write(runs: list[Run], params: dict, out_dir: str | Path, rows_file: str | P
     for page in pages:
         first = next(r for r in rows if r.page == page)
         title = f"{FAMILIES[first.family]} {first.classes}-class"
-        body = page_markdown([r for r in rows if r.page == page], by_id, matches)
+        body = page_markdown([r for r in rows if r.page == page], by_id, matches, defaults)
         atomic_write_text(f"# Reproduction: {title}\n\n{INTRO}\n{body}", out_dir / page / "reproduction.md")
         md[f"{page}/reproduction"] = body
         combined += [f"## {title}\n", body]
