@@ -96,11 +96,14 @@ def load_rows(path: str | Path = PAPER_ROWS) -> list[PaperRow]:
         unknown = set(it) - ROW_KEYS
         missing = {"id", "paper", "table", "row", "corpus", "values", "model", "match"} - set(it)
         if unknown or missing:
-            raise UserError(f"{where}: " + "; ".join(
-                ([f"unknown keys {sorted(unknown)}"] if unknown else []) + ([f"missing {sorted(missing)}"] if missing else [])))
+            what = ([f"unknown keys {sorted(unknown)}"] if unknown else []) + \
+                ([f"missing {sorted(missing)}"] if missing else [])
+            raise UserError(f"{where}: " + "; ".join(what))
         corpus = it["corpus"]
-        if not (isinstance(corpus, dict) and corpus.get("family") in FAMILIES and isinstance(corpus.get("classes"), int)):
-            raise UserError(f"{where}: corpus must be {{family: {' | '.join(FAMILIES)}, classes: <int>}}; got {corpus!r}")
+        if not (isinstance(corpus, dict) and corpus.get("family") in FAMILIES
+                and isinstance(corpus.get("classes"), int)):
+            raise UserError(f"{where}: corpus must be {{family: {' | '.join(FAMILIES)}, classes: <int>}}; "
+                            f"got {corpus!r}")
         values = it["values"]
         if not isinstance(values, dict) or not values or set(values) - set(METRICS):
             raise UserError(f"{where}: values must map metrics ({', '.join(METRICS)}) to the paper's % (or null)")
@@ -147,7 +150,8 @@ def unknown_keys(rows: list[PaperRow], params: dict) -> list[tuple[str, str]]:
     out = []
     for r in rows:
         for k in [*r.match, *(k for a in r.match_any for k in a)]:
-            known = k in flat or k == "recipe" or any(k.startswith(p) and k[len(p):] in d for p, d in _implied().items())
+            known = k in flat or k == "recipe" or any(k.startswith(p) and k[len(p):] in d
+                                                      for p, d in _implied().items())
             if not known and (r.id, k) not in out:
                 out.append((r.id, k))
     return out
@@ -374,7 +378,8 @@ def page_markdown(rows: list[PaperRow], by_id: dict[str, PaperRow], matches: dic
             notes.append(f"- {r.paper} {r.table} \"{r.row}\": {r.note}")
     shown = [r for r in rows if r.show]
     done = sum(matches[r.id].group is not None for r in shown)
-    head = f"{done} of {len(shown)} paper rows run" + (" (the others: below the table).\n\n" if done < len(shown) else ".\n\n")
+    head = f"{done} of {len(shown)} paper rows run" + (" (the others: below the table)" if done < len(shown) else "")
+    head += ".\n\n"
     text = head + md_table(HEADER, [[str(c).replace("|", "\\|") for c in line] for line in lines])
     return text + ("\n" + "\n".join(notes) + "\n" if notes else "")
 

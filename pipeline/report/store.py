@@ -113,16 +113,16 @@ def select(runs: list[Run], names: list[str], patterns: list[str]) -> list[Run]:
     """The runs named exactly (``names``) or matching a shell pattern (``patterns``), in that order, once each."""
     chosen: list[Run] = []
     have = sorted({r.name for r in runs})
+    listed = ", ".join(have[:20]) + (" …" if len(have) > 20 else "")
     for name in names:
         hits = [r for r in runs if r.name == name]
         if not hits:
-            raise UserError(f"no experiment named {name!r} in `dvc exp show` (have: {', '.join(have[:20])}"
-                            f"{' …' if len(have) > 20 else ''})")
+            raise UserError(f"no experiment named {name!r} in `dvc exp show` (have: {listed})")
         chosen += hits
     for pat in patterns:
         hits = [r for r in runs if fnmatch.fnmatchcase(r.name, pat)]
         if not hits:
-            raise UserError(f"no experiment matches {pat!r} (have: {', '.join(have[:20])}{' …' if len(have) > 20 else ''})")
+            raise UserError(f"no experiment matches {pat!r} (have: {listed})")
         chosen += hits
     out, seen = [], set()
     for r in chosen:
@@ -150,7 +150,8 @@ def _conflict(run: Run, dest: Path) -> str | None:
         return None
     if old_id[0] != new_id[0]:
         return f"{dest} holds a run on another corpus"
-    keys = sorted(set(diff(new_id[1], old_id[1], common_only=False)) | set(diff(old_id[1], new_id[1], common_only=False)))
+    keys = sorted(set(diff(new_id[1], old_id[1], common_only=False))
+                  | set(diff(old_id[1], new_id[1], common_only=False)))
     shown = ", ".join(f"{k}: {old_id[1].get(k)!r} → {new_id[1].get(k)!r}" for k in keys[:4])
     return f"{dest} holds another configuration ({shown}{' …' if len(keys) > 4 else ''})"
 
