@@ -182,6 +182,7 @@ def test_reproduction_table_values_delta_sign_by_hand(tmp_path):
         entry("b1", "base-s1", old, m(0.54, acc=0.64)),
         entry("d2", "down", p(model_params__gru__depth=2), m(0.55), dev={"macro_f1": 0.40}),
         entry("d3", "up", p(model_params__gru__depth=3), m(0.53)),
+        entry("d4", "up-nan", p(model_params__gru__depth=3, train__seed=4), m(float("nan"))),
         entry("m1", "mlp-a", p(model="mlp"), m(0.3)),
         entry("m2", "mlp-b", p(model="mlp", model_params__mlp__hidden=32), m(0.31))]))
     store.save([r for r in runs if r.name != "main"], tmp_path / "runs", files=False)  # a store of the runs
@@ -198,7 +199,8 @@ def test_reproduction_table_values_delta_sign_by_hand(tmp_path):
     # ablations: paper 58 − 60 = −2, ours 55 − 52 = +3 → ✗; paper 61 − 60 = +1, ours 53 − 52 = +1 → ✓
     down, up = cells(page, "w/o X"), cells(page, "w/o Y")
     assert down[5:8] == ["55.00 (n=1)", "-3.00", "✗ (paper -2.00, ours +3.00)"] and down[8] == ""  # |Δ| = 3
-    assert up[5:8] == ["53.00 (n=1)", "-8.00", "✓ (paper +1.00, ours +1.00)"] and up[8] == "not explained yet"
+    assert up[5:8] == ["53.00 (n=1) (1 of 2 seeds without a finite value)", "-8.00", "✓ (paper +1.00, ours +1.00)"]
+    assert up[8] == "not explained yet" and up[9] == "up, up-nan"  # a NaN seed is said, never averaged
     # unmatched: "not run", and the note names the closest run and what it lacks
     assert cells(page, "Never")[5:7] == ["not run", "–"]
     assert "- not run — P T3 \"Never\": closest: " in page and "`model_params.gru.depth`: wants 9" in page

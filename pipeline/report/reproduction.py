@@ -272,9 +272,20 @@ def resolve(row: PaperRow, runs: list[Run], defaults: dict) -> Match:
 
 # -------------------------------------------------------------------------------------------------------- values
 def ours(g: Group, metric: str, split: str) -> tuple[np.ndarray, str]:
-    """``metric`` of each seed in % and a qualifier: test from the metrics (``Group.values``); dev from each run's
-    reports/dev/metrics.json (per seed when it has them), else — weighted F1 only — the selected epoch's dev
-    weighted F1 that training recorded per seed."""
+    """``metric`` of each seed in % and a qualifier; a non-finite value is left out and said so."""
+    v, qual = _ours(g, metric, split)
+    ok = v[np.isfinite(v)]
+    keyed = sum(metric in m for m in g.by_seed().values())  # seeds that recorded the metric (null included)
+    n = max(keyed, v.size) if split == "test" else v.size
+    if ok.size < n:  # NaN/inf, or null (the store writes a non-finite metric as null)
+        log.warning("reproduction: %s: %d of %d seeds without a finite %s", g.name(), n - ok.size, n, metric)
+        qual = ", ".join(x for x in (qual, f"{n - ok.size} of {n} seeds without a finite value") if x)
+    return ok, qual
+
+
+def _ours(g: Group, metric: str, split: str) -> tuple[np.ndarray, str]:
+    """Test from the metrics (``Group.values``); dev from each run's reports/dev/metrics.json (per seed when it
+    has them), else — weighted F1 only — the selected epoch's dev weighted F1 that training recorded per seed."""
     if split == "test":
         return 100 * g.values(metric), ""
     per_seed: dict = {}
@@ -364,7 +375,7 @@ def page_markdown(rows: list[PaperRow], by_id: dict[str, PaperRow], matches: dic
             label = METRICS[metric] + (" (dev)" if r.split == "dev" else "")
             if m.group is not None:
                 v, qual = ours(m.group, metric, r.split)
-                cell = _pct(v) + (f" ({qual})" if qual and v.size else "")
+                cell = _pct(v) + (f" ({qual})" if qual else "")
                 delta = round(float(v.mean()) - pv, 2) + 0.0 if v.size and pv is not None else None  # no "-0.00"
                 exps = m.group.name()
             else:
