@@ -284,3 +284,29 @@ def test_paper_rows_keys_exist_in_params_and_recognise_a_run():
     no_sep["model_params"]["dialoguetrm"]["intra_transformer"] = False
     no_sep["train"]["text_encoder"].update(segments=False, sep=False)
     assert [r.id for r in rows if not reproduction.mismatches(r, no_sep, defaults)] == ["dtrm-no-sep-iemocap6"]
+
+
+def test_stored_files_feed_the_emotion_shift_analysis(tmp_path):
+    """predictions.csv and the test split's speaker/label columns survive the store: the shift table is the same."""
+    import io
+
+    import pandas as pd
+
+    from pipeline.report import shift_section
+    from pipeline.report.runs import group_runs
+
+    utt = pd.DataFrame({"dialogue_id": ["d"] * 4 + ["t"], "utterance_id": [0, 1, 2, 3, 0], "speaker": list("ABABA"),
+                        "label": ["sad", "sad", "happy", "happy", "sad"], "split": ["test"] * 4 + ["train"],
+                        "text": ["a long transcript"] * 5})
+    buf = io.BytesIO()
+    utt.to_parquet(buf)
+    pred = b"dialogue_id,utterance_id,actual,predicted\nd,0,sad,sad\nd,1,sad,sad\nd,2,happy,happy\nd,3,happy,sad\n"
+    live = runs_from_exp_show(exp_show([entry("r0", "iemo6-gru", p(), m(0.6))]))[1:]
+    live[0].read = {"reports/predictions.csv": pred, "data/prepared/utterances.parquet": buf.getvalue()}.get
+    store.save(live, tmp_path)
+    kept = pd.read_parquet(tmp_path / "iemo6-gru" / "files" / "data" / "prepared" / "utterances.parquet")
+    assert list(kept.columns) == ["dialogue_id", "utterance_id", "speaker", "label", "split"] and len(kept) == 4
+    stored = store.load(tmp_path)
+    a = shift_section(live[0].corpus, group_runs(live), BASE)
+    b = shift_section(stored[0].corpus, group_runs(stored), BASE)
+    assert a == b and "| gru | iemo6-gru | 75.00 |" in b
