@@ -15,9 +15,16 @@ Writes under ``reports/results/``:
   <corpus>/analyses.md      per model: emotion shift (intra/inter-speaker vs none), t-SNE of the fused test
                             representations, per-class F1
   <corpus>/*.png + *.csv    every figure with its data beside it
+  reproduction.md, <corpus>/reproduction.md   every paper number text alone can test beside ours, with Δ, the
+                            ablation's sign and the cause (``reproduction``, rows in ``paper_rows.yaml``;
+                            corpus = iemocap6 | iemocap4 | meld7)
 A paper row that was never run reads "not run — run `dvc exp run …`".
 
-Run: ``python -m pipeline.report [--exp-json FILE] [--require model=summer] [--efficiency FILE.json]``.
+Runs: the live experiments and the committed run store ``reports/runs/`` (``store``; a live experiment wins
+over its stored copy). ``python -m pipeline.report save NAME… [--all-matching 'iemo6-*']`` stores experiments.
+
+Run: ``python -m pipeline.report [--exp-json FILE] [--store-only] [--out DIR] [--require model=summer]
+[--efficiency FILE.json]``.
 """
 from __future__ import annotations
 
@@ -31,7 +38,7 @@ from pathlib import Path
 import pandas as pd
 
 from pipeline.common import atomic_write_text, load_params, setup_logging
-from pipeline.report import figures, tables
+from pipeline.report import figures, reproduction, tables
 from pipeline.report.runs import (METRICS_FILE, Corpus, Group, ReportError, Run, by_corpus, config_of, corpus_info,
                                   diff, flatten, fmt, group_runs, load_exp_show, modality_label, read_csv, reference,
                                   runs_from_exp_show)
@@ -241,7 +248,8 @@ def corpus_section(corpus: Corpus, groups: list[Group], params: dict, out_dir: P
 
 
 def write_report(runs: list[Run], params: dict, out_dir: str | Path, analyses: bool = True,
-                 efficiency: str | None = None) -> dict[str, str]:
+                 efficiency: str | None = None,
+                 paper_rows: str | Path | None = reproduction.PAPER_ROWS) -> dict[str, str]:
     """All tables, per corpus; returns the Markdown of each combined file (keyed by stem)."""
     if not runs:
         raise ReportError(f"no experiment with {METRICS_FILE} found: run `dvc repro` or `dvc exp run` "
@@ -271,9 +279,14 @@ def write_report(runs: list[Run], params: dict, out_dir: str | Path, analyses: b
                  f"### The papers' tables\n\nSee [{slug}/papers.md]({slug}/papers.md).\n"]
         if "analyses" in s:
             page.append(f"### Analyses\n\nSee [{slug}/analyses.md]({slug}/analyses.md).\n")
+    repro = reproduction.write(runs, params, out_dir, paper_rows) if paper_rows else {}
+    if repro:
+        page.append("## Reproduction of the papers' text-only numbers\n\nSee [reproduction.md](reproduction.md) ("
+                    + ", ".join(f"[{k.split('/')[0]}]({k}.md)" for k in repro if "/" in k) + ").\n")
     atomic_write_text("\n".join(page), out_dir / "README.md")
     log.info("wrote %s: %d runs on %d corpora", out_dir, len(runs), len(corpora))
     combined.update({f"{c.slug}/{k}": v for c, s in sections.items() for k, v in s.items()})
+    combined.update(repro)
     return combined
 
 
@@ -303,9 +316,19 @@ def base_params() -> dict:
 
 def main(argv: list[str] | None = None) -> None:
     setup_logging()
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["save"]:  # python -m pipeline.report save NAME … (the committed run store)
+        from pipeline.report import store
+
+        return store.main(argv[1:])
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--exp-json", help="saved `dvc exp show --json` output (default: run it)")
-    ap.add_argument("--out", default="reports/results")
+    ap.add_argument("--out", default="reports/results", help="folder of the Markdown pages and figures")
+    ap.add_argument("--store", default="reports/runs", help="committed run store read with the live experiments")
+    ap.add_argument("--no-store", action="store_true", help="live experiments only")
+    ap.add_argument("--store-only", action="store_true", help="the store only (no `dvc exp show`: a fresh clone)")
+    ap.add_argument("--paper-rows", default=str(reproduction.PAPER_ROWS),
+                    help="paper rows of the reproduction tables (YAML)")
     ap.add_argument("--require", action="append", default=[], help="key=value that some run must have")
     ap.add_argument("--include-workspace", action="store_true")
     ap.add_argument("--no-analyses", action="store_true", help="tables only (no emotion shift, t-SNE, Ada2I figures)")
@@ -313,9 +336,14 @@ def main(argv: list[str] | None = None) -> None:
                     help="rows of `python -m pipeline.analysis efficiency` to include")
     args = ap.parse_args(argv)
     try:
-        runs = runs_from_exp_show(load_exp_show(args.exp_json), args.include_workspace)
+        from pipeline.report import store
+
+        if args.no_store and args.store_only:
+            raise ReportError("--no-store and --store-only exclude each other")
+        live = [] if args.store_only else runs_from_exp_show(load_exp_show(args.exp_json), args.include_workspace)
+        runs = store.merge(live, [] if args.no_store else store.load(args.store))
         check_required(runs, args.require)
-        write_report(runs, base_params(), args.out, not args.no_analyses, args.efficiency)
+        write_report(runs, base_params(), args.out, not args.no_analyses, args.efficiency, args.paper_rows)
     except ReportError as e:
         log.error("%s", e)
         sys.exit(2)
