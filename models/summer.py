@@ -142,6 +142,9 @@ warning says so.
 Ablations (paper Tables 3–4, Fig. 4): ``moe: plain`` (softmax gate over all experts), ``fusion: self_attention``
 (plain per-modality self-attention instead of HCMF), ``ikd: false``, ``teacher.modality`` (t | a | v), the
 teacher's ``teacher.moe: none``, ``fusion_layers``, and the modality subsets through ``train.modalities``.
+Table 3's unimodal rows ("using the original attention mechanism model", §4.5) are read as the unimodal teacher
+without its SDMoE (``teacher.moe: none``, ``teacher.modality``), whose test scores ``train_teacher`` writes to
+reports/teacher/metrics.json; Tables 1–2's "Teacher Model" rows are the same stage with its SDMoE (the default).
 """
 from __future__ import annotations
 
