@@ -25,9 +25,10 @@ Pipeline (equation numbers are the paper's):
          the feature weights w_m.
        * Eq. 7, feature-aware attention: h'_m = w_m ∘ h_m + β h_m, then dropout.
        * Eq. 11–12, attention mapping network: ŵ_m = f_m(h_m) (one linear layer) and the L1 feature loss
-         L_feature = |ŵ − w|_1 (mean), summed over layers, added with weight 1 (training only; returned as the
-         ``feature`` loss). ``feature_target: output`` regresses h'_m before dropout instead of w_m: that is
-         what the official code ends up computing (its ``_att = att`` aliases the list it then overwrites).
+         L_feature = Σ‖ŵ − w‖₁ (``feature_reduction``, below), summed over layers, added with weight 1 (training
+         only; returned as the ``feature`` loss). ``feature_target`` (below): ``attention`` regresses w_m (Eq.
+         11–12), ``output`` regresses h'_m before dropout — what the official code ends up computing (its
+         ``_att = att`` aliases the list it then overwrites).
   3. AMW, Adaptive Modality Weighting (Eq. 8): the classifier W = [W_t | W_a | W_v] split per modality,
      logits = Σ_m norm(h_m) · norm(W_m)ᵀ + b, features L2-normalised over the hidden axis and each modality's
      weights over the class axis (as in the official code; no temperature). L_modal (Eq. 13) is the
@@ -50,7 +51,9 @@ Pipeline (equation numbers are the paper's):
      Clipping order: the official loop clips before modulation (so the noise is not clipped); the engine
      does that with ``train.clip_before_hooks: true`` (the Ada2I recipes), after the hook otherwise.
 
-``paper_equations`` (default true: the paper; false: the official code, leson502/ADA2I) — where they differ:
+``paper_equations`` (default true: the paper; false: the official code, leson502/ADA2I, which produced the
+paper's numbers, so the recipes set false and the printed equations are the one-switch row
+``-S model_params.ada2i.paper_equations=true``) — where they differ:
   * Eq. 4: Θ_m = softmax(G_Q ⊙ G_K / √d_k). The softmax runs over the last core axis (r_w, the key axis of an
     attention row; the paper names no axis) and d_k = ``rank`` (that axis' size; the paper does not define
     d_k). The pooled A^(m) of Eq. 6 are means of Θ. Official: no softmax, no scaling (Θ = G_Q ⊙ G_K).
@@ -80,8 +83,11 @@ settings are ``train`` params here: lr 1.3e-4, batch 10, 50 epochs, early stop 2
 Size: 20.6 M parameters on the MELD-sized bench features (t/a/v 768/6373/512, of which 1.9 M is the 6373→300
 audio projection); the official model on its 768/300/342-d MELD features has 18.6 M.
 
-Three more places where the paper and the official code differ, each a switch whose ``null`` default follows
-``paper_equations`` (paper when true, official when false):
+Four more places where the paper and the official code differ, each a switch whose ``null`` default follows
+``paper_equations`` (paper when true, official when false), so ``paper_equations: false`` alone is the whole
+official path (the recipes' setting) and ``true`` alone the whole printed one; a non-null value pins one switch:
+  * ``feature_target`` — Eq. 11–12's target: ``attention`` (paper: Att_m, the feature weights w_m) | ``output``
+    (official: h'_m, the AFW output before dropout, through the list aliasing described in step 2).
   * ``amw_norm`` — Eq. 8 divides W^m Z by ‖W^m‖‖Z‖. ``class`` (paper): each class row W_k^m normalised, so each
     modality's logit is cos⟨W_k^m, Z^m⟩ — the reading Eq. 16 states ("the cosine similarity between the output
     weights and the corresponding feature vectors"), MMCosine's [39], and the per-class weight norms of §5.2.2 /
@@ -90,8 +96,16 @@ Three more places where the paper and the official code differ, each a switch wh
   * ``feature_reduction`` — Eq. 12: L_feature = (1/B) Σ_i Σ_m ‖Att − Âtt‖₁. ``sum`` (paper): the L1 norms summed
     over the modalities and the elements, divided by B = the utterances with at least one modality (Eq. 13's i is
     "the i-th sample", an utterance, as the engine's L_cls averages); ``mean`` (official ``nn.L1Loss``): the mean
-    over every element (≈ d·M times smaller). Padding and absent rows are excluded in both (the official code
-    averages over padding).
+    over every element (d·M times smaller: d = ``hidden``, M the modalities). Padding and absent rows are excluded
+    in both (the official code averages over padding). Measured on a tiny batch (4 dialogues × ≤ 12 utterances,
+    random N(0, 1) features, recipe sizes hidden 200, rank 6, dropout 0.5, training mode, mean of 3 seeds;
+    ``torch.autograd.grad`` of each loss over all parameters): ‖∇L_feature‖ / ‖∇L_task‖ (L_task = the engine's CE + L_modal) is 133 with every printed equation
+    (``paper_equations: true``, t/a/v at the MELD recipe widths 768/6373/1024) and 0.056 on the whole official
+    path (``false``); changing only this switch gives 133 (sum) vs 0.22 (mean), the d·M = 600 factor. At the
+    recipes' clip (``train.grad_clip: 2.0``) the printed sum leaves the task gradient a norm of 0.015 of the 2.0
+    step (the feature term takes the rest), the official mean 1.96–2.0. Text only (MiniLM 384-d): 113 vs 0.17
+    (printed vs official; d = 200), task gradient after the clip 0.018 vs 1.97. This is why the literal
+    equations stall (README, MELD row): the printed Eq. 12 drowns Eq. 10/13 under the official clip.
   * ``noise_target`` — Eq. 19: θ_{t+1} = θ_t − η k_m g̃ + η h(θ_t), h ~ N(0, Σ^sgd(θ_t)): noise on the *parameters*
     after the update, scaled by the learning rate. ``parameter`` (paper): ``after_step`` adds η·σ·ε to each
     modulated encoder parameter, σ = the std of its (unmodulated, all-reduced) gradient — Σ^sgd is the gradient's
@@ -211,7 +225,7 @@ class Ada2I(nn.Module):
     def __init__(self, input_dims: dict[str, int], n_classes: int, hidden: int = 200,
                  encoder_dim: int | dict | None = None, heads: int | None = None, encoder_layers: int = 2,
                  ff_dim: int | None = 2048, afw: bool = True, afw_layers: int = 2, rank: int = 6, beta: float = 0.55,
-                 feature_target: str = "attention", amw: bool = True, modulation: bool = True, alpha: float = 0.42,
+                 feature_target: str | None = None, amw: bool = True, modulation: bool = True, alpha: float = 0.42,
                  start_mod: int = 4, end_mod: int | None = None, noise: bool = True, dropout: float = 0.5,
                  paper_equations: bool = True, amw_norm: str | None = None, feature_reduction: str | None = None,
                  noise_target: str | None = None, task: str = "classification"):
@@ -221,15 +235,15 @@ class Ada2I(nn.Module):
         amw_norm = amw_norm or ("class" if paper else "hidden")
         feature_reduction = feature_reduction or ("sum" if paper else "mean")
         noise_target = noise_target or ("parameter" if paper else "gradient")
+        feature_target = feature_target or ("attention" if paper else "output")
         for key, val, ok in (("amw_norm", amw_norm, ("class", "hidden", "matrix")),
+                             ("feature_target", feature_target, ("attention", "output")),
                              ("feature_reduction", feature_reduction, ("sum", "mean")),
                              ("noise_target", noise_target, ("parameter", "gradient"))):
             if val not in ok:
                 raise ValueError(f"ada2i: {key} is null|{'|'.join(ok)}; got {val!r}")
-        self.amw_norm, self.noise_target = amw_norm, noise_target
+        self.amw_norm, self.noise_target, self.feature_target = amw_norm, noise_target, feature_target
         self._sigma: dict = {}  # noise_target parameter: per parameter, σ from before_step, used by after_step
-        if feature_target not in ("attention", "output"):
-            raise ValueError(f"ada2i: feature_target is attention|output; got {feature_target!r}")
         self.modalities = mods = ordered(input_dims)
         dims = encoder_dim if isinstance(encoder_dim, dict) else {m: encoder_dim for m in mods}
         self.encoders = nn.ModuleDict({m: ModalityEncoder(input_dims[m], dims.get(m), hidden, heads, encoder_layers,

@@ -43,7 +43,10 @@ Paper → code (section / equation of the paper):
                     A_conv = Conv2D(Mean(Â)) — 1×1 conv → BatchNorm → LeakyReLU (``GlobalCompression``). "Mean"
                     is read as the mean over the utterance axis (valid positions only), the result "broadcast
                     back to the sequence dimension" (``compression: global``, the text's reading);
-                    ``compression: per_utterance`` applies the block to every utterance of Â instead.
+                    ``compression: per_utterance`` applies the block to every utterance of Â instead. Under
+                    ``global`` the attention output reaches X_final only as one vector per dialogue (issue #27
+                    measured a spread of 1e-7 over a dialogue's utterances; the tests check it is one vector), so the utterance-specific
+                    part of X_final is the query Q alone; ``per_utterance`` keeps Â's per-utterance attention.
                     FFN(x) = W₂ Dropout(GELU(W₁ LayerNorm(x))), d_ff = ``ff_mult``·d: the text says "typically
                     2d or 4d" and picks neither; 2 here (our choice, because it is the lighter one of a network
                     built to be "lightweight"), 4 by ``ff_mult: 4``.
@@ -69,8 +72,11 @@ Paper → code (section / equation of the paper):
                   frames (truncated to ``max_len`` = 512); U is the token/frame axis. Inputs are
                   ``feats[m]: [B, T, L, F]`` with frame masks ``present[m]: [B, T, L]`` (``pipeline.dataset``
                   with ``sequences``: ``{a: frames}`` = ``audio.ssl.store_frames`` / the ``emotion2vec`` extractor's
-                  frames). A modality given as one vector per utterance (``[B, T, F]``; ``sequences.t: null``, as
-                  the text stage stores no token sequences yet) is a one-frame sequence. Both modalities are padded to one length, as the paper pads both to 512, so
+                  frames; ``{t: frames}`` = the text stage's token states, ``text.store_tokens``: the
+                  utterance's own tokens, BERT's 512 at most). A modality given as one vector per utterance
+                  (``[B, T, F]``; ``sequences.<m>: null``, e.g. openSMILE audio, which has no frames) is a
+                  one-frame sequence. Text alone works (``train.modalities: t``; ``recipes/lpgnet_iemocap4_frame``).
+                  Both modalities are padded to one length, as the paper pads both to 512, so
                   [H_t; H_at] align position by position; F_final is averaged over the positions valid in any
                   modality into the utterance vector (not in the paper: our choice, the classifier of §3.5
                   needs one vector per utterance), and each student averages its H_m over its valid frames.
@@ -377,10 +383,4 @@ class LPGNet(nn.Module):
                                                  for m, v in out["valid"].items())}
         if self.lambda_task != 1.0:
             losses["task_extra"] = (self.lambda_task - 1.0) * task_loss(out["logits"], batch, weight=w)
-        return losses
-        label, w = batch["label"], batch.get("class_weight")
-        losses = {"uni_ce": self.lambda_ce * sum(masked_ce(out["unimodal"][m], label, v, w)
-                                                 for m, v in out["valid"].items())}
-        if self.lambda_task != 1.0:
-            losses["task_extra"] = (self.lambda_task - 1.0) * masked_ce(out["logits"], label, label >= 0, w)
         return losses

@@ -20,7 +20,8 @@ The paper has no equations; its components map to code as follows:
   * §3.6 / §4.5 / Table 2 training (inverse-frequency weighted CE, AdamW, gradient clipping, ReduceLROnPlateau and
     early stopping on validation loss): engine options, set in ``recipes/m2fnet_meld.yaml``.
 
-Ablations (Table 5, on the validation split): ``fusion: concat`` ("w/o Transformer Fusion": concatenation of the
+Ablations (Table 5, on the validation split; each a ``-S`` override of ``recipes/m2fnet_meld.yaml``, text alone
+with ``--offline``): ``fusion: concat`` ("w/o Transformer Fusion": concatenation of the
 projected modalities + a linear map instead of self-attention), ``context: none`` ("w/o GRU Context": no
 recurrent context modelling and no speaker embedding — each utterance is classified from its own features alone,
 no dialogue context at all), ``train.weighted_loss: false`` ("w/o Weighted Loss", an engine switch).
@@ -30,8 +31,10 @@ module implemented before, is not kept: its paper is not among the project's sou
 checked, and its cross-modal attention + BiGRU design is covered by LPGNet / SUMMER / bc_lstm.
 
 Departures still to be made switches or justified (end-of-session review against m2fnet.txt; behaviour unchanged):
-  * §3.7 trains all modalities end to end; here features are frozen (``train.text_encoder`` fine-tunes text) —
-    the recipe says so. §3.6 says "validation performance", §4.5 "validation loss": the recipe follows §4.5.
+  * §3.7 "All the modalities are trained together end-to-end" vs the Limitations' "default pretrained modal-wise
+    feature extractors" (fine-tuning named as future work): read as the fusion network trained jointly on frozen
+    extractor features, so the recipe keeps BERT frozen (``text.finetune.enabled: false``; ``train.text_encoder``
+    or the ``finetune_text`` stage would fine-tune it). §3.6 says "validation performance", §4.5 "validation loss": the recipe follows §4.5.
   * Not in the paper: our choices, because Gao gives no form — the projector (LayerNorm→Linear→GELU→Dropout), the
     fusion transformer (pre-LN, GELU, FFN 2×d, final LayerNorm), no modality-type embedding, absent modalities
     masked out of fusion, dropout before the classifier, the Linear after concatenation in ``fusion: concat``,

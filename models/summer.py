@@ -96,8 +96,8 @@ alternative is a switch):
     more mass on the true class than on the others and is rejected. The loss: the text says soft labels are used
     "instead of hard labels" (the CE with soft targets, −Σ_j q_j log softmax(p)_j: ``smooth_form: ce``); the
     printed formula has no log, −Σ_j softmax(p)_j q_j (``smooth_form: printed``). Text and formula disagree, so as
-    for Eq. 13 the text decides; measured on a tiny batch (tests): the printed form plateaus (89 % fitted after
-    200 steps), the CE form fits it in 50.
+    for Eq. 13 the text decides (the printed form has no log, so its gradient through the softmax vanishes
+    as a prediction saturates, right or wrong, and a confident error costs no more than a moderate one).
     The printed denominator Σ_i^N exp(p_{m_i}) runs over the utterances, reusing the numerator's own index i:
     ``smooth_norm: utterances`` is that (per class j, a softmax over the batch's N real utterances). The default,
     ``classes``, normalises over the C classes, because the text calls the term label smoothing with "soft labels
@@ -108,6 +108,15 @@ alternative is a switch):
     −(the engine's CE, with its class weights), cancelling it exactly, so the student is trained on Eq. 15 alone;
     ``engine_ce: true`` keeps the engine's CE beside it. ``ikd: false`` (the "w/o IKD" ablation) = the engine's CE
     alone.
+
+Absent modalities (``absent``; not in the paper: our choice, because the paper assumes every utterance has all
+three and says nothing of a missing one): ``drop`` (default, as every other fusion here drops an absent modality)
+— an utterance's branch f_m exists only where it has modality m: it is no candidate of the Global MoE (Eq. 6:
+weight 0, left out of the router's softmax and of its band statistics), Eq. 12 of branch m runs over the
+utterances that have m and Eq. 11/13 over those that have both m and the teacher's modality. ``route`` (the
+earlier behaviour) routes and distils every branch at every utterance — an absent branch then carries only what
+its speaker/position embedding and the other modalities' keys put there. The branch's own inputs are zeroed and
+masked as keys in both.
 
 Not in the paper (our choices, because the text gives no value or form), each with its reason:
   * Eq. 2's P is sinusoidal ("absolute position embeddings", form not given): it needs no maximum dialogue length
@@ -133,6 +142,9 @@ warning says so.
 Ablations (paper Tables 3–4, Fig. 4): ``moe: plain`` (softmax gate over all experts), ``fusion: self_attention``
 (plain per-modality self-attention instead of HCMF), ``ikd: false``, ``teacher.modality`` (t | a | v), the
 teacher's ``teacher.moe: none``, ``fusion_layers``, and the modality subsets through ``train.modalities``.
+Table 3's unimodal rows ("using the original attention mechanism model", §4.5) are read as the unimodal teacher
+without its SDMoE (``teacher.moe: none``, ``teacher.modality``), whose test scores ``train_teacher`` writes to
+reports/teacher/metrics.json; Tables 1–2's "Teacher Model" rows are the same stage with its SDMoE (the default).
 """
 from __future__ import annotations
 
@@ -267,9 +279,31 @@ class DynamicRouter(nn.Module):
     def tau(self) -> torch.Tensor:
         return self.log_tau.exp().clamp(min=1e-2)
 
-    def band(self, w: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-        """Eq. 3's condition: True where W_g ∈ (μ − kσ, μ + kσ); statistics per ``route_stats``."""
+    def band(self, w: torch.Tensor, valid: torch.Tensor, avail: torch.Tensor | None = None) -> torch.Tensor:
+        """Eq. 3's condition: True where W_g ∈ (μ − kσ, μ + kσ); statistics per ``route_stats``, over the real
+        utterances' entries (and, with ``avail`` ``[B, T, n]``, only the available candidates)."""
         w = w.detach().float()
+        if avail is not None:  # masked statistics: unavailable candidates neither count nor pass
+            ev = (avail & valid.unsqueeze(-1)).float()
+            if self.stats == "token":
+                n = ev.sum(-1, keepdim=True).clamp(min=1)
+                mu = (w * ev).sum(-1, keepdim=True) / n
+                sd = (((w - mu) ** 2 * ev).sum(-1, keepdim=True) / n).sqrt()
+                return (((w - mu).abs() < self.k * sd) | (sd == 0)) & avail
+            if self.training and int(ev.sum()) > 1:
+                if self.stats == "tensor":
+                    n = ev.sum()
+                    mu = (w * ev).sum() / n
+                    sd = (((w - mu) ** 2 * ev).sum() / n).sqrt()
+                    mu, sd = mu.expand(w.shape[-1]), sd.expand(w.shape[-1])
+                else:
+                    n = ev.sum((0, 1)).clamp(min=1)
+                    mu = (w * ev).sum((0, 1)) / n
+                    sd = (((w - mu) ** 2 * ev).sum((0, 1)) / n).sqrt()
+                self._update_running(mu, sd)
+            else:
+                mu, sd = self.running_mean, self.running_std
+            return (((w - mu).abs() < self.k * sd) | (sd == 0)) & avail
         if self.stats == "token":
             mu, sd = w.mean(-1, keepdim=True), w.std(-1, unbiased=False, keepdim=True)
         elif self.training and int(valid.sum()) > 1:
@@ -278,28 +312,37 @@ class DynamicRouter(nn.Module):
                 mu, sd = sel.mean().expand(w.shape[-1]), sel.std(unbiased=False).expand(w.shape[-1])
             else:
                 mu, sd = sel.mean(0), sel.std(0, unbiased=False)
-            with torch.no_grad():
-                first = torch.isinf(self.running_std)
-                self.running_mean.copy_(torch.where(first, mu, torch.lerp(self.running_mean, mu, self.momentum)))
-                self.running_std.copy_(torch.where(first, sd, torch.lerp(self.running_std, sd, self.momentum)))
+            self._update_running(mu, sd)
         else:
             mu, sd = self.running_mean, self.running_std
         return ((w - mu).abs() < self.k * sd) | (sd == 0)
 
-    def forward(self, w: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-        keep = self.band(w, valid)
+    @torch.no_grad()
+    def _update_running(self, mu: torch.Tensor, sd: torch.Tensor) -> None:
+        first = torch.isinf(self.running_std)
+        self.running_mean.copy_(torch.where(first, mu, torch.lerp(self.running_mean, mu, self.momentum)))
+        self.running_std.copy_(torch.where(first, sd, torch.lerp(self.running_std, sd, self.momentum)))
+
+    def forward(self, w: torch.Tensor, valid: torch.Tensor, avail: torch.Tensor | None = None) -> torch.Tensor:
+        """Routing weights ``[B, T, n]``; ``avail`` ``[B, T, n]`` (optional) marks the candidates that exist for
+        each utterance: the others get weight 0 and are left out of the softmax and the band statistics."""
+        keep = self.band(w, valid, avail)
+        z = w.float()
         if self.training:  # Eq. 4: g_noise = −log(−log R), R ~ U(0, 1)
             r = torch.rand_like(w, dtype=torch.float32).clamp(1e-9, 1 - 1e-9)
-            g = ((w.float() - torch.log(-torch.log(r))) / self.tau).softmax(-1)
-        else:
-            g = (w.float() / self.tau).softmax(-1)
+            z = z - torch.log(-torch.log(r))
+        z = z / self.tau
+        if avail is not None:  # after the division: a finite fill, so a row with no candidate stays finite
+            z = z.masked_fill(~avail, torch.finfo(z.dtype).min)
+        g = z.softmax(-1)
         g = g * keep / self.T  # Eq. 3: zero outside the band, divide by T
         if self.renorm:
             s = g.sum(-1, keepdim=True)
             g = torch.where(s > 0, g / s.clamp(min=1e-12), g)
         if self.training:
-            self.dropped[0] += float((~keep & valid.unsqueeze(-1)).sum())
-            self.dropped[1] += float(valid.sum()) * w.shape[-1]
+            ev = valid.unsqueeze(-1) if avail is None else valid.unsqueeze(-1) & avail
+            self.dropped[0] += float((~keep & ev).sum())
+            self.dropped[1] += float(ev.expand_as(keep).sum())
         return g.to(w.dtype)
 
 
@@ -348,10 +391,19 @@ class GlobalMoE(nn.Module):
         self.v_g = nn.Linear(hidden, 1)
         self.router = DynamicRouter(branches, **route) if sparse else None
 
-    def forward(self, branches: list[torch.Tensor], valid: torch.Tensor) -> torch.Tensor:
+    def forward(self, branches: list[torch.Tensor], valid: torch.Tensor,
+                avail: torch.Tensor | None = None) -> torch.Tensor:
+        """``avail`` ``[B, T, K]`` (``absent: drop``): a branch whose modality the utterance lacks is no candidate
+        (weight 0, outside the softmax); None routes every branch (``absent: route``)."""
         f = torch.stack(branches, -2)  # [B, T, K, h]
         w = self.v_g(f).squeeze(-1)  # [B, T, K]
-        g = w.softmax(-1) if self.router is None else self.router(w, valid)
+        if self.router is not None:
+            g = self.router(w, valid, avail)
+        elif avail is None:
+            g = w.softmax(-1)
+        else:
+            g = w.float().masked_fill(~avail, torch.finfo(torch.float32).min).softmax(-1) * avail
+            g = g.to(w.dtype)
         return (f * g.unsqueeze(-1)).sum(-2)
 
 
@@ -546,7 +598,8 @@ class Summer(nn.Module):
                  audio_reduce: int | None = None, dialoguernn=("v",), dialoguernn_dim: int = 256,
                  dropout: float = 0.2, max_speakers: int = 16, teacher_path: str | None = None,
                  teacher: dict | None = None, share_experts: bool = False, phi_bound: str = "none",
-                 smooth_norm: str = "classes", ikd_reduction: str = "sum", task: str = "classification"):
+                 smooth_norm: str = "classes", ikd_reduction: str = "sum", absent: str = "drop",
+                 task: str = "classification"):
         super().__init__()
         self.task = check_task(task, "summer")
         choices = {"fusion": (fusion, ("hcmf", "self_attention")), "branch_query": (branch_query, ("each", "anchor")),
@@ -554,7 +607,7 @@ class Summer(nn.Module):
                    "kl_direction": (kl_direction, ("student_teacher", "teacher_student")),
                    "smooth_form": (smooth_form, ("ce", "printed")), "phi_bound": (phi_bound, ("none", "sigmoid")),
                    "smooth_norm": (smooth_norm, ("classes", "utterances")),
-                   "ikd_reduction": (ikd_reduction, ("sum", "mean"))}
+                   "ikd_reduction": (ikd_reduction, ("sum", "mean")), "absent": (absent, ("drop", "route"))}
         for key, (val, ok) in choices.items():
             if val not in ok:
                 raise ValueError(f"summer: {key} is one of {'|'.join(ok)}; got {val!r}")
@@ -587,7 +640,7 @@ class Summer(nn.Module):
         self.C, self.ikd, self.T, self.eps = n_classes, ikd, kd_temperature, smooth_eps
         self.kl_direction, self.inner_loss, self.smooth_form = kl_direction, inner_loss, smooth_form
         self.smooth_class_weight, self.engine_ce = smooth_class_weight, engine_ce
-        self.smooth_norm, self.ikd_reduction = smooth_norm, ikd_reduction
+        self.smooth_norm, self.ikd_reduction, self.absent = smooth_norm, ikd_reduction, absent
         self.kappa = (kappa1, kappa2, kappa3, kappa4)
         self.teacher = self._teacher(input_dims, n_classes, hidden, heads, dropout, max_speakers, teacher_path,
                                      dict(teacher or {})) if (ikd or guided) else None
@@ -655,10 +708,15 @@ class Summer(nn.Module):
                     fused[m] = self.cross[level][m + o](u, keys[o], kv=z[o], guide=guide)[0]
                 z.update(fused)
         branches = [self.branch_norm[m](z[m]) for m in self.modalities]  # f_m: HCMF branch outputs
-        h = branches[0] if self.global_moe is None else self.global_moe(branches, mask)  # Eq. 6
+        # absent: drop — branch m exists only where the utterance has modality m (as every other fusion here)
+        bvalid = [valid[m] if self.absent == "drop" else mask for m in self.modalities]
+        avail = torch.stack(bvalid, -1) if self.absent == "drop" else None
+        h = branches[0] if self.global_moe is None else self.global_moe(branches, mask, avail)  # Eq. 6
         logits = self.head(h)
         if self.training:  # for aux_loss, called by the engine right after this forward
-            self._cache = {"logits": logits, "branches": branches, "h_t": h_t}
+            tm = self.teacher.modality if self.teacher is not None else None
+            self._cache = {"logits": logits, "branches": branches, "h_t": h_t, "branch_valid": bvalid,
+                           "teacher_valid": valid.get(tm, mask) if self.absent == "drop" else mask}
         return logits
 
     def aux_loss(self, out, batch) -> dict[str, torch.Tensor]:
@@ -675,22 +733,34 @@ class Summer(nn.Module):
         label = batch["label"]
         valid = batch["mask"] & (label >= 0)
         y = label[valid]
-        n = y.numel() if self.ikd_reduction == "sum" else 1  # Σ_{i=1}^N of Eq. 11–13 (Eq. 14's i alike) | means
-        k1, k2, k3, k4 = (k * n for k in self.kappa)
+        n = y.numel() if self.ikd_reduction == "sum" else 1  # Eq. 14's Σ over the N utterances | mean
+        k4 = self.kappa[3] * n
+        red = (lambda x: x.sum()) if self.ikd_reduction == "sum" else (lambda x: x.mean())  # Eq. 11–13's Σ_i | mean
         T, teacher = self.T, self.teacher
-        h_t = c["h_t"][valid].float()
-        log_pbar = (teacher.classifier(h_t) / T).log_softmax(-1)  # p̄: the teacher's features, its classifier
+        bvalid = c.get("branch_valid") or [batch["mask"]] * len(c["branches"])
+        tvalid = c.get("teacher_valid", batch["mask"])
         cross = align = inner = 0.0
-        for f in c["branches"]:
-            f = f[valid].float()
-            z = teacher.classifier(f)  # p̂_mi: the student's branch features through the teacher's classifier
-            log_phat = (z / T).log_softmax(-1)
+        for f_all, bv in zip(c["branches"], bvalid):
+            # Eq. 12 needs the branch; Eq. 11 and 13 also the teacher's own modality (absent: drop)
+            rows, pair = valid & bv, valid & bv & tvalid
+            if not rows.any():  # the modality is absent from the whole batch: a zero that keeps the graph
+                zero = f_all.sum() * 0.0
+                cross, align, inner = cross + zero, align + zero, inner + zero
+                continue
+            z = teacher.classifier(f_all[rows].float())  # p̂_mi: student branch features, the teacher's classifier
+            align = align + red(F.cross_entropy(z, label[rows], reduction="none"))  # Eq. 12 (hard labels)
+            if not pair.any():
+                cross, inner = cross + z.sum() * 0.0, inner + z.sum() * 0.0
+                continue
+            f, h_t = f_all[pair].float(), c["h_t"][pair].float()
+            log_pbar = (teacher.classifier(h_t) / T).log_softmax(-1)  # p̄: the teacher's features, its classifier
+            log_phat = (teacher.classifier(f) / T).log_softmax(-1)
             p, lp, lq = (log_phat.exp(), log_phat, log_pbar) if self.kl_direction == "student_teacher" \
                 else (log_pbar.exp(), log_pbar, log_phat)
-            cross = cross + (p * (lp - lq)).sum(-1).mean() * T * T  # Eq. 11
-            align = align + F.cross_entropy(z, y)  # Eq. 12 (hard labels)
+            cross = cross + red((p * (lp - lq)).sum(-1)) * T * T  # Eq. 11
             d = f - h_t
-            inner = inner + ((d * d).mean() if self.inner_loss == "mse" else d.norm(dim=-1).mean())  # Eq. 13
+            inner = inner + red((d * d).mean(-1) if self.inner_loss == "mse" else d.norm(dim=-1))  # Eq. 13
+        k1, k2, k3 = self.kappa[:3]
         logits = c["logits"][valid].float()
         q = smooth_targets(y, self.C, self.eps)  # Eq. 14's δ(gt)
         dim = 0 if self.smooth_norm == "utterances" else -1  # Eq. 14's denominator: over the N utterances | classes
@@ -719,15 +789,21 @@ class Summer(nn.Module):
         valid = batch["mask"]
         k1, k2, k3, _ = self.kappa
         teacher = self.teacher
-        h_t = c["h_t"][valid].float()
-        y_t = teacher.classifier(h_t)
-        y = batch["target"][valid].float()
+        bvalid = c.get("branch_valid") or [valid] * len(c["branches"])
+        tvalid = c.get("teacher_valid", valid)
         cross = align = inner = 0.0
-        for f in c["branches"]:
-            f = f[valid].float()
-            z = teacher.classifier(f)
-            cross = cross + F.mse_loss(z, y_t)
-            align = align + F.mse_loss(z, y)
+        for f_all, bv in zip(c["branches"], bvalid):
+            rows, pair = valid & bv, valid & bv & tvalid  # absent: drop, as for classification
+            zero = f_all.sum() * 0.0
+            if not rows.any():
+                cross, align, inner = cross + zero, align + zero, inner + zero
+                continue
+            align = align + F.mse_loss(teacher.classifier(f_all[rows].float()), batch["target"][rows].float())
+            if not pair.any():
+                cross, inner = cross + zero, inner + zero
+                continue
+            f, h_t = f_all[pair].float(), c["h_t"][pair].float()
+            cross = cross + F.mse_loss(teacher.classifier(f), teacher.classifier(h_t))
             d = f - h_t
             inner = inner + ((d * d).mean() if self.inner_loss == "mse" else d.norm(dim=-1).mean())
         return {"ikd_cross": k1 * cross, "ikd_align": k2 * align, "ikd_inner": k3 * inner}

@@ -384,3 +384,21 @@ def test_clip_before_modulation_on_a_planted_large_gradient():
         eng.train_epoch(dialogues(6, mods="ta"), np.random.default_rng(0), epoch=0)
     assert norms[False] == pytest.approx(2.0, rel=1e-4)
     assert norms[True] != pytest.approx(2.0, rel=1e-3) and norms[True] < 20.0
+
+
+@pytest.mark.parametrize("paper", [True, False])
+def test_paper_equations_alone_selects_every_sub_switch(paper):
+    """One switch gives the whole path: every ``null`` sub-switch follows ``paper_equations`` (issue #27); a set
+    value still pins its own switch."""
+    model = build(paper_equations=paper)
+    printed = dict(amw_norm="class", feature_reduction="sum", noise_target="parameter", feature_target="attention")
+    official = dict(amw_norm="hidden", feature_reduction="mean", noise_target="gradient", feature_target="output")
+    want = printed if paper else official
+    got = dict(amw_norm=model.amw_norm, feature_reduction=model.afw[0].feature_reduction,
+               noise_target=model.noise_target, feature_target=model.feature_target)
+    assert got == want and all(layer.feature_target == want["feature_target"] for layer in model.afw)
+    assert (model.mlp is not None) == paper and model.afw[0].paper == paper  # Eq. 4/6/9/16 follow it too
+    pinned = build(paper_equations=paper, feature_target="attention", feature_reduction="sum")
+    assert pinned.feature_target == "attention" and pinned.afw[0].feature_reduction == "sum"
+    with pytest.raises(ValueError, match="feature_target"):
+        build(feature_target="weights")

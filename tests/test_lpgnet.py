@@ -605,3 +605,59 @@ def test_frame_mode_without_the_column_is_one_clear_error(tmp_path, demo_utteran
     with pytest.raises(ValueError, match="store_frames"):
         model_sequences(corpus, "lpgnet", {"mode": "frame"}, dirs)
     assert model_sequences(corpus, "lpgnet", {"mode": "utterance"}, dirs).seqs == {}
+
+
+def test_per_utterance_compression_by_hand_and_it_trains():
+    """``compression: per_utterance``: A_conv = LeakyReLU(BN(Conv(Â))) at every utterance (eval BatchNorm), then
+    X_final = Q + A_conv + FFN(A_conv) — by hand at the valid positions; text alone fits a tiny batch."""
+    feats, present, mask, speaker, label = batch("ta")
+    model = build("ta", compression="per_utterance").eval()
+    bn = model.branch["tt"].compress.bn
+    bn.running_mean.uniform_(-0.5, 0.5)  # non-trivial statistics, so the hand computation checks the BN too
+    bn.running_var.uniform_(0.5, 2.0)
+    x, valid = _streams(model, feats, present, mask)
+    br = model.branch["tt"]
+    a_hat = br.attn(x["t"], x["t"], valid["t"].unsqueeze(2) & valid["t"].unsqueeze(1))
+    conv = br.compress.conv(a_hat)
+    bn_out = (conv - bn.running_mean) / torch.sqrt(bn.running_var + bn.eps) * bn.weight + bn.bias
+    a_conv = F.leaky_relu(bn_out)
+    want = x["t"] + a_conv + br.ffn(a_conv)
+    got = model.lpia(x, valid)["tt"]
+    torch.testing.assert_close(got[valid["t"]], want[valid["t"]], rtol=1e-5, atol=1e-5)
+    d = got - x["t"]
+    assert (d[0, 1:] - d[0, :1]).abs().max() > 1e-3  # per utterance, unlike global
+    text = build("t", compression="per_utterance", dropout=0.0)
+    f, p, m, s, y = batch("t")
+    overfit(text, lambda: total_loss(text, text(f, p, m, s), y, m), steps=120)
+    assert (text(f, p, m, s)[m].argmax(-1) == y[m]).all()
+
+
+def test_frame_mode_text_tokens_alone(tmp_path, demo_utterances):
+    """LPGNet(Frame) on text alone: the token states ``text.store_tokens`` writes (column ``frames`` of the text
+    table) become the text sequence (``sequences: {t: frames}``), and the model learns a label planted in them."""
+    import pyarrow.parquet as pq
+
+    from pipeline.dataset import Standardizer, collate, dialogues, load_corpus, model_sequences
+    from pipeline.train import train
+
+    utt = pq.read_table(demo_utterances, columns=["dialogue_id", "utterance_id", "label_id"])
+    rng = np.random.default_rng(1)
+
+    def tokens(i, label):
+        x = rng.standard_normal((2 + i % 4, 6)).astype(np.float32) * 0.3
+        x[:, max(label, 0) % 6] += 2.0
+        return x
+
+    dirs = {"t": _write_features(tmp_path / "t", utt, 6, tokens)}
+    cfg = {"hidden": 16, "mode": "frame", "max_len": 8, "dropout": 0.0, "sequences": {"t": "frames", "a": "frames"}}
+    corpus = model_sequences(load_corpus(demo_utterances, ["t"], dirs), "lpgnet", cfg, dirs)
+    assert set(corpus.seqs) == {"t"}  # audio is not a chosen modality: its entry is ignored
+    b = collate(dialogues(corpus, "train", Standardizer().fit(corpus, corpus.split_rows("train")))[:2])
+    assert b["feats"]["t"].dim() == 4 and b["present"]["t"].shape == b["feats"]["t"].shape[:3]
+    params = {"model": "lpgnet", "model_params": {"lpgnet": cfg},
+              "train": dict(modalities=["t"], seed=0, epochs=8, batch_size=2, lr=1e-2, weight_decay=0.0,
+                            grad_clip=1.0, patience=20, weighted_loss=False)}
+    res = train(params, demo_utterances, tmp_path / "model.pt", tmp_path / "live", dirs)
+    assert np.isfinite(res["best_dev_weighted_f1"])
+    hist = json.loads((tmp_path / "live" / "seeds.json").read_text())["seeds"][0]["history"]
+    assert hist[-1]["train"]["accuracy"] > 0.8

@@ -548,3 +548,77 @@ def test_split_output_contract():
     logits, aux = split_output(model(feats, present, mask, speaker))
     assert logits.shape == (3, 5, 7) and aux == {}
     assert isinstance(model, Summer)
+
+
+def test_absent_modality_is_no_global_moe_candidate_unless_routed():
+    """``absent: drop`` (default): an utterance's absent modality gets Eq. 6 weight 0 — the dense softmax and the
+    sparse router run over the present branches only, with band statistics over them; ``route`` (the earlier
+    behaviour) weighs every branch. A row with no candidate (padding) stays finite."""
+    from models.summer import GlobalMoE
+    torch.manual_seed(0)
+    f = [torch.randn(1, 4, 6) for _ in range(3)]
+    valid = torch.tensor([[True, True, True, False]])
+    avail = torch.ones(1, 4, 3, dtype=torch.bool)
+    avail[0, 1, 2] = False  # utterance 1 lacks modality 3
+    avail[0, 3] = False  # padding: nothing
+    dense = GlobalMoE(6, 3, sparse=False)
+    w = dense.v_g(torch.stack(f, -2)).squeeze(-1)
+    out = dense(f, valid, avail)
+    g1 = w[0, 1, :2].softmax(-1)  # the two present branches only
+    torch.testing.assert_close(out[0, 1], g1[0] * f[0][0, 1] + g1[1] * f[1][0, 1])
+    torch.testing.assert_close(out[0, 0], dense(f, valid)[0, 0])  # all present: as routed
+    assert torch.isfinite(out).all() and (out[0, 3] == 0).all()
+    routed = dense(f, valid)[0, 1]
+    assert not torch.allclose(routed, out[0, 1])
+    sparse = GlobalMoE(6, 3, sparse=True)
+    sparse.router.train()
+    g = sparse.router(sparse.v_g(torch.stack(f, -2)).squeeze(-1), valid, avail)
+    assert g[0, 1, 2] == 0 and (g[0, 3] == 0).all() and torch.isfinite(g).all()
+    ev = avail & valid.unsqueeze(-1)  # "tensor" statistics over the 8 available entries only
+    wv = sparse.v_g(torch.stack(f, -2)).squeeze(-1).detach()
+    torch.testing.assert_close(sparse.router.running_mean[0], wv[ev].mean())
+
+
+@pytest.mark.parametrize("absent", ["drop", "route"])
+def test_ikd_skips_an_absent_branch_unless_routed(absent):
+    """Utterance 1 lacks audio: with ``drop`` Eq. 11–13 of branch a sum over utterance 0 only (by hand); ``route``
+    counts the absent branch's features at utterance 1 too. The student end to end: both train finitely."""
+    model = hand_model(smooth_eps=0.9, kappa4=1.0, absent=absent)
+    f_t = torch.tensor([[[2.0, 0, 0, 0], [0, 1.0, 0, 0]]])
+    f_a = torch.tensor([[[0.0, 0, 1.0, 0], [5.0, 0, 0, 0]]])
+    h_t = torch.tensor([[[0.0, 1, 0, 0], [1.0, 0, 0, 0]]])
+    logits = torch.zeros(1, 2, 3)
+    on = torch.ones(1, 2, dtype=torch.bool)
+    a_on = torch.tensor([[True, False]]) if absent == "drop" else on
+    model._cache = {"logits": logits, "branches": [f_t, f_a], "h_t": h_t, "branch_valid": [on, a_on],
+                    "teacher_valid": on}
+    aux = model.aux_loss(logits, {"mask": on, "label": torch.tensor([[0, 1]])})
+
+    def softmax(v):
+        e = [math.exp(x) for x in v]
+        return [x / sum(e) for x in e]
+
+    kl = lambda p, q: sum(a * math.log(a / b) for a, b in zip(p, q))  # noqa: E731
+    pbar = [softmax([0, 1, 0]), softmax([1, 0, 0])]
+    rows_a = [0] if absent == "drop" else [0, 1]
+    zt, za = [[2, 0, 0], [0, 1, 0]], [[0, 0, 1], [5, 0, 0]]
+    cross = sum(kl(softmax(zt[i]), pbar[i]) for i in (0, 1)) + sum(kl(softmax(za[i]), pbar[i]) for i in rows_a)
+    align = -math.log(softmax(zt[0])[0]) - math.log(softmax(zt[1])[1]) \
+        - sum(math.log(softmax(za[i])[[0, 1][i]]) for i in rows_a)
+    ft, fa, ht = f_t[0].tolist(), f_a[0].tolist(), h_t[0].tolist()
+    mse = lambda x, y: sum((a - b) ** 2 for a, b in zip(x, y)) / 4  # noqa: E731
+    inner = sum(mse(ft[i], ht[i]) for i in (0, 1)) + sum(mse(fa[i], ht[i]) for i in rows_a)
+    assert aux["ikd_cross"].item() == pytest.approx(cross, rel=1e-5)
+    assert aux["ikd_align"].item() == pytest.approx(align, rel=1e-5)
+    assert aux["ikd_inner"].item() == pytest.approx(inner, rel=1e-5)
+    student = build("tav", absent=absent)
+    feats, present, mask, speaker, label = batch("tav")
+    present["a"][0, 1:3] = False
+    present["v"][:] = False  # a modality absent from the whole batch
+    loss, aux = full_loss(student, feats, present, mask, speaker, label)
+    assert torch.isfinite(loss) and all(torch.isfinite(v) for v in aux.values())
+    loss.backward()
+    student.eval()
+    out = student(feats, present, mask, speaker)
+    feats["a"][0, 1:3] = 77.0  # absent values never matter, in either mode
+    torch.testing.assert_close(out, student(feats, present, mask, speaker))
