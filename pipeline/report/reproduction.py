@@ -32,7 +32,8 @@ SPLITS = ("test", "dev")
 CAUSE_ABOVE = 3.0  # points: a gap this large needs a stated cause
 FAMILIES = {"iemocap": "IEMOCAP", "meld": "MELD"}
 ROW_KEYS = {"id", "paper", "table", "row", "corpus", "split", "values", "source", "model", "match", "match_any",
-            "reference", "ours_reference", "cause", "note", "show"}
+            "reference", "ours_reference", "cause", "note", "show", "result"}
+RESULTS = ("model", "teacher")  # whose score the row is: the trained model's, or SUMMER's teacher (train_teacher)
 OPERATORS = {"in", "not"}
 
 
@@ -56,6 +57,7 @@ class PaperRow:
     note: str = ""
     source: str = ""
     show: bool = True
+    result: str = "model"
 
     @property
     def page(self) -> str:
@@ -113,6 +115,11 @@ def load_rows(path: str | Path = PAPER_ROWS) -> list[PaperRow]:
         split = it.get("split", "test")
         if split not in SPLITS:
             raise UserError(f"{where}: split must be one of {SPLITS}; got {split!r}")
+        result = it.get("result", "model")
+        if result not in RESULTS:
+            raise UserError(f"{where}: result must be one of {RESULTS}; got {result!r}")
+        if result == "teacher" and split != "test":
+            raise UserError(f"{where}: result teacher has test scores only (reports/teacher/metrics.json)")
         match = it["match"]
         alts = it.get("match_any") or []
         if not isinstance(match, dict) or not isinstance(alts, list) or not all(isinstance(a, dict) for a in alts):
@@ -127,7 +134,8 @@ def load_rows(path: str | Path = PAPER_ROWS) -> list[PaperRow]:
             match_any=tuple({str(k): v for k, v in a.items()} for a in alts), split=split,
             reference=it.get("reference"), ours_reference=it.get("ours_reference"),
             cause=" ".join(str(it.get("cause") or "").split()), note=" ".join(str(it.get("note") or "").split()),
-            source=" ".join(str(it.get("source") or "").split()), show=bool(it.get("show", True))))
+            source=" ".join(str(it.get("source") or "").split()), show=bool(it.get("show", True)),
+            result=result))
     ids = [r.id for r in rows]
     dup = sorted({i for i in ids if ids.count(i) > 1})
     if dup:
@@ -271,8 +279,14 @@ def resolve(row: PaperRow, runs: list[Run], defaults: dict) -> Match:
 
 
 # -------------------------------------------------------------------------------------------------------- values
-def ours(g: Group, metric: str, split: str) -> tuple[np.ndarray, str]:
+def ours(g: Group, metric: str, split: str, result: str = "model") -> tuple[np.ndarray, str]:
     """``metric`` of each seed in % and a qualifier; a non-finite value is left out and said so."""
+    if result == "teacher":  # train_teacher trains one teacher per run: its test score, one value per run
+        vals = [r.teacher_metrics.get(f"test_{metric}") for r in g.runs if isinstance(r.teacher_metrics, dict)]
+        v = np.asarray([x if isinstance(x, (int, float)) else np.nan for x in vals], dtype=float)
+        ok = v[np.isfinite(v)]
+        return 100 * ok, ("teacher" if ok.size == v.size else f"teacher; {v.size - ok.size} of {v.size} runs "
+                          "without a finite value")
     v, qual = _ours(g, metric, split)
     ok = v[np.isfinite(v)]
     keyed = sum(metric in m for m in g.by_seed().values())  # seeds that recorded the metric (null included)
@@ -330,8 +344,8 @@ def sign_cell(row: PaperRow, metric: str, by_id: dict[str, PaperRow], matches: d
         return "–"
     if base.group is None:
         return f"– (reference {oref.row!r} {'ambiguous' if base.ambiguous else 'not run'})"
-    a, _ = ours(mine.group, metric, row.split)
-    b, _ = ours(base.group, metric, oref.split)
+    a, _ = ours(mine.group, metric, row.split, row.result)
+    b, _ = ours(base.group, metric, oref.split, oref.result)
     if a.size == 0 or b.size == 0:
         return "–"
     paper_d, ours_d = pv - pr, float(a.mean() - b.mean())
@@ -374,7 +388,7 @@ def page_markdown(rows: list[PaperRow], by_id: dict[str, PaperRow], matches: dic
         for metric, pv in r.values.items():
             label = METRICS[metric] + (" (dev)" if r.split == "dev" else "")
             if m.group is not None:
-                v, qual = ours(m.group, metric, r.split)
+                v, qual = ours(m.group, metric, r.split, r.result)
                 cell = _pct(v) + (f" ({qual})" if qual else "")
                 delta = round(float(v.mean()) - pv, 2) + 0.0 if v.size and pv is not None else None  # no "-0.00"
                 exps = m.group.name()
