@@ -310,3 +310,23 @@ def test_stored_files_feed_the_emotion_shift_analysis(tmp_path):
     a = shift_section(live[0].corpus, group_runs(live), BASE)
     b = shift_section(stored[0].corpus, group_runs(stored), BASE)
     assert a == b and "| gru | iemo6-gru | 75.00 |" in b
+
+
+def test_teacher_rows_read_the_teacher_score_one_value_per_run(tmp_path):
+    """``result: teacher`` rows (SUMMER Table 3's modality rows) average each run's teacher test score."""
+    from pipeline.report.runs import Group, Run
+    runs = [Run(f"s{i}", f"r{i}", p(train__seed=i), m(0.5), teacher_metrics={"test_weighted_f1": v})
+            for i, v in enumerate([0.60, 0.70])]
+    vals, qual = reproduction.ours(Group(runs[0].corpus, {}, runs), "weighted_f1", "test", "teacher")
+    assert vals.tolist() == pytest.approx([60.0, 70.0]) and qual == "teacher"
+    student, _ = reproduction.ours(Group(runs[0].corpus, {}, runs), "weighted_f1", "test")
+    assert student.tolist() == pytest.approx([50.0, 50.0])
+    runs[1].teacher_metrics = {}
+    vals, qual = reproduction.ours(Group(runs[0].corpus, {}, runs), "weighted_f1", "test", "teacher")
+    assert vals.tolist() == pytest.approx([60.0]) and "1 of 2 runs" in qual
+    bad = tmp_path / "rows.yaml"
+    bad.write_text(yaml.safe_dump({"rows": [{"id": "x", "paper": "P", "table": "T", "row": "R", "model": "gru",
+                                             "corpus": {"family": "iemocap", "classes": 6}, "split": "dev",
+                                             "result": "teacher", "values": {"weighted_f1": 1.0}, "match": {}}]}))
+    with pytest.raises(UserError, match="teacher has test scores only"):
+        reproduction.load_rows(bad)
