@@ -14,7 +14,8 @@ hands the pooled vectors to the wrapped model as its ``t`` input. The engine opt
   context     text_context mode: utterance | dialoguetrm (Eq. 1: same-speaker turns within ``window``) | speaker
   window      K, turns before the target that may give context (DialogueTRM §5.2: 14)
   budget, future   as ``text.*`` (speaker mode budget; never look ahead unless ``future``)
-  max_length  tokens per utterance + context (only the context is cut)
+  max_length  tokens per utterance + context: whole context turns, the nearest kept first (text_context);
+              the utterance is cut only when it alone exceeds the limit
   pooling     cls (Eq. 1) | mean (over the target utterance's tokens)
   segments    false: every segment id 0 — Table 3 "remove segment embedding"
   sep         false: the [SEP] between utterance and context removed — Table 3 "remove [SEP] tokens"
@@ -53,9 +54,15 @@ def config(tp: dict) -> dict | None:
 def encode_pair(tok, text: str, ctx: str | None, max_length: int, segments: bool = True,
                 sep: bool = True) -> tuple[list[int], list[int], list[bool]]:
     """Eq. 1 input for one utterance: (ids, segment ids, target-token flags); only the context is truncated."""
+    from pipeline.textenc import truncate_left
+
     try:
-        enc = tok(text, ctx, max_length=max_length, truncation="only_second" if ctx else True)
-    except Exception:  # the utterance alone is longer than max_length: cut both
+        if ctx:  # ``build_pair`` keeps the context within the limit; any excess goes from its oldest end
+            with truncate_left(tok):
+                enc = tok(text, ctx, max_length=max_length, truncation="only_second")
+        else:
+            enc = tok(text, max_length=max_length, truncation=True)
+    except Exception:  # the utterance alone is longer than max_length: cut both (from the right)
         enc = tok(text, ctx, max_length=max_length, truncation=True)
     ids = list(enc["input_ids"])
     seq = enc.sequence_ids()  # fast tokenizers: None = special token, 0 = utterance, 1 = context
@@ -76,16 +83,18 @@ def token_matrix(table, keys: list[tuple[str, int]], tok, c: dict) -> tuple[np.n
     ``table``: the utterance table, or its ``DialogueIndex`` (predict: one video's utterances as one dialogue).
     An utterance without text is absent (the models' usual per-modality presence), never an empty input.
     """
+    from pipeline.textenc import pair_limits
+
     index = table if isinstance(table, DialogueIndex) else DialogueIndex.from_table(table)
     L = int(c["max_length"])
     out = np.zeros((len(keys), 4 * L), dtype=np.float32)
     ok = np.zeros(len(keys), dtype=bool)
-    count = lambda s: len(tok.tokenize(s))  # noqa: E731
+    limits = pair_limits(tok, L)  # whole context turns, the nearest to the target first, within max_length
     for r, (d, u) in enumerate(keys):
         text = index.turns[d][index.pos[(d, int(u))]][2]
         if not text.strip():
             continue
-        first, ctx = build_pair(index, d, u, c["context"], c["window"], c["budget"], c["future"], count)
+        first, ctx = build_pair(index, d, u, c["context"], c["window"], c["budget"], c["future"], **limits)
         ids, types, target = encode_pair(tok, first, ctx, L, c["segments"], c["sep"])
         n = len(ids)
         out[r, :n], out[r, L : L + n], out[r, 2 * L : 2 * L + n], out[r, 3 * L : 3 * L + n] = ids, types, 1, target
