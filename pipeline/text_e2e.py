@@ -171,13 +171,30 @@ class EndToEndText(nn.Module):
             if hasattr(model, hook):
                 setattr(self, hook, getattr(model, hook))
 
+    # encoder inputs per call, in token positions (rows × longest row): bounds activation memory and padding
+    TOKEN_BUDGET = 16384
+
     def encode(self, rows: torch.Tensor) -> torch.Tensor:
-        """``[N, 4·L]`` token rows → ``[N, hidden]`` ([CLS] output, Eq. 1, or the target tokens' mean)."""
+        """``[N, 4·L]`` token rows → ``[N, hidden]`` ([CLS] output, Eq. 1, or the target tokens' mean).
+
+        Rows go through the encoder sorted by length in chunks of at most ``TOKEN_BUDGET`` padded positions,
+        each trimmed to its own longest row: one long utterance no longer pads a whole dialogue to its length
+        (the result is the same; padding is masked)."""
         L = self.L
-        att = rows[:, 2 * L : 3 * L].round().long()
-        n = max(int(att.sum(1).max()), 1)  # trim the batch to its longest input
+        lengths = rows[:, 2 * L : 3 * L].round().long().sum(1)
+        order = torch.argsort(lengths, descending=True, stable=True)
+        chunks, start = [], 0
+        while start < len(order):
+            n = max(int(lengths[order[start]]), 1)  # the chunk's longest row (sorted: its first)
+            stop = min(len(order), start + max(1, self.TOKEN_BUDGET // n))
+            chunks.append(self._encode_chunk(rows[order[start:stop]], n))
+            start = stop
+        return torch.cat(chunks)[torch.argsort(order)]  # back to the rows' order
+
+    def _encode_chunk(self, rows: torch.Tensor, n: int) -> torch.Tensor:
+        L = self.L
         ids, types = rows[:, :n].round().long(), rows[:, L : L + n].round().long()
-        kw = dict(input_ids=ids, attention_mask=att[:, :n])
+        kw = dict(input_ids=ids, attention_mask=rows[:, 2 * L : 2 * L + n].round().long())
         if getattr(self.encoder.config, "type_vocab_size", 1) > 1:
             kw["token_type_ids"] = types
         hidden = self.encoder(**kw).last_hidden_state

@@ -173,3 +173,25 @@ def test_demo_training_fine_tunes_the_encoder_and_selects_on_dev(tmp_path, demo_
     assert ckpt["epoch"] == res["best_epoch"] == int(np.argmax(dev))  # the dev-best epoch, encoder included
     m = evaluate(tmp_path / "m.pt", demo_utterances, tmp_path / "rep", split="dev")
     assert m["weighted_f1"] == pytest.approx(max(dev))  # the saved encoder + model reproduce the dev score
+
+
+def test_length_sorted_chunks_equal_one_padded_call(tiny_bert, monkeypatch):
+    """``encode`` in length-sorted chunks (a tiny token budget forces several) gives the same vectors, in the
+    rows' order, as one call padded to the longest row; and gradients still reach the encoder."""
+    from pipeline.textenc import load_encoder
+
+    tok, enc = load_encoder(tiny_bert)
+    texts = [("a much longer utterance than the others here", "some context"), ("no", None), ("what now", "yes"),
+             ("fine", None), ("okay then so be it", "and a longer context turn")]
+    rows = torch.from_numpy(np.stack([np.concatenate([np.pad(np.array(v, dtype=np.float32), (0, 32 - len(v)))
+                                                      for v in (e[0], e[1], [1] * len(e[0]), e[2])])
+                                      for e in (text_e2e.encode_pair(tok, a, b, 32) for a, b in texts)]))
+    wrap = text_e2e.EndToEndText(enc, torch.nn.Identity(), 32, "mean").eval()
+    whole = wrap.encode(rows)
+    monkeypatch.setattr(text_e2e.EndToEndText, "TOKEN_BUDGET", 20)  # ~2 rows per chunk
+    torch.testing.assert_close(wrap.encode(rows), whole, atol=1e-5, rtol=1e-5)
+    n = rows[:, 64:96].sum(1).long()
+    by_hand = torch.stack([wrap._encode_chunk(rows[i : i + 1], int(n[i]))[0] for i in range(len(texts))])
+    torch.testing.assert_close(whole, by_hand, atol=1e-5, rtol=1e-5)
+    wrap.encode(rows).sum().backward()
+    assert enc.embeddings.word_embeddings.weight.grad.abs().sum() > 0
