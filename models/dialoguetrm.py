@@ -9,6 +9,25 @@ Intra-modal emotion dynamics (§4.1):
     with default parameters (§5.2: post-LN, ReLU, FFN 2048, dropout 0.1; paper size 6 layers, 12 heads, 768) whose
     mask ρ̄_i lets turn i attend the K previous turns and itself, never the future (``causal: true``). Switch:
     ``causal: false`` is a symmetric window |i − j| ≤ K (not the paper). ``window: null`` = every previous turn.
+    Where the window acts (``window_mode``):
+      - ``input`` (default, the literal reading): Eq. 2 is one transformer pass PER TARGET i under ITS mask ρ̄_i,
+        and r_i is that pass's output at i. Eq. 3 defines ρ̄_i as "an L-length attention mask" — one 0/1 vector
+        per i (0…0 1…1 1 0…0), i.e. a key mask that holds for every query and every layer of that pass — which
+        "masks the future and distant historical information, enforcing emotional interactions to be within a
+        K-length conv-context". So the pass sees only the window W_i = (f_max(1,i−K), …, f_i): we run the
+        transformer once over each W_i (every position of W_i attends every valid position of W_i, in every
+        layer) and read position i. r_i depends on turns i−K … i only, whatever the depth.
+      - ``every_layer``: one pass over the whole dialogue with the L×L mask whose row i is ρ̄_i (PyTorch's
+        ``mask=``), applied in each of the layers: turn i attends i−K … i in every layer, so after n layers r_i
+        depends on up to n·K earlier turns (6K = 84 at the paper's size) — "interactions within a K-length
+        conv-context" then hold per layer only.
+      §5.2's memory remark — "Our hardware (11GB GPU memory) affords a maximum context window of 14. A larger
+      context can achieve better performance" — supports ``input``: it ties memory to K. In one masked pass over
+      the dialogue (``every_layer``) the transformer's memory does not depend on K at all (it is L×L whatever K;
+      only Eq. 1's indi-context grows with K, and BERT caps that at 512 tokens); with one pass per target over its
+      K + 1 turns, the work and memory grow with K (and with BERT fine-tuned inside each target's window, K + 1
+      encoder passes per target). Both are switches so both can be run; context-free ρ̇_i (Eq. 6, K = 0) is the
+      same in both modes.
   * Eq. 4–6 (context-free acoustic / visual): the same transformer with ρ̇_i = only turn i itself. The context
     preference per modality is ``context: {t: dependent, a: free, v: free}`` (Table 4 flips it per modality).
   * §5.2 inputs: audio (100-d) and visual (512-d) are projected to ``hidden`` by a linear layer; text is used as
@@ -34,7 +53,10 @@ are zero and masked out of the representation transformer. With a single modalit
 there is nothing to fuse: the discriminator reads r directly.
 
 Ablations: Table 3 "remove transformer" → ``intra_transformer: false`` (r = projected f; the segment-embedding
-and [SEP] removals are text-input switches, see ``pipeline/text_e2e.py``); Table 4 → ``context`` per modality;
+and [SEP] removals are text-input switches, see ``pipeline/text_e2e.py``; the paper removes them step by step,
+cumulatively); Table 4 → ``context`` per modality — ``context.t: free`` is u̇, "BERT-base ... without modeling
+self dependency" (Table 3): ``train`` then also feeds the encoder the utterance alone (Eq. 1 without ϕ;
+``text_e2e.context_free_text``), or refuses frozen features extracted with context;
 Table 5 → ``rep_transformer: false`` ("w/o representation dependency": the six gated vectors concatenated into the
 head), ``gates: false`` ("w/o prototype dependency": the transformer over [e_CLS; r_u; r_a; r_v]), the simple
 fusions ``fusion: add | concat | max`` over r, and the "advanced single-grained" ones, each after its own paper
@@ -66,6 +88,7 @@ from models.layers import (MLPHead, TransformerBlock, TransformerEncoder, attent
 from models.registry import register_model
 
 CONTEXTS = ("dependent", "free")
+WINDOW_MODES = ("input", "every_layer")  # where Eq. 3's K-window acts (module docstring)
 FUSIONS = ("mgif", "add", "concat", "max", "bilinear", "gmu", "mult")  # Table 5
 
 
@@ -87,6 +110,29 @@ def context_mask(valid: torch.Tensor, window: int | None, causal: bool = True) -
     discarded later); without it PyTorch's attention would give NaN."""
     m = window_mask(torch.ones_like(valid), valid, window, causal)
     return m | torch.eye(valid.shape[1], dtype=torch.bool, device=valid.device)
+
+
+def run_windowed(enc: nn.TransformerEncoder, x: torch.Tensor, ok: torch.Tensor, window: int | None, causal: bool,
+                 heads: int) -> torch.Tensor:
+    """``window_mode: input`` (Eq. 2–3 literally): r_i = output at i of ``enc`` run over i's own window only.
+
+    ``x`` [B, T, d], ``ok`` [B, T] (a real turn where the modality is present). Target i's window holds the turns
+    i − K … i (``causal``; i − K … i + K otherwise; ``window=None``: every turn, as ``context_mask``); its keys
+    are the valid turns of the window plus i itself (always, so no row is empty — a padded/absent target's output
+    is discarded later), for every query of the pass and every layer: ρ̄_i as a key mask. The B·T windows run as
+    one batch of sequences of length K + 1 (2K + 1); outside the dialogue is padding (masked)."""
+    B, T, d = x.shape
+    k = T - 1 if window is None else min(window, T - 1)
+    off = torch.arange(-k, (0 if causal else k) + 1, device=x.device)
+    idx = torch.arange(T, device=x.device).unsqueeze(1) + off  # [T, W]: the turns of each target's window
+    inside = (idx >= 0) & (idx < T)
+    idx = idx.clamp(0, T - 1)
+    keys = ok[:, idx] & inside  # [B, T, W]
+    keys[..., k] = True  # slot k is the target itself
+    W = idx.shape[1]
+    allowed = keys.reshape(B * T, 1, W).expand(-1, W, -1)
+    out = run_masked(enc, x[:, idx].reshape(B * T, W, d), allowed, heads)[:, k]
+    return out.reshape(B, T, d)
 
 
 def torch_transformer(d: int, heads: int, layers: int, ff_dim: int, dropout: float) -> nn.TransformerEncoder:
@@ -250,13 +296,15 @@ class MulT(nn.Module):
 class DialogueTRM(nn.Module):
     def __init__(self, input_dims: dict[str, int], n_classes: int, hidden: int = 128, heads: int = 4,
                  layers: int = 1, ff_dim: int = 2048, window: int | None = 14, causal: bool = True,
-                 context: dict | None = None, intra_transformer: bool = True, fusion: str = "mgif",
+                 window_mode: str = "input", context: dict | None = None, intra_transformer: bool = True, fusion: str = "mgif",
                  gates: bool = True, gate_weights: str = "pair", rep_transformer: bool = True, rep_layers: int = 1,
                  rep_heads: int = 4, slot_embeddings: bool = False, head_hidden: int | None = None,
                  bilinear_dim: int | None = None, dropout: float = 0.1):
         super().__init__()
         if fusion not in FUSIONS:
             raise ValueError(f"dialoguetrm: fusion is {'|'.join(FUSIONS)}; got {fusion!r}")
+        if window_mode not in WINDOW_MODES:
+            raise ValueError(f"dialoguetrm: window_mode is {'|'.join(WINDOW_MODES)}; got {window_mode!r}")
         if gate_weights not in ("pair", "modality"):
             raise ValueError(f"dialoguetrm: gate_weights is pair|modality; got {gate_weights!r}")
         context = {"t": "dependent", "a": "free", "v": "free", **(context or {})}
@@ -266,6 +314,7 @@ class DialogueTRM(nn.Module):
             raise ValueError(f"dialoguetrm: window (K) is a turn count >= 0 or null; got {window}")
         self.mods = sorted(input_dims, key="tav".index)
         self.heads, self.rep_heads, self.causal, self.window = heads, rep_heads, causal, window
+        self.window_mode = window_mode
         self.context = {m: context[m] for m in self.mods}
         # §5.2: a/v projected to the model width; text as is (a projection only when its width differs)
         self.proj = nn.ModuleDict({m: nn.Identity() if m == "t" and d == hidden else nn.Linear(d, hidden)
@@ -306,7 +355,10 @@ class DialogueTRM(nn.Module):
             x = self.proj[m](feats[m]) * ok.unsqueeze(-1).to(feats[m].dtype)
             if self.intra is not None:
                 k = self.window if self.context[m] == "dependent" else 0  # ρ̄_i (Eq. 3) or ρ̇_i (Eq. 6)
-                x = run_masked(self.intra[m], x, context_mask(ok, k, self.causal), self.heads)
+                if self.window_mode == "input":  # one pass per target over its own window
+                    x = run_windowed(self.intra[m], x, ok, k, self.causal, self.heads)
+                else:  # one pass per dialogue, the window as a mask in every layer
+                    x = run_masked(self.intra[m], x, context_mask(ok, k, self.causal), self.heads)
             r[m], valid[m] = x * ok.unsqueeze(-1).to(x.dtype), ok
         return r, valid
 

@@ -23,7 +23,7 @@ from pipeline.runners import run_sharded, stage_runtime, weights_digest
 from pipeline.schema import nonfinite_error
 from pipeline.shards import FeatureExtractor
 from pipeline.text_context import DialogueIndex, build_pair
-from pipeline.textenc import encode_batch, load_encoder, resolve_model, tokenize_pairs
+from pipeline.textenc import encode_batch, load_encoder, pair_limits, resolve_model, tokenize_pairs
 
 log = logging.getLogger("merc.extract_text")
 
@@ -31,8 +31,8 @@ class TextExtractor(FeatureExtractor):
     """Utterance vectors, optionally with conversational context (``pipeline.text_context``).
 
     Pooling is over the target utterance's own tokens (segment 0: ``mean``) or the first token (``cls``);
-    ``layers`` = k averages the last k hidden layers. Pairs are truncated in the context only, so the
-    target is never cut for context. ``store_tokens``: also store the target utterance's token states (same
+    ``layers`` = k averages the last k hidden layers. The context holds whole turns, the nearest to the target
+    kept first, within ``max_length`` (``text_context.build_pair``); the target is never cut for context. ``store_tokens``: also store the target utterance's token states (same
     layers, its own tokens only) as the list column ``frames`` — the text token sequence of LPGNet(Frame) §4.4
     (``model_params.lpgnet.sequences: {t: frames, a: frames}``).
     """
@@ -62,7 +62,7 @@ class TextExtractor(FeatureExtractor):
         if self.context == "utterance":
             return row["text"], None
         return build_pair(self.index, row["dialogue_id"], row["utterance_id"], self.context, self.window,
-                          self.budget, self.future, count_tokens=lambda x: len(self.tok.tokenize(x)))
+                          self.budget, self.future, **pair_limits(self.tok, self.max_length))
 
     @torch.inference_mode()
     def encode(self, pairs: list[tuple[str, str | None]]) -> tuple[np.ndarray, np.ndarray]:

@@ -33,16 +33,16 @@ from pipeline.errors import UserError, run_main
 from pipeline.metrics import classification_metrics
 from pipeline.schema import label_names
 from pipeline.text_context import DialogueIndex, build_pair
-from pipeline.textenc import encode_batch, load_encoder, tokenize_pairs
+from pipeline.textenc import encode_batch, load_encoder, pair_limits, tokenize_pairs
 
 log = logging.getLogger("merc.finetune_text")
 
 
 def _examples(table, index: DialogueIndex, p: dict, tok, split: str) -> tuple[list, np.ndarray]:
     rows = [r for r in table.to_pylist() if r["split"] == split and r["label_id"] >= 0 and (r["text"] or "").strip()]
-    count = lambda x: len(tok.tokenize(x))  # noqa: E731
+    # whole context turns, the nearest to the target first, within max_length (as extract_text builds them)
     pairs = [build_pair(index, r["dialogue_id"], r["utterance_id"], p["context"], p["window"], p["budget"],
-                        p["future"], count) for r in rows]
+                        p["future"], **pair_limits(tok, p["max_length"])) for r in rows]
     return pairs, np.asarray([r["label_id"] for r in rows], dtype=np.int64)
 
 

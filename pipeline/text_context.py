@@ -10,6 +10,14 @@ Modes (``text.context``):
     is the first segment, marked with its speaker.
 Context never crosses a dialogue boundary and never looks at later turns unless ``future`` is set (then
 the turns after ``t`` within the same window/budget are appended after the past ones).
+
+Length limit (``max_length``: the encoder's whole input, target + context + special tokens): the context is
+filled outwards from ``t`` with WHOLE turns — the most recent past turn first, then older ones, then (``future``)
+the nearest later ones — until the next turn would not fit; the rest is dropped. The context string stays in
+dialogue order (oldest → newest). Cutting the joined context from its end instead (what ``truncation=
+"only_second"`` does) would drop the turns NEAREST to ``t`` and keep the oldest (DialogueTRM's K = 14 at 40
+tokens kept turns 0–3 of 14). The target is never shortened for context; when it alone exceeds the limit the
+context is empty and the encoder cuts the target.
 """
 from __future__ import annotations
 
@@ -37,8 +45,13 @@ class DialogueIndex:
 
 def build_pair(index: DialogueIndex, dialogue_id: str, utterance_id: int, mode: str, window: int = 8,
                budget: int = 256, future: bool = False,
-               count_tokens: Callable[[str], int] = lambda s: len(s.split())) -> tuple[str, str | None]:
-    """(first segment, second segment or None) for one utterance under ``mode``."""
+               count_tokens: Callable[[str], int] = lambda s: len(s.split()), max_length: int | None = None,
+               n_special: int = 3) -> tuple[str, str | None]:
+    """(first segment, second segment or None) for one utterance under ``mode``.
+
+    ``max_length``: the pair's token limit (``None``: no limit); ``n_special``: the special tokens the tokenizer
+    adds to a pair (``tok.num_special_tokens_to_add(pair=True)``: 3 for BERT's [CLS] a [SEP] b [SEP]).
+    ``count_tokens`` must count like the encoder's tokenizer for the limit to be exact."""
     if mode not in MODES:
         raise ValueError(f"text.context must be one of {MODES}, got {mode!r}")
     turns = index.turns[dialogue_id]
@@ -48,21 +61,32 @@ def build_pair(index: DialogueIndex, dialogue_id: str, utterance_id: int, mode: 
         return text, None
     past = turns[max(0, t - window) : t] if mode == "dialoguetrm" else turns[:t]
     later = (turns[t + 1 : t + 1 + window] if mode == "dialoguetrm" else turns[t + 1 :]) if future else []
-    if mode == "dialoguetrm":
-        ctx = [x for _, s, x in past if s == speaker] + [x for _, s, x in later if s == speaker]
-        return text, " ".join(ctx) or None
-    # speaker mode: walk outwards from t (most recent past first), keep whole turns within the budget
-    kept_past, kept_later, used = [], [], 0
-    for _, s, x in reversed(past):
-        cost = count_tokens(f"{s}: {x}")
-        if used + cost > budget:
-            break
-        kept_past.insert(0, f"{s}: {x}")
-        used += cost
-    for _, s, x in later:
-        cost = count_tokens(f"{s}: {x}")
-        if used + cost > budget:
-            break
-        kept_later.append(f"{s}: {x}")
-        used += cost
-    return f"{speaker}: {text}", " ".join(kept_past + kept_later) or None
+    if mode == "dialoguetrm":  # Eq. 1's indi-context: the speaker's own turns
+        first = text
+        past_c = [x for _, s, x in past if s == speaker and x]
+        later_c = [x for _, s, x in later if s == speaker and x]
+        cost = lambda x: 0  # noqa: E731  (no separate budget: only the length limit)
+        limit = None
+    else:  # speaker mode: "Speaker: text" of any speaker, within ``budget`` context tokens
+        first = f"{speaker}: {text}"
+        past_c = [f"{s}: {x}" for _, s, x in past]
+        later_c = [f"{s}: {x}" for _, s, x in later]
+        cost, limit = count_tokens, budget
+    room = None if max_length is None else max_length - n_special - count_tokens(first)
+    if room is not None and room <= 0:
+        return first, None  # the target alone fills the input: no context, the encoder cuts the target
+    # walk outwards from t with whole turns: most recent past first, then the nearest later ones
+    kept_past, kept_later, used, est = [], [], 0, 0
+    for kept, seq, at in ((kept_past, reversed(past_c), 0), (kept_later, later_c, None)):
+        for x in seq:
+            c, n = cost(x), count_tokens(x) if room is not None else 0
+            if (limit is not None and used + c > limit) or (room is not None and est + n > room):
+                break
+            kept.insert(len(kept) if at is None else at, x)  # past: prepend (dialogue order), later: append
+            used, est = used + c, est + n
+    if room is not None:  # joining may tokenise differently from the parts: drop the farthest turn until it fits
+        while kept_past or kept_later:
+            if count_tokens(" ".join(kept_past + kept_later)) <= room:
+                break
+            kept_later.pop() if kept_later else kept_past.pop(0)
+    return first, " ".join(kept_past + kept_later) or None

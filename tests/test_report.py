@@ -404,3 +404,46 @@ def test_dialoguetrm_tables_4_and_5_find_their_variants():
     assert "68.1 → 68.8" in row(t5, "GMU") and "gmu" in row(t5, "GMU")
     assert "+10.00" in row(t5, "Our MGIF") and "+4.00" in row(t5, "w/o prototype dependency")
     assert "not run" in row(t5, "MulT")
+
+
+def test_dialoguetrm_table3_cumulative_ablations_with_paper_values():
+    """Table 3 (utterance only): plain BERT (u̇ = context.t free, whatever text-context key it ran with),
+    DialogueTRM-U and the step-by-step (cumulative) removals, the paper's ACC / F1 beside ours; a removal run on
+    its own (segments off, transformer kept) is not the paper's row; a missing row names its command."""
+    from pipeline.report.runs import group_runs
+    from pipeline.report.tables import dialoguetrm_table3, dialoguetrm_table4
+
+    trm = {"window": 14, "intra_transformer": True, "context": {"t": "dependent", "a": "free", "v": "free"}}
+    base = {"prepare": {"dataset": "demo"}, "model": "dialoguetrm", "model_params": {"dialoguetrm": trm},
+            "text": {"context": "dialoguetrm"},
+            "train": {"modalities": "tav", "seed": 0, "text_encoder": {"model": "m", "context": "dialoguetrm",
+                                                                       "segments": True, "sep": True}}}
+    t = dict(train__modalities="t")
+    no_tr = dict(model_params__dialoguetrm__intra_transformer=False)
+    exps = [entry("r0", "ref", base, metrics(0.70)),
+            entry("u", "u-only", with_(base, **t), metrics(0.60, acc=0.62)),
+            entry("b", "bert", with_(base, **t, model_params__dialoguetrm__context={"t": "free", "a": "free",
+                                                                                   "v": "free"},
+                                     text__context="utterance"), metrics(0.50, acc=0.52)),
+            entry("nt", "no-trm", with_(base, **t, **no_tr), metrics(0.58, acc=0.59)),
+            entry("ns", "no-seg", with_(base, **t, **no_tr, train__text_encoder__segments=False), metrics(0.55)),
+            entry("s1", "seg-only", with_(base, **t, train__text_encoder__sep=False), metrics(0.40))]
+    root = entry("main0", None, base, metrics(0.70))
+    root["experiments"] = [{"revs": [e]} for e in exps]
+    groups = group_runs(runs_from_exp_show([root]))
+    t3 = dialoguetrm_table3(groups, base)
+    row = lambda t, label: next(l for l in t.splitlines() if l.startswith(f"| {label} "))  # noqa: E731
+    assert row(t3, "DialogueTRM-U") == "| DialogueTRM-U | 62.00 | 60.00 | 68.2 / 68.1 | u-only |"
+    assert row(t3, "BERT-base (u̇: the utterance alone, context-free)").endswith("| 52.00 | 50.00 | 56.7 / 56.4 | bert |")
+    assert row(t3, "remove transformer") == "| remove transformer | 59.00 | 58.00 | 67.4 / 67.4 | no-trm |"
+    assert row(t3, "remove segment embedding").endswith("| 60.00 | 55.00 | 65.8 / 65.7 | no-seg |")
+    assert row(t3, "remove [SEP] tokens") == "| remove [SEP] tokens | – | – | 65.3 / 65.2 | not run |"
+    assert "seg-only" not in t3  # the [SEP] removal alone is not the cumulative row
+    assert row(t3, "COSMIC") == "| COSMIC | – | – | – / 65.2 | another paper's method (not run here) |"
+    assert "- remove [SEP] tokens: not run — run `dvc exp run -S model=dialoguetrm " \
+           "-S model_params.dialoguetrm.intra_transformer=false -S train.modalities=t " \
+           "-S train.text_encoder.segments=false -S train.text_encoder.sep=false`" in t3
+    t4 = dialoguetrm_table4(groups, base)  # the same u̇ run fills Table 4's first row, with the paper's numbers
+    assert row(t4, "u (free)") == "| u (free) | 52.00 | 50.00 | 56.7 / 56.4 | bert |"
+    assert "| 44.7 / 42.9 | not run — run `dvc exp run" in row(t4, "a (dependent)")
+    assert len([l for l in t4.splitlines() if l.startswith("| a") or l.startswith("| u") or l.startswith("| v")]) == 12

@@ -47,6 +47,60 @@ def test_speaker_mode_budget_keeps_recent_whole_turns(index):
         build_pair(index, "d1", 0, "nope")
 
 
+# Issue #27: a K = 14 same-speaker dialogue whose context does not fit max_length = 40
+WORDS = ["red", "blue", "green", "black", "white", "brown", "pink", "gold", "gray", "cat", "dog", "cow", "pig", "hen"]
+LONG = [("L", i, "A", f"{w} {w} {w}") for i, w in enumerate(WORDS)] + [("L", 14, "A", "the end")]
+
+
+def test_length_limit_keeps_the_nearest_whole_turns():
+    """Word counts by hand: target 2 + [CLS]/[SEP]/[SEP] 3 leave 35 of 40 tokens = 11 whole 3-word turns, the
+    11 NEAREST (turns 3–13) in dialogue order; turns 0–2 (the oldest) are dropped, never a part of a turn."""
+    index = DialogueIndex(*zip(*LONG))
+    first, ctx = build_pair(index, "L", 14, "dialoguetrm", window=14, max_length=40)
+    assert first == "the end" and ctx == " ".join(f"{w} {w} {w}" for w in WORDS[3:])
+    assert build_pair(index, "L", 14, "dialoguetrm", window=14)[1].startswith("red red red")  # no limit: all 14
+    # 36 leaves 31 tokens: 10 whole turns (30), not 10 turns and a third of one
+    assert build_pair(index, "L", 14, "dialoguetrm", window=14, max_length=36)[1].split()[0] == "white"
+    # the target alone fills the input: no context (the encoder then cuts the target itself)
+    assert build_pair(index, "L", 14, "dialoguetrm", window=14, max_length=5) == ("the end", None)
+    # speaker mode: the same limit with "A: " prefixes (4 words per turn, target "A: the end" = 3 words)
+    _, ctx = build_pair(index, "L", 14, "speaker", budget=1000, max_length=40)
+    assert ctx == " ".join(f"A: {w} {w} {w}" for w in WORDS[6:])  # 34 of 40 - 3 - 3 = 34: 8 turns (6–13)
+    # future turns come after the past ones and only while room is left
+    past3 = "green green green black black black white white white"  # turns 2–4 before turn 5 ("brown ×3")
+    assert build_pair(index, "L", 5, "dialoguetrm", window=3, future=True, max_length=3 + 3 + 9)[1] == past3
+    assert build_pair(index, "L", 5, "dialoguetrm", window=3, future=True, max_length=3 + 3 + 14)[1] == \
+        past3 + " pink pink pink"  # then turn 6; turn 7 does not fit
+
+
+def test_real_tokenizer_keeps_the_nearest_turns_in_both_routes(tmp_path):
+    """The frozen route (``extract_text``) and the end-to-end route (``text_e2e``) with MiniLM's WordPiece: each
+    colour word is one token, so 40 tokens hold turns 3–13 whole (38 tokens: a 12th turn would make 41) — the
+    pair is exactly [CLS] target [SEP] those [SEP]."""
+    from test_extract_text import tiny_encoder
+
+    from pipeline import text_e2e
+    from pipeline.extract_text import TextExtractor
+    from pipeline.textenc import tokenize_pairs
+
+    path = tiny_encoder(tmp_path, "bert")
+    index = DialogueIndex(*zip(*LONG))
+    ex = TextExtractor(path, context="dialoguetrm", window=14, max_length=40, index=index, device="cpu")
+    pair = ex.pair({"dialogue_id": "L", "utterance_id": 14, "text": "the end"})
+    expected = ("the end", " ".join(f"{w} {w} {w}" for w in WORDS[3:]))
+    assert pair == expected
+    enc, _ = tokenize_pairs(ex.tok, [pair], 40)
+    assert ex.tok.decode(enc["input_ids"][0]) == "[CLS] the end [SEP] " + expected[1] + " [SEP]"
+    c = text_e2e.config({"text_encoder": {"model": path, "window": 14, "max_length": 40}})
+    rows, ok = text_e2e.token_matrix(index, [("L", 14)], ex.tok, c)
+    n = int(rows[0, 80:120].sum())
+    assert ok[0] and n == 38 and ex.tok.decode(rows[0, :n].astype(int).tolist()) == \
+        "[CLS] the end [SEP] " + expected[1] + " [SEP]"
+    # an over-long context handed in directly is cut from its OLDEST end (the safety net)
+    ids, _, _ = text_e2e.encode_pair(ex.tok, "the end", " ".join(f"{w} {w} {w}" for w in WORDS), 40)
+    assert ex.tok.decode(ids).endswith("hen hen hen [SEP]") and len(ids) == 40
+
+
 def test_segment_ids_and_target_pooling(tmp_path):
     from test_extract_text import tiny_encoder
 

@@ -78,6 +78,55 @@ def test_token_matrix_uses_the_k_window_same_speaker_context(tiny_bert):
         text_e2e.config({"text_encoder": {"window": 2}})
 
 
+def test_context_free_text_is_plain_bert_in_both_routes(tiny_bert, tmp_path, demo_utterances, monkeypatch):
+    """Table 4 u̇ (= Table 3 "BERT-base"): ``context.t: free`` also removes ϕ from Eq. 1 — end to end the encoder
+    reads the utterance alone whatever ``train.text_encoder.context`` says; frozen, features extracted with
+    context are refused in one line. A half-context-free row cannot be produced."""
+    from pipeline.errors import UserError
+    from pipeline.train import train
+
+    tok = tokenizer(tiny_bert)
+    t = table([dict(dialogue_id="d", utterance_id=i, speaker="A", text=x) for i, x in enumerate(["one", "two"])])
+    tp = {"text_encoder": {"model": tiny_bert, "context": "dialoguetrm", "window": 2, "max_length": 16}}
+    free = {"context": {"t": "free"}}
+    c = text_e2e.config(tp, "dialoguetrm", free)
+    assert c["context"] == "utterance" and text_e2e.config(tp, "dialoguetrm", {})["context"] == "dialoguetrm"
+    assert text_e2e.config(tp, "summer", free)["context"] == "dialoguetrm"  # only DialogueTRM's switch
+    rows, _ = text_e2e.token_matrix(t, [("d", 1)], tok, c)
+    assert rows[0, :16][rows[0, 32:48] > 0].astype(int).tolist() == tok("two")["input_ids"]  # no "one" beside it
+    # train wires it: the token matrix is built from the forced config (captured, then stopped)
+    seen = {}
+
+    def stop(utterances, mods, feature_dirs, e2e, context_free=False):
+        seen.update(e2e=e2e, context_free=context_free)
+        raise RuntimeError("stop")
+
+    params = {"model": "dialoguetrm", "model_params": {"dialoguetrm": {"hidden": 16, **free}},
+              "train": dict(modalities="t", seed=0, epochs=1, batch_size=2, lr=1e-3, text_encoder=tp["text_encoder"])}
+    with monkeypatch.context() as mp:
+        mp.setattr(text_e2e, "corpus_with_tokens", stop)
+        with pytest.raises(RuntimeError, match="stop"):
+            train(params, demo_utterances, tmp_path / "m.pt", tmp_path / "live")
+    assert seen["e2e"]["context"] == "utterance" and seen["context_free"] is True
+    # frozen route: features extracted with Eq. 1's context are refused, context-free ones pass the check
+    feat = tmp_path / "text"
+    feat.mkdir()
+    (feat / "_fingerprint.json").write_text(json.dumps({"config": {"context": "dialoguetrm"}}))
+    frozen = {**params, "train": {**params["train"], "text_encoder": None}}
+    with pytest.raises(UserError, match="text.context=utterance"):
+        train(frozen, demo_utterances, tmp_path / "m.pt", tmp_path / "live", feature_dirs={"t": str(feat)})
+    (feat / "_fingerprint.json").write_text(json.dumps({"config": {"context": "utterance"}}))
+    text_e2e.check_frozen_context(feat)  # no error
+    with pytest.raises(UserError, match="'speaker'"):
+        text_e2e.check_frozen_context(_with_fp(tmp_path / "t2", "speaker"))
+
+
+def _with_fp(folder, context):
+    folder.mkdir()
+    (folder / "_fingerprint.json").write_text(json.dumps({"config": {"context": context}}))
+    return folder
+
+
 def test_wrapper_feeds_cls_vectors_and_trains_the_encoder(tiny_bert):
     from pipeline.textenc import load_encoder
 
@@ -124,3 +173,25 @@ def test_demo_training_fine_tunes_the_encoder_and_selects_on_dev(tmp_path, demo_
     assert ckpt["epoch"] == res["best_epoch"] == int(np.argmax(dev))  # the dev-best epoch, encoder included
     m = evaluate(tmp_path / "m.pt", demo_utterances, tmp_path / "rep", split="dev")
     assert m["weighted_f1"] == pytest.approx(max(dev))  # the saved encoder + model reproduce the dev score
+
+
+def test_length_sorted_chunks_equal_one_padded_call(tiny_bert, monkeypatch):
+    """``encode`` in length-sorted chunks (a tiny token budget forces several) gives the same vectors, in the
+    rows' order, as one call padded to the longest row; and gradients still reach the encoder."""
+    from pipeline.textenc import load_encoder
+
+    tok, enc = load_encoder(tiny_bert)
+    texts = [("a much longer utterance than the others here", "some context"), ("no", None), ("what now", "yes"),
+             ("fine", None), ("okay then so be it", "and a longer context turn")]
+    rows = torch.from_numpy(np.stack([np.concatenate([np.pad(np.array(v, dtype=np.float32), (0, 32 - len(v)))
+                                                      for v in (e[0], e[1], [1] * len(e[0]), e[2])])
+                                      for e in (text_e2e.encode_pair(tok, a, b, 32) for a, b in texts)]))
+    wrap = text_e2e.EndToEndText(enc, torch.nn.Identity(), 32, "mean").eval()
+    whole = wrap.encode(rows)
+    monkeypatch.setattr(text_e2e.EndToEndText, "TOKEN_BUDGET", 20)  # ~2 rows per chunk
+    torch.testing.assert_close(wrap.encode(rows), whole, atol=1e-5, rtol=1e-5)
+    n = rows[:, 64:96].sum(1).long()
+    by_hand = torch.stack([wrap._encode_chunk(rows[i : i + 1], int(n[i]))[0] for i in range(len(texts))])
+    torch.testing.assert_close(whole, by_hand, atol=1e-5, rtol=1e-5)
+    wrap.encode(rows).sum().backward()
+    assert enc.embeddings.word_embeddings.weight.grad.abs().sum() > 0

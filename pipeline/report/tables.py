@@ -290,7 +290,8 @@ def paper_tables(corpus: Corpus, groups: list[Group], params: dict, classes: lis
             ("w/o GRU Context", {"model_params.m2fnet.context": "none"}),
             ("w/o Weighted Loss", {"train.weighted_loss": False})], groups, params,
             [("dev weighted F1", lambda g: _dev(g, "weighted_f1")), ("dev macro F1", lambda g: _dev(g, "macro_f1"))])])
-    out["dialoguetrm"] = "\n".join([dialoguetrm_table4(groups, params), dialoguetrm_table5(groups, params)])
+    out["dialoguetrm"] = "\n".join([dialoguetrm_table3(groups, params), dialoguetrm_table4(groups, params),
+                                    dialoguetrm_table5(groups, params)])
     lam = "model_params.lpgnet.lambda_"
     out["lpgnet"] = "\n".join([
         variant_table("LPGNet Table 3 (ablations)", "lpgnet", [
@@ -308,32 +309,96 @@ def paper_tables(corpus: Corpus, groups: list[Group], params: dict, classes: lis
     return out
 
 
+# DialogueTRM Table 4 (IEMOCAP, ACC / F1 %): per modality combination, the context per modality (free ˙ or
+# dependent ¯) and the paper's numbers; u̇ is plain BERT (Table 3's "BERT-base" row)
+DTRM_TABLE4 = (("u (free)", "T", {"t": "free"}, "56.7 / 56.4"), ("u (dependent)", "T", {"t": "dependent"}, "68.2 / 68.1"),
+               ("a (free)", "A", {"a": "free"}, "46.8 / 44.9"), ("a (dependent)", "A", {"a": "dependent"}, "44.7 / 42.9"),
+               ("v (free)", "V", {"v": "free"}, "33.6 / 36.8"), ("v (dependent)", "V", {"v": "dependent"}, "32.2 / 33.7"),
+               ("a+v (free)", "A+V", {"a": "free", "v": "free"}, "50.5 / 49.4"),
+               ("a+v (dependent)", "A+V", {"a": "dependent", "v": "dependent"}, "47.7 / 47.0"),
+               ("a+v+u (free)", "T+A+V", {"t": "free", "a": "free", "v": "free"}, "58.8 / 58.3"),
+               ("a, v dependent + u free", "T+A+V", {"t": "free", "a": "dependent", "v": "dependent"}, "57.2 / 57.1"),
+               ("a, v free + u dependent (paper's ‡)", "T+A+V", {"t": "dependent", "a": "free", "v": "free"},
+                "69.5 / 69.7"),
+               ("a+v+u (dependent) (paper's †)", "T+A+V", {"t": "dependent", "a": "dependent", "v": "dependent"},
+                "68.9 / 68.8"))
+# keys a context-free text row may differ in: the text input settings that ``context.t: free`` overrides
+# (end to end: forced to the utterance alone; frozen: features extracted with text.context=utterance)
+TEXT_CONTEXT_KEYS = ("text.context", "text.window", "train.text_encoder.context")
+
+
+def _context_free_keys(w: str, used: set[str], t_free: bool):
+    """``find_variant``'s ``free``: a context entry of a modality the run does not use has no effect, and a
+    context-free text row may have any text-input context setting (it is overridden)."""
+    return lambda key: (key.startswith(w) and key[len(w):] not in used) or (t_free and key in TEXT_CONTEXT_KEYS)
+
+
 def dialoguetrm_table4(groups: list[Group], params: dict) -> str:
     """DialogueTRM Table 4: context-free vs context-dependent (``model_params.dialoguetrm.context.<m>``) per
-    modality combination; the last row is the paper's mixed setting (a, v free; u dependent)."""
+    modality combination, the paper's twelve rows with its numbers beside ours."""
     ref = reference(groups, params, "dialoguetrm")
-    w = "model_params.dialoguetrm.context."
-    window = ref.config.get("model_params.dialoguetrm.window") if ref is not None else None
-    combos = [("u", "T"), ("a", "A"), ("v", "V"), ("a+v", "A+V"), ("a+v+u", "T+A+V")]
-    spec = []
-    for name, mods in combos:
-        for setting in ("free", "dependent"):
-            spec.append((f"{name} ({setting})", {"train.modalities": mods,
-                                                 **{w + m.lower(): setting for m in mods.split("+")}}))
-    spec.append(("a, v free + u dependent (paper's ‡)", {"train.modalities": "T+A+V", w + "t": "dependent",
-                                                         w + "a": "free", w + "v": "free"}))
-    text = []
     if ref is None:
         return f"DialogueTRM Table 4: {missing(groups, params, 'dialoguetrm', {}, None)}\n"
-    for label, ch in spec:
-        used = {m.lower() for m in ch["train.modalities"].split("+")}
-        # a context entry of a modality the run does not use has no effect: it may take any value
-        spec_free = lambda key, used=used: key.startswith(w) and key[len(w):] not in used  # noqa: E731
-        g = find_variant([g for g in groups if g.model == "dialoguetrm"], ref, ch, spec_free)
-        text.append([label] + ([pct(g.values("accuracy")), pct(g.values("weighted_f1")), g.name()] if g else
-                               ["–", "–", missing(groups, params, "dialoguetrm", ch, ref)]))
+    w = "model_params.dialoguetrm.context."
+    window = ref.config.get("model_params.dialoguetrm.window")
+    rows = []
+    for label, mods, ctx, paper in DTRM_TABLE4:
+        ch = {"train.modalities": mods, **{w + m: v for m, v in ctx.items()}}
+        used = {m.lower() for m in mods.split("+")}
+        g = find_variant([g for g in groups if g.model == "dialoguetrm"], ref, ch,
+                         _context_free_keys(w, used, ctx.get("t") == "free"))
+        rows.append([label] + ([pct(g.values("accuracy")), pct(g.values("weighted_f1")), paper, g.name()] if g else
+                               ["–", "–", paper, missing(groups, params, "dialoguetrm", ch, ref)]))
     return (f"DialogueTRM Table 4 (context per modality; reference: {ref.label()}; dependent = the causal window of "
-            f"{window} turns):\n\n" + md_table(["setting", "ACC %", "w-F1 %", "experiments"], text))
+            f"{window} turns; u free = plain BERT, the utterance alone in Eq. 1):\n\n"
+            + md_table(["setting", "ACC %", "w-F1 %", "paper ACC / F1 %", "experiments"], rows))
+
+
+# DialogueTRM Table 3 (IEMOCAP, ACC / F1 %): utterance-only models. The ablations "step by step remove some key
+# operations in DialogueTRM-U" (§5.4): cumulative — each row also lacks the rows above it (the reading under
+# which "segment embedding contributes more" holds: −1.6 vs −0.5 F1; removed one at a time from DialogueTRM-U
+# the [SEP] row would be the larger drop, −2.9 vs −2.4).
+_T = "model_params.dialoguetrm."
+DTRM_TABLE3 = (("BERT-base (u̇: the utterance alone, context-free)", {_T + "context.t": "free"}, "56.7 / 56.4"),
+               ("TL-ERC", None, "– / 58.8"), ("DRNN§", None, "– / 64.7"), ("COSMIC", None, "– / 65.2"),
+               ("DialogueTRM-U", {}, "68.2 / 68.1"),
+               ("remove transformer", {_T + "intra_transformer": False}, "67.4 / 67.4"),
+               ("remove segment embedding", {_T + "intra_transformer": False, "train.text_encoder.segments": False},
+                "65.8 / 65.7"),
+               ("remove [SEP] tokens", {_T + "intra_transformer": False, "train.text_encoder.segments": False,
+                                        "train.text_encoder.sep": False}, "65.3 / 65.2"))
+
+
+def dialoguetrm_table3(groups: list[Group], params: dict) -> str:
+    """DialogueTRM Table 3: utterance-only (``train.modalities=T``) — plain BERT (u̇), DialogueTRM-U and its
+    cumulative ablations (remove the Eq. 2 transformer, then the segment embeddings, then the [SEP] tokens: the
+    last two are end-to-end text-input switches, ``train.text_encoder.segments``/``sep``), paper values beside
+    ours; the other pre-trained methods' rows are the paper's only."""
+    ref = reference(groups, params, "dialoguetrm")
+    if ref is None:
+        return f"DialogueTRM Table 3: {missing(groups, params, 'dialoguetrm', {}, None)}\n"
+    dtrm = [g for g in groups if g.model == "dialoguetrm"]
+    w = _T + "context."
+    rows, todo = [], []
+    for label, ch, paper in DTRM_TABLE3:
+        if ch is None:
+            rows.append([label, "–", "–", paper, "another paper's method (not run here)"])
+            continue
+        ch = {"train.modalities": "T", **ch}
+        t_free = ch.get(w + "t") == "free"
+        g = find_variant(dtrm, ref, ch, _context_free_keys(w, {"t"}, t_free))
+        if g is None:
+            rows.append([label, "–", "–", paper, "not run"])
+            todo.append(f"- {label}: {missing(groups, params, 'dialoguetrm', ch, ref)}")
+        else:
+            rows.append([label, pct(g.values("accuracy")), pct(g.values("weighted_f1")), paper, g.name()])
+    note = ""
+    if not any(k.startswith("train.text_encoder.") for k in ref.config):
+        note = ("\nThe segment-embedding and [SEP] rows are text-input switches of the end-to-end encoder: they need "
+                "`train.text_encoder` set (the recipes do).\n")
+    return (f"DialogueTRM Table 3 (utterance-only, cumulative ablations; reference: {ref.label()}):\n\n"
+            + md_table(["model", "ACC %", "w-F1 %", "paper ACC / F1 %", "experiments"], rows)
+            + ("\n" + "\n".join(todo) + "\n" if todo else "") + note)
 
 
 # DialogueTRM Table 5 (IEMOCAP, F1 U → M): the paper's multi-modal F1 per fusion (its U is 68.1 throughout)
