@@ -1,0 +1,177 @@
+"""Issue #28 (items 5, 7, 8, 9): hostile and malformed inputs are refused in one line, never silently used.
+
+Each test names the class of failure it covers; the fixtures are written here, a few bytes each."""
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pipeline.errors import UserError, run_main
+
+ROOT = Path(__file__).resolve().parents[1]
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "DVC_NO_ANALYTICS": "1"}
+ENV.pop("MERC_DEBUG", None)
+
+
+def one_line(fn, capsys) -> str:
+    """Run ``fn`` under ``run_main``: exit status 2 and a single stderr line without a traceback."""
+    import logging
+
+    logging.basicConfig(level="INFO", force=True, format="%(levelname)s %(message)s", stream=sys.stderr)
+    with pytest.raises(SystemExit) as e:
+        run_main(fn)
+    err = capsys.readouterr().err
+    assert e.value.code == 2, err
+    lines = [ln for ln in err.splitlines() if ln.startswith("ERROR")]
+    assert len(lines) == 1 and "Traceback" not in err, err
+    return lines[0]
+
+
+# ------------------------------------------------------------------ item 7: allocation bombs in feature pickles
+BIG = (10**10).to_bytes(5, "little")  # LONG1 payload: 10 GB
+BOMBS = {
+    # builtins.bytearray(10**10): the 38-byte pickle of the issue
+    "bytearray": b"\x80\x02cbuiltins\nbytearray\n\x8a\x05" + BIG + b"\x85R.",
+    "bytes": b"\x80\x02cbuiltins\nbytes\n\x8a\x05" + BIG + b"\x85R.",
+    # numpy _reconstruct(ndarray, (10**10,), 'b'): the array header allocates
+    "numpy header": b"\x80\x02cnumpy.core.multiarray\n_reconstruct\ncnumpy\nndarray\n\x8a\x05" + BIG
+                    + b"\x85C\x01b\x87R.",
+    # an object array whose header claims 10**9 elements but whose state holds one (numpy crashes on it)
+    "object array state": pickle.dumps(np.array([1, None], dtype=object), protocol=2).replace(
+        b"K\x02\x85", b"J\x00\xca\x9a;\x85"),
+    # copyreg._reconstructor(bytearray, bytearray, 10**10)
+    "reconstructor": b"\x80\x02ccopyreg\n_reconstructor\ncbuiltins\nbytearray\ncbuiltins\nbytearray\n\x8a\x05" + BIG
+                     + b"\x87R.",
+    # bytes.__new__(bytes, 10**10) through NEWOBJ
+    "newobj": b"\x80\x02cbuiltins\nbytes\n\x8a\x05" + BIG + b"\x85\x81.",
+    # list(range(10**10)): range is not part of any layout
+    "range": b"\x80\x02cbuiltins\nlist\ncbuiltins\nrange\n\x8a\x05" + BIG + b"\x85R\x85R.",
+    # a sub-array dtype of 80 GB per element, one element
+    "dtype": b"\x80\x02cnumpy.core.multiarray\n_reconstruct\ncnumpy\nndarray\nK\x01\x85cnumpy\ndtype\n"
+             b"X\x11\x00\x00\x00(100000,100000)f8\x85R\x87R.",
+    # a set built from a million-fold repeated bytearray header: the budget is cumulative
+    "cumulative": b"\x80\x02cbuiltins\nbytearray\n\x94J\x00\x00\x10\x00\x85\x94(" + b"h\x00h\x01R" * 60 + b"t.",
+}
+
+
+def test_allocation_bombs_are_refused_without_allocating(tmp_path):
+    """Every bomb is refused with UnsafePickleError, in a child process capped at 1.5 GB of address space (before
+    the fix, the first one raised MemoryError there — or crashed — instead)."""
+    for name, data in BOMBS.items():
+        (tmp_path / f"{name.replace(' ', '_')}.pkl").write_bytes(data)
+    code = textwrap.dedent(f"""
+        import resource, sys
+        resource.setrlimit(resource.RLIMIT_AS, (1536 << 20, 1536 << 20))
+        from pathlib import Path
+        from pipeline.safe_pickle import UnsafePickleError, safe_load
+        for p in sorted(Path({str(tmp_path)!r}).glob("*.pkl")):
+            try:
+                safe_load(p)
+                print(p.name, "LOADED")
+            except UnsafePickleError as e:
+                print(p.name, "refused", str(e).replace(str(p), "P")[:150])
+            except BaseException as e:
+                print(p.name, "ESCAPED", type(e).__name__)
+    """)
+    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=120)
+    out = r.stdout.splitlines()
+    assert r.returncode == 0 and len(out) == len(BOMBS), r.stdout + r.stderr[-2000:]
+    assert all(" refused " in ln for ln in out), r.stdout
+    assert len(BOMBS["bytearray"]) <= 40
+    # a memo index of 2**32-1 (the C unpickler grows its memo array to it): a dict entry here, loaded at once
+    (tmp_path / "memo.pkl").write_bytes(b"\x80\x02K\x01r\xff\xff\xff\xff.")
+    from pipeline.safe_pickle import safe_load
+    assert safe_load(tmp_path / "memo.pkl") == 1
+
+
+def test_legitimate_layouts_still_load(tmp_path):
+    """Python 2-style protocol 0/2 and Python 3 protocol 4/5 feature tuples and dicts, sets, defaultdicts."""
+    from collections import defaultdict
+
+    from pipeline.safe_pickle import safe_load
+
+    d = defaultdict(list, {"a": [np.arange(4, dtype=np.float32)]})
+    obj = (d, {"x": ["s", np.array(["u", "v"], dtype=object)]}, {1, 2}, frozenset({3}), b"raw", bytearray(b"ba"),
+           np.float32(1.5), np.zeros((3, 2)))
+    for proto in (0, 2, 4, 5):
+        (tmp_path / "f.pkl").write_bytes(pickle.dumps(obj, protocol=proto))
+        got = safe_load(tmp_path / "f.pkl")
+        assert got[0]["a"][0].tolist() == [0, 1, 2, 3] and got[1]["x"][1].tolist() == ["u", "v"]
+        assert got[2:6] == ({1, 2}, frozenset({3}), b"raw", bytearray(b"ba")) and got[7].shape == (3, 2)
+
+
+# --------------------------------------------------------------- item 8: feature-pickle mistakes are one line
+def _tuple_pickle(path, drop_audio_of=None, shape_of=None, labels=None):
+    from pipeline.adapters.features import synthetic
+
+    d, train, test = synthetic(8)
+    if drop_audio_of:
+        del d["a"][drop_audio_of]
+    if shape_of:
+        d["t"][shape_of] = d["t"][shape_of][:, :3][:-1]
+    if labels is not None:
+        d["lab"][train[0]] = labels
+    path.write_bytes(pickle.dumps((d["ids"], d["spk"], d["lab"], d["t"], d["a"], d["v"], d["sent"], set(train),
+                                   set(test)), protocol=2))
+    return train
+
+
+@pytest.mark.parametrize("case, match", [
+    ("missing_modality", "has no audio entry"),
+    ("shape", "text vectors have shape"),
+    ("negative_label", "negative"),
+    ("text_label", "not class indices"),
+    ("ada2i_no_labels", "has no labels"),
+    ("ada2i_list_modality", "is a list, expected a dict"),
+    ("unsafe", "refused to load posix.system"),
+    ("truncated", "not a readable feature pickle"),
+])
+def test_feature_pickle_mistakes_are_one_line(tmp_path, capsys, case, match):
+    from pipeline.prepare import prepare
+
+    pkl = tmp_path / "f.pkl"
+    if case == "missing_modality":
+        from pipeline.adapters.features import synthetic
+        _, train, _ = synthetic(8)
+        _tuple_pickle(pkl, drop_audio_of=train[1])
+    elif case == "shape":
+        from pipeline.adapters.features import synthetic
+        _, train, _ = synthetic(8)
+        _tuple_pickle(pkl, shape_of=train[0])
+    elif case == "negative_label":
+        from pipeline.adapters.features import synthetic
+        d, train, _ = synthetic(8)
+        _tuple_pickle(pkl, labels=[-1] * len(d["lab"][train[0]]))
+    elif case == "text_label":
+        from pipeline.adapters.features import synthetic
+        d, train, _ = synthetic(8)
+        _tuple_pickle(pkl, labels=["x"] * len(d["lab"][train[0]]))
+    elif case == "ada2i_no_labels":
+        pkl.write_bytes(pickle.dumps({"trainVid": ["a"], "testVid": ["b"], "text": {"a": np.zeros((1, 2))}}))
+    elif case == "ada2i_list_modality":
+        pkl.write_bytes(pickle.dumps({"trainVid": ["a"], "testVid": ["b"], "label": {"a": [0], "b": [0]},
+                                      "text": [np.zeros((1, 2))]}))
+    elif case == "unsafe":
+        pkl.write_bytes(b"\x80\x02cposix\nsystem\nX\x04\x00\x00\x00true\x85R.")
+    elif case == "truncated":
+        _tuple_pickle(pkl)
+        pkl.write_bytes(pkl.read_bytes()[:500])
+    line = one_line(lambda: prepare("features", pkl, tmp_path / "u.parquet", {"dataset": "features", "root": str(pkl)}),
+                    capsys)
+    assert match in line and "f.pkl" in line
+
+
+def test_feature_pickle_errors_are_user_errors():
+    from pipeline.feature_pickles import FeaturePickleError
+    from pipeline.safe_pickle import UnsafePickleError
+
+    assert issubclass(FeaturePickleError, UserError) and issubclass(UnsafePickleError, UserError)
+    assert issubclass(UnsafePickleError, pickle.UnpicklingError)
