@@ -175,3 +175,76 @@ def test_feature_pickle_errors_are_user_errors():
 
     assert issubclass(FeaturePickleError, UserError) and issubclass(UnsafePickleError, UserError)
     assert issubclass(UnsafePickleError, pickle.UnpicklingError)
+
+
+# -------------------------------------------------------------------------- item 5 / 8: CMU-MOSEI label files
+def _mosei(tmp_path, csd=False):
+    from test_mosei import mosei_tree
+
+    return mosei_tree(tmp_path / "CMU_MOSEI", csd)
+
+
+def _edit_csv(root, fn):
+    import pandas as pd
+
+    df = pd.read_csv(root / "label.csv", dtype=str)
+    fn(df)
+    df.to_csv(root / "label.csv", index=False)
+
+
+@pytest.mark.parametrize("edit, match", [
+    (lambda df: df.__setitem__("mode", df["mode"].replace("valid", "validation")),
+     "mode ['validation'] on lines [4, 5] is not one of"),
+    (lambda df: df.__setitem__("mode", df["mode"].replace("test", "Test")), "mode ['Test'] on lines [6, 7, 8]"),
+    (lambda df: df.loc.__setitem__((2, "mode"), None), "mode ['nan'] on lines [4]"),
+    (lambda df: df.loc.__setitem__(len(df), ["vidA", "1", "again", "2.0", "2.0", "train"]),
+     "['vidA', '1']] listed more than once on lines [3, 9] with different scores"),
+    (lambda df: df.loc.__setitem__((0, "label"), "1e300"), "on label.csv lines [2] are not finite numbers"),
+])
+def test_mosei_label_csv_mistakes_name_lines(tmp_path, capsys, edit, match):
+    from pipeline.prepare import prepare
+
+    root = _mosei(tmp_path)
+    _edit_csv(root, edit)
+    line = one_line(lambda: prepare("mosei", root, tmp_path / "u.parquet", {"target": "sentiment"}), capsys)
+    assert match in line, line
+
+
+@pytest.mark.parametrize("content, match", [
+    (b"", "label.csv is empty"),
+    (b"video_id,clip_id,text,label,mode\n" + b"vidA,0," + b"x" * 160 + b"caf\xe9,1.0,train\n",
+     "not UTF-8 text (byte b'\\xe9' on line 2, column 171 (offset 203))"),
+    (b"video_id,clip_id,text,label,mode\n", "has a header but no segment rows"),
+])
+def test_mosei_unreadable_label_csv_is_one_line(tmp_path, capsys, content, match):
+    from pipeline.prepare import prepare
+
+    root = _mosei(tmp_path)
+    (root / "label.csv").write_bytes(content)
+    line = one_line(lambda: prepare("mosei", root, tmp_path / "u.parquet", {"target": "sentiment2"}), capsys)
+    assert match in line, line
+
+
+@pytest.mark.parametrize("folds, match", [
+    ('{"train": ["vidA"], "valid": ["vidB"], "test": ["vidC", ', "folds.json is not JSON"),
+    ('["vidA"]', "must map each fold name to a list"),
+    ('{"train": ["vidA"], "validation": ["vidB"], "test": ["vidC"]}', "unknown folds ['validation']"),
+    ('{"train": ["vidA", "vidB"], "valid": ["vidB"], "test": ["vidC"]}', "['vidB'] are in more than one fold"),
+])
+def test_mosei_malformed_folds_json_is_one_line(tmp_path, capsys, folds, match):
+    from pipeline.prepare import prepare
+
+    root = _mosei(tmp_path, csd=True)
+    (root / "folds.json").write_text(folds)
+    line = one_line(lambda: prepare("mosei", root, tmp_path / "u.parquet", {"target": "sentiment2"}), capsys)
+    assert match in line, line
+
+
+def test_mosei_sdk_fold_names_are_accepted(tmp_path):
+    from pipeline.prepare import prepare
+
+    root = _mosei(tmp_path, csd=True)
+    (root / "folds.json").write_text(json.dumps({"standard_train_fold": ["vidA"], "standard_valid_fold": ["vidB"],
+                                                 "standard_test_fold": ["vidC", "vidD"]}))
+    t = prepare("mosei", root, tmp_path / "u.parquet", {"target": "sentiment2"})
+    assert sorted(set(t.column("split").to_pylist())) == ["dev", "test", "train"]

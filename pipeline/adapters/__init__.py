@@ -15,6 +15,12 @@ import pandas as pd
 
 from pipeline.media import MediaError, probe_duration
 
+# The largest magnitude a regression target (or a score labels are derived from) may have: beyond it a value is a
+# data error (a unit or parsing mistake: 1e300, a timestamp in a score column), not an emotion rating. Every scale
+# in use is tiny (MOSEI [-3, 3], IEMOCAP dimensions [1, 5], valence/arousal [-1, 1] or [0, 100]); 1e6 leaves any
+# plausible rescaling room while keeping squared errors (≤ 1e12) far from float32's overflow.
+TARGET_ABS_LIMIT = 1e6
+
 # A span may end this far past the container's end (rounding of annotation times) and still count as inside.
 SPAN_TOLERANCE_S = 0.5
 
@@ -27,6 +33,20 @@ class Prepared:
     # regression target names (``rows.targets`` holds each row's values in this order, None when unlabelled);
     # empty: a classification corpus
     targets: list[str] = field(default_factory=list)
+
+
+def utf8_fault(path: Path) -> str:
+    """Where ``path`` first stops being UTF-8: "byte b'\\xe9' on line L, column C (offset O)", counted over the
+    whole file. (pandas decodes in chunks, so the offset its ``UnicodeDecodeError`` carries is within a chunk,
+    not the file: never report that one.)"""
+    data = Path(path).read_bytes()
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        col = e.start - (data.rfind(b"\n", 0, e.start) + 1) + 1
+        return f"byte {data[e.start:e.start + 1]!r} on line {line}, column {col} (offset {e.start})"
+    return "a byte sequence that is not UTF-8"
 
 
 def rel_path(path: Path) -> str:

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from pipeline.adapters import Prepared, probe, rel_path
+from pipeline.adapters import TARGET_ABS_LIMIT, Prepared, probe, rel_path, utf8_fault
 from pipeline.errors import UserError
 from pipeline.media import span_error
 from pipeline.schema import SPLITS
@@ -48,9 +48,8 @@ def _read(path: Path) -> pd.DataFrame:
     except pd.errors.EmptyDataError:
         raise UserError(f"manifest {path} is empty: write a header line ({HEADER}) and one row per utterance "
                         "(see README, manifest)") from None
-    except UnicodeDecodeError as e:
-        raise UserError(f"manifest {path} is not UTF-8 text (byte {e.object[e.start:e.start + 1]!r} at offset "
-                        f"{e.start}): save it as UTF-8") from None
+    except UnicodeDecodeError:
+        raise UserError(f"manifest {path} is not UTF-8 text ({utf8_fault(path)}): save it as UTF-8") from None
     except (OSError, ValueError) as e:
         raise UserError(f"manifest {path} cannot be read as {'Parquet' if path.suffix.lower() == '.parquet' else 'CSV'}"
                         f" ({type(e).__name__}: {e}): give a .csv (UTF-8) or .parquet file") from None
