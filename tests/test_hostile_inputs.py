@@ -248,3 +248,92 @@ def test_mosei_sdk_fold_names_are_accepted(tmp_path):
                                                  "standard_test_fold": ["vidC", "vidD"]}))
     t = prepare("mosei", root, tmp_path / "u.parquet", {"target": "sentiment2"})
     assert sorted(set(t.column("split").to_pylist())) == ["dev", "test", "train"]
+
+
+# ------------------------------------------------------------------------- item 5 / 8: manifests and params
+def _manifest(tmp_path, rows: list[str], header="utterance_id,speaker,text,label,split") -> Path:
+    p = tmp_path / "m.csv"
+    p.write_text(header + "\n" + "\n".join(rows) + "\n")
+    return p
+
+
+def test_manifest_label_whitespace_is_stripped_and_case_variants_warned(tmp_path, caplog):
+    from pipeline.prepare import prepare
+
+    m = _manifest(tmp_path, ["u1,A,hi,joy,train", "u2,A,hi,joy ,train", "u3,A,hi, joy,dev", "u4,B,hi,Joy,test",
+                             "u5,B,hi,anger,test"])
+    with caplog.at_level("WARNING", logger="merc.prepare.manifest"):
+        t = prepare("manifest", m, tmp_path / "u.parquet", {"dataset": "manifest", "probe_media": False})
+    assert json.loads(t.schema.metadata[b"labels"]) == ["Joy", "anger", "joy"]  # "joy " and " joy" are joy
+    assert t.column("label").to_pylist().count("joy") == 3
+    warned = [r.getMessage() for r in caplog.records if "differ only in case" in r.getMessage()]
+    assert len(warned) == 1 and "['Joy', 'joy']" in warned[0] and "[5]" in warned[0]
+
+
+def test_manifest_unknown_label_names_lines(tmp_path, capsys):
+    from pipeline.prepare import prepare
+
+    m = _manifest(tmp_path, ["u1,A,hi,joy,train", "u2,A,hi,Joy,train", "u3,A,hi,rage,dev"])
+    line = one_line(lambda: prepare("manifest", m, tmp_path / "u.parquet",
+                                    {"dataset": "manifest", "labels": ["joy", "anger"]}), capsys)
+    assert "labels ['Joy', 'rage'] are not in prepare.labels ['joy', 'anger'] (lines [3, 4])" in line
+    assert "case differs: {'Joy': 'joy'}" in line
+
+
+def test_manifest_cp1252_byte_is_reported_at_its_real_offset(tmp_path, capsys):
+    from pipeline.prepare import prepare
+
+    header = b"utterance_id,speaker,text,label,split\n"
+    rows = [b"u%d,A,%s,joy,train\n" % (i, b"x" * 40) for i in range(4)] + [b"u9,A,caf\xe9,joy,train\n"]
+    (tmp_path / "m.csv").write_bytes(header + b"".join(rows))
+    offset = len(header) + sum(map(len, rows[:4])) + len(b"u9,A,caf")
+    line = one_line(lambda: prepare("manifest", tmp_path / "m.csv", tmp_path / "u.parquet",
+                                    {"dataset": "manifest"}), capsys)
+    assert f"byte b'\\xe9' on line 6, column 9 (offset {offset})" in line, line
+
+
+@pytest.mark.parametrize("value", ["1e300", "-2e6"])
+def test_absurd_regression_targets_are_refused_in_prepare(tmp_path, capsys, value):
+    from pipeline.prepare import check_targets, prepare
+    import pandas as pd
+
+    m = _manifest(tmp_path, ["u1,A,hi,,train,0.5", f"u2,A,hi,,train,{value}", "u3,A,hi,,dev,0.1"],
+                  header="utterance_id,speaker,text,label,split,valence")
+    line = one_line(lambda: prepare("manifest", m, tmp_path / "u.parquet",
+                                    {"dataset": "manifest", "targets": ["valence"]}), capsys)
+    assert "column 'valence' on lines [3]" in line and "within ±1e+06" in line
+    # the table-level guard every adapter passes through (IEMOCAP, MOSEI, manifest)
+    df = pd.DataFrame({"dialogue_id": ["d"], "utterance_id": [0], "label": [None], "targets": [[float(value)]]})
+    with pytest.raises(UserError, match="within ±1e\\+06"):
+        check_targets(df, ["valence"], "root")
+
+
+def test_params_without_a_section_is_one_line(tmp_path):
+    """`python -m pipeline.train` with a params.yaml lacking `train:`: exit 2, one line, no traceback."""
+    import yaml
+
+    full = yaml.safe_load((ROOT / "params.yaml").read_text())
+    del full["train"]
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(full))
+    r = subprocess.run([sys.executable, "-m", "pipeline.train", "--utterances", str(tmp_path / "none.parquet"),
+                        "--out", str(tmp_path / "m.pt"), "--live", str(tmp_path / "live")], cwd=ROOT,
+                       env={**ENV, "MERC_PARAMS": str(tmp_path / "params.yaml")}, capture_output=True, text=True,
+                       timeout=300)
+    errors = [ln for ln in r.stderr.splitlines() if "ERROR" in ln]
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-2000:]
+    assert len(errors) == 1 and "has no train: section" in errors[0]
+
+
+def test_load_params_section_mistakes(tmp_path):
+    from pipeline.common import load_params
+
+    (tmp_path / "p.yaml").write_text("prepare:\ntrain: {lr: 1}\n")
+    with pytest.raises(UserError, match="the prepare: section is empty"):
+        load_params("prepare", tmp_path / "p.yaml")
+    with pytest.raises(UserError, match="has no text: section"):
+        load_params("text", tmp_path / "p.yaml")
+    with pytest.raises(KeyError):  # still a KeyError for callers that test for one
+        load_params(path=tmp_path / "p.yaml")["model"]
+    (tmp_path / "p.yaml").write_text("- a\n")
+    with pytest.raises(UserError, match="must be a YAML mapping"):
+        load_params(path=tmp_path / "p.yaml")
