@@ -337,3 +337,133 @@ def test_load_params_section_mistakes(tmp_path):
     (tmp_path / "p.yaml").write_text("- a\n")
     with pytest.raises(UserError, match="must be a YAML mapping"):
         load_params(path=tmp_path / "p.yaml")
+
+
+# ------------------------------------------------------------ item 5: undefined Pearson r, unlabelled batches
+def test_pearson_r_is_undefined_not_zero():
+    from pipeline.metrics import mean_std, mosei_metrics, pearson_r, regression_metrics
+
+    assert pearson_r([1.0], [2.0]) is None and pearson_r([], []) is None  # fewer than 2 rows
+    assert pearson_r([1.0, 2.0, 3.0], [5.0, 5.0, 5.0]) is None  # constant predictions
+    assert pearson_r([2.0, 2.0], [1.0, 3.0]) is None  # constant truth
+    assert pearson_r([1.0, 2.0, 3.0], [2.0, 4.0, 7.0]) == pytest.approx(0.9933992677987828)
+    m = regression_metrics([[1.0, 1.0], [2.0, 3.0]], [[0.0, 5.0], [1.0, 5.0]], ["a", "b"])
+    assert m["per_target"]["a"]["pearson_r"] == pytest.approx(1.0) and m["per_target"]["b"]["pearson_r"] is None
+    assert m["pearson_r"] is None and json.loads(json.dumps(m))["pearson_r"] is None  # null in metrics.json
+    assert mosei_metrics([1.0, -1.0], [0.5, 0.5])["corr"] is None
+    assert mean_std([0.5, None]) == (None, None) and mean_std([0.5, float("nan")]) == (None, None)
+    assert mean_std([0.25, 0.75]) == (0.5, pytest.approx(0.3535533905932738))
+
+
+def _reg_dialogues(n_utts: list[int], seed=0) -> list[dict]:
+    rng = np.random.default_rng(seed)
+    out = []
+    for k, n in enumerate(n_utts):
+        x = rng.standard_normal((n, 4)).astype(np.float32)
+        out.append(dict(dialogue_id=f"d{k}", utterance_id=np.arange(n), label=np.full(n, -100, np.int64),
+                        target=x[:, :1] * 0.5, speaker=np.zeros(n, np.int64), feats={"t": x},
+                        present={"t": np.ones(n, bool)}))
+    return out
+
+
+def test_undefined_dev_r_selects_on_loss_with_a_warning(caplog):
+    """One dev utterance: r is undefined every epoch. Before: r scored 0.0, so epoch 0 was kept whatever the
+    loss; now the epoch with the lowest dev loss is, and the run says so."""
+    import torch
+
+    from models import get_model
+    from pipeline.engine import Engine, EngineConfig
+
+    torch.manual_seed(0)
+    model = get_model("dialogue_gru", input_dims={"t": 4}, n_classes=1, hidden=8)
+    cfg = EngineConfig(epochs=6, batch_size=4, lr=3e-2, early_stopping=False, scheduler="plateau")
+    with caplog.at_level("WARNING", logger="merc"):
+        res = Engine(model, cfg, "cpu", targets=["v"]).fit(_reg_dialogues([5, 6, 4, 7]), _reg_dialogues([1], 1))
+    dev_loss = [h["dev"]["loss"] for h in res["history"]]
+    assert all(h["dev"]["pearson_r"] is None for h in res["history"])
+    assert res["monitor"] == "loss" and res["epoch"] == int(np.argmin(dev_loss)) and res["dev_score"] is None
+    assert any("selecting the checkpoint on dev loss" in r.getMessage() for r in caplog.records)
+
+
+def _empty_batch(task: str):
+    import torch
+
+    from pipeline.dataset import collate
+
+    d = _reg_dialogues([3, 2])
+    if task == "classification":
+        for x in d:
+            del x["target"]
+    b = collate(d, "cpu")
+    return b
+
+
+def test_engine_loss_of_an_unlabelled_batch_is_zero_and_takes_no_step():
+    import torch
+
+    from models import get_model
+    from pipeline.engine import Engine, EngineConfig, regression_loss
+
+    torch.manual_seed(0)
+    model = get_model("dialogue_gru", input_dims={"t": 4}, n_classes=3, hidden=8)
+    eng = Engine(model, EngineConfig(epochs=1, batch_size=1, weight_decay=0.1), "cpu", labels=["a", "b", "c"])
+    b = _empty_batch("classification")
+    logits = model(b["feats"], b["present"], b["mask"], b["speaker"])
+    loss = eng.loss(logits, b["label"], b)
+    assert torch.isfinite(loss) and float(loss) == 0.0
+    assert float(regression_loss(logits[..., :1], torch.zeros_like(logits[..., :1]), torch.zeros_like(b["mask"]))) == 0
+    # an epoch with one unlabelled dialogue and one labelled one: the unlabelled batch changes no weight
+    unl = _reg_dialogues([3])[0]
+    del unl["target"]
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    eng.opt.zero_grad()
+    with pytest.raises(UserError, match="no labelled utterance"):
+        eng.train_epoch([unl], np.random.default_rng(0))
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    lab = _reg_dialogues([4], 2)[0]
+    del lab["target"]
+    lab["label"] = np.array([0, 1, 2, 1])
+    metrics = eng.train_epoch([unl, lab], np.random.default_rng(0))
+    assert np.isfinite(metrics["loss"]) and metrics["accuracy"] <= 1.0
+
+
+def test_every_models_aux_loss_is_zero_on_an_unlabelled_batch():
+    """Every registered model (its defaults): the auxiliary losses on a batch whose labels are all -100 are
+    finite zeros (before: SUMMER's IKD terms and Ada2I's L_modal were NaN)."""
+    import torch
+
+    from models import get_model, list_models
+    from pipeline.engine import split_output
+
+    dims = {"t": 8, "a": 6, "v": 4}
+    for name in list_models():
+        torch.manual_seed(0)
+        model = get_model(name, input_dims=dims, n_classes=3, hidden=8).train()
+        feats = {m: torch.randn(2, 3, d) for m, d in dims.items()}
+        mask = torch.ones(2, 3, dtype=torch.bool)
+        mask[1, 2] = False
+        present = {m: mask.clone() for m in dims}
+        speaker = torch.zeros(2, 3, dtype=torch.long)
+        label = torch.full((2, 3), -100)
+        out = model(feats, present, mask, speaker)
+        _, forward_losses = split_output(out)  # label-free terms (alignment, KL to the fused head): finite
+        labelled = model.aux_loss(out, {"label": label, "mask": mask, "class_weight": None}) \
+            if hasattr(model, "aux_loss") else {}
+        for k, v in {**forward_losses, **labelled}.items():
+            assert torch.isfinite(v).all(), (name, k, v)
+        for k, v in labelled.items():  # the label-dependent terms: exactly nothing
+            assert float(v) == 0.0, (name, k, v)
+
+
+def test_task_loss_without_labels_is_zero():
+    import torch
+
+    from models.layers import task_loss
+
+    pred = torch.randn(2, 3, 4, requires_grad=True)
+    mask = torch.ones(2, 3, dtype=torch.bool)
+    assert float(task_loss(pred, {"label": torch.full((2, 3), -100), "mask": mask})) == 0.0
+    reg = {"task": "regression", "target": torch.zeros(2, 3, 4), "mask": torch.zeros(2, 3, dtype=torch.bool)}
+    loss = task_loss(pred, reg)
+    loss.backward()
+    assert float(loss) == 0.0 and torch.equal(pred.grad, torch.zeros_like(pred))

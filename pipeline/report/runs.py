@@ -397,6 +397,8 @@ def fmt(values: np.ndarray, scale: float = 1.0, digits: int = 4) -> str:
     values = np.asarray(values, dtype=float) * scale
     if values.size == 0:
         return "–"
+    if np.isnan(values).any():  # an undefined value (a null Pearson r) in any seed: the mean is undefined too
+        return "n/a"
     if values.size == 1:
         return f"{values[0]:.{digits}f}"
     mean, std = mean_std(values)
