@@ -467,3 +467,30 @@ def test_task_loss_without_labels_is_zero():
     loss = task_loss(pred, reg)
     loss.backward()
     assert float(loss) == 0.0 and torch.equal(pred.grad, torch.zeros_like(pred))
+
+
+# ----------------------------------------------------------------------- item 8: the report on corrupted input
+def test_report_skips_an_experiment_with_corrupted_metrics_and_names_it(caplog):
+    from test_report import PARAMS, entry, metrics
+
+    from pipeline.report import runs_from_exp_show
+
+    good, bad, worse = metrics(0.6), metrics(0.5), metrics(0.4)
+    bad["accuracy"] = [0.5, 0.6]  # a list where a number belongs
+    worse["seeds"] = {"0": {"weighted_f1": "high"}}
+    data = [entry("r1", "good-run", PARAMS, good), entry("r2", "listy-run", PARAMS, bad),
+            entry("r3", "stringy-run", PARAMS, worse), "not an entry"]
+    with caplog.at_level("WARNING", logger="merc.report"):
+        runs = runs_from_exp_show(data)
+    assert [r.name for r in runs] == ["good-run"]
+    text = " ".join(r.getMessage() for r in caplog.records)
+    assert "skipped experiment listy-run" in text and "['accuracy']" in text and "skipped experiment stringy-run" in text
+
+
+def test_report_with_non_json_exp_json_is_one_line(tmp_path):
+    (tmp_path / "exp.json").write_text('[{"rev": "abc", "data": ')
+    r = subprocess.run([sys.executable, "-m", "pipeline.report", "--exp-json", str(tmp_path / "exp.json"), "--out",
+                        str(tmp_path / "out")], cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)
+    errors = [ln for ln in r.stderr.splitlines() if "ERROR" in ln]
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-2000:]
+    assert len(errors) == 1 and "is not JSON" in errors[0]
