@@ -494,3 +494,31 @@ def test_report_with_non_json_exp_json_is_one_line(tmp_path):
     errors = [ln for ln in r.stderr.splitlines() if "ERROR" in ln]
     assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-2000:]
     assert len(errors) == 1 and "is not JSON" in errors[0]
+
+
+# ------------------------------------------------------------------ item 9: truncated videos, malformed SRT
+def test_faststart_mp4_cut_at_half_is_flagged_truncated(tmp_path, monkeypatch, caplog):
+    from mediagen import write_clip
+
+    from pipeline import extract_visual
+    from pipeline.media import decode_frames
+
+    full = write_clip(tmp_path / "full.mp4", [(4.0, 440)], faststart=True)
+    data = full.read_bytes()
+    assert data.find(b"moov") < data.find(b"mdat")  # the index comes first: the cut file still opens
+    half = tmp_path / "half.mp4"
+    half.write_bytes(data[: len(data) // 2])
+    for path, span, expect in [(full, (None, None), False), (half, (None, None), True),
+                               (half, (0.0, 0.5), False), (half, (0.0, 3.5), True), (full, (0.0, 3.5), False)]:
+        cover: dict = {}
+        frames, _ = decode_frames(path, "fixed", count=4, start_s=span[0], end_s=span[1], coverage=cover)
+        assert frames and cover["truncated"] is expect, (path.name, span, cover)
+    fx = extract_visual.FaceExtractor.__new__(extract_visual.FaceExtractor)
+    fx.name, fx.sampling = "face:toy", {"sampling": "fixed", "count": 4}
+    fx.faces_of = lambda frames: ({"face_found": False, "frames_sampled": len(frames)}, None)
+    row = {"media_path": str(half), "start_s": None, "end_s": None, "dialogue_id": "d", "utterance_id": 0}
+    with caplog.at_level("WARNING", logger="merc.extract_visual"):
+        rec = fx.process_one(row)
+    assert rec["truncated"] is True and any("truncated file" in r.getMessage() for r in caplog.records)
+    assert fx.process_one({**row, "media_path": str(full)})["truncated"] is False
+    assert "truncated" in [f.name for f in extract_visual.FaceExtractor.extra_fields]
