@@ -522,3 +522,19 @@ def test_faststart_mp4_cut_at_half_is_flagged_truncated(tmp_path, monkeypatch, c
     assert rec["truncated"] is True and any("truncated file" in r.getMessage() for r in caplog.records)
     assert fx.process_one({**row, "media_path": str(full)})["truncated"] is False
     assert "truncated" in [f.name for f in extract_visual.FaceExtractor.extra_fields]
+
+
+def test_malformed_srt_block_is_warned_not_appended(tmp_path, caplog):
+    from pipeline.predict.subtitles import SubtitleError, read_subtitles
+
+    srt_file = tmp_path / "s.srt"
+    srt_file.write_text("1\n00:00:01,000 --> 00:00:02,000\nAlice: hi there\n\nsome stray line\nand another\n\n"
+                        "3\n00:00:05,000 --> 00:00:06,000\nok\n")
+    with caplog.at_level("WARNING", logger="merc.predict"):
+        cues = read_subtitles(srt_file)
+    assert [(c.start_s, c.text, c.speaker) for c in cues] == [(1.0, "hi there", "Alice"), (5.0, "ok", None)]
+    warned = [r.getMessage() for r in caplog.records if "not a subtitle cue" in r.getMessage()]
+    assert len(warned) == 1 and "line 5" in warned[0] and "some stray line" in warned[0]
+    srt_file.write_text("1\n00:00:01,000 --> 00:00:02,000\nhi\n\n2\n00:00:03,000 -> 00:00:04,000\nthere\n")
+    with pytest.raises(SubtitleError, match="not a valid SRT file at line 5"):
+        read_subtitles(srt_file)
