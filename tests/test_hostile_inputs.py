@@ -214,7 +214,7 @@ def test_mosei_label_csv_mistakes_name_lines(tmp_path, capsys, edit, match):
     (b"", "label.csv is empty"),
     (b"video_id,clip_id,text,label,mode\n" + b"vidA,0," + b"x" * 160 + b"caf\xe9,1.0,train\n",
      "not UTF-8 text (byte b'\\xe9' on line 2, column 171 (offset 203))"),
-    (b"video_id,clip_id,text,label,mode\n", "has a header but no segment rows"),
+    (b"video_id,clip_id,text,label,mode\n", "has a header but no rows"),
 ])
 def test_mosei_unreadable_label_csv_is_one_line(tmp_path, capsys, content, match):
     from pipeline.prepare import prepare
@@ -538,3 +538,30 @@ def test_malformed_srt_block_is_warned_not_appended(tmp_path, caplog):
     srt_file.write_text("1\n00:00:01,000 --> 00:00:02,000\nhi\n\n2\n00:00:03,000 -> 00:00:04,000\nthere\n")
     with pytest.raises(SubtitleError, match="not a valid SRT file at line 5"):
         read_subtitles(srt_file)
+
+
+def _meld_text_only(tmp_path, edit=None) -> Path:
+    """The demo corpus's three CSVs without clip folders (text-only), ``edit`` applied to the train CSV."""
+    import shutil
+
+    root = tmp_path / "meld"
+    root.mkdir()
+    for name in ("train_sent_emo.csv", "dev_sent_emo.csv", "test_sent_emo.csv"):
+        shutil.copy(ROOT / "data/demo" / name, root / name)
+    if edit:
+        (root / "train_sent_emo.csv").write_bytes(edit((root / "train_sent_emo.csv").read_bytes()))
+    return root
+
+
+@pytest.mark.parametrize("edit, match", [
+    (lambda b: b"", "train_sent_emo.csv is empty"),
+    (lambda b: b.split(b"\n")[0] + b"\n", "has a header but no rows"),
+    (lambda b: b.replace(b",joy,", b",joyy,", 1), "Emotion values ['joyy'] on lines [" ),
+    (lambda b: b.replace(b",joy,", b",caf\xe9,", 1), "not UTF-8 text (byte b'\\xe9' on line "),
+])
+def test_meld_csv_mistakes_are_one_line(tmp_path, capsys, edit, match):
+    from pipeline.prepare import prepare
+
+    root = _meld_text_only(tmp_path, edit)
+    line = one_line(lambda: prepare("demo", root, tmp_path / "u.parquet", {"dataset": "demo"}), capsys)
+    assert match in line, line

@@ -49,6 +49,33 @@ def utf8_fault(path: Path) -> str:
     return "a byte sequence that is not UTF-8"
 
 
+def read_csv(path: Path, what: str, header_hint: str, **kwargs) -> pd.DataFrame:
+    """``pd.read_csv`` (UTF-8) whose failures are one-line ``UserError`` s naming ``path``: an empty file, a byte
+    that is not UTF-8 (at its real line and offset), a file the CSV parser cannot read, or a header-only file."""
+    from pipeline.errors import UserError
+
+    try:
+        df = pd.read_csv(path, encoding="utf-8", **kwargs)
+    except pd.errors.EmptyDataError:
+        raise UserError(f"{what} {path} is empty: it needs the header ({header_hint}) and one row per "
+                        "utterance") from None
+    except UnicodeDecodeError:
+        raise UserError(f"{what} {path} is not UTF-8 text ({utf8_fault(path)}): save it as UTF-8") from None
+    except (pd.errors.ParserError, ValueError, OSError) as e:
+        raise UserError(f"{what} {path} cannot be read as CSV ({type(e).__name__}: "
+                        f"{' '.join(str(e).split())[:200]})") from None
+    if df.empty:
+        raise UserError(f"{what} {path} has a header but no rows")
+    return df
+
+
+def csv_lines(mask, n: int = 8) -> list[int]:
+    """CSV line numbers (header = line 1) of the first ``n`` rows where ``mask`` holds (one line per row)."""
+    import numpy as np
+
+    return [int(i) + 2 for i in np.flatnonzero(np.asarray(mask))[:n]]
+
+
 def rel_path(path: Path) -> str:
     """Paths inside the repo are stored relative to it so the table is the same in every clone; others as
     ``prepare.root`` spelled them (``../shared/meld/…`` stays relative, ``/data/meld/…`` absolute), never

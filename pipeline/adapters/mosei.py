@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from pipeline.adapters import TARGET_ABS_LIMIT, Prepared, probe, rel_path, utf8_fault
+from pipeline.adapters import TARGET_ABS_LIMIT, Prepared, csv_lines, probe, read_csv, rel_path, utf8_fault
 from pipeline.errors import UserError
 from pipeline.schema import SPLITS
 
@@ -84,27 +84,15 @@ def transcripts(root: Path) -> dict[str, list[tuple[str, float, float, str]]]:
 
 def _lines(mask) -> list[int]:
     """label.csv line numbers (header = line 1) of the first rows where ``mask`` holds."""
-    idx = np.flatnonzero(np.asarray(mask))
-    return [int(i) + 2 for i in idx[:8]]
+    return csv_lines(mask)
 
 
 def _labels_csv(path: Path) -> pd.DataFrame:
-    try:
-        df = pd.read_csv(path, dtype={"video_id": str, "clip_id": str}, encoding="utf-8")
-    except pd.errors.EmptyDataError:
-        raise MoseiError(f"{path} is empty: it needs the MMSA header (video_id, clip_id, text, label, …, mode) and "
-                         "one row per segment") from None
-    except UnicodeDecodeError:
-        raise MoseiError(f"{path} is not UTF-8 text ({utf8_fault(path)}): save it as UTF-8") from None
-    except (pd.errors.ParserError, ValueError, OSError) as e:
-        raise MoseiError(f"{path} cannot be read as CSV ({type(e).__name__}: {' '.join(str(e).split())[:200]})") \
-            from None
+    df = read_csv(path, "CMU-MOSEI", "video_id, clip_id, text, label, …, mode", dtype={"video_id": str, "clip_id": str})
     need = {"video_id", "clip_id", "label", "mode"}
     if not need <= set(df.columns):
         raise MoseiError(f"{path} lacks columns {sorted(need - set(df.columns))} (MMSA layout: video_id, clip_id, "
                          "text, label, …, mode)")
-    if df.empty:
-        raise MoseiError(f"{path} has a header but no segment rows")
     df = df.rename(columns={"mode": "split_name", "label": "score", "clip_id": "segment"})
     if "text" not in df.columns:
         df["text"] = None
