@@ -36,8 +36,9 @@ and ``loss``. ``monitor: weighted_f1`` (the default) means the task's primary de
 regression (``pearson_r`` may be named directly). Pearson r is undefined (``None``) over fewer than 2 dev
 utterances or constant predictions/targets: from the first such epoch the checkpoint is selected on dev loss,
 with a warning, and the plateau scheduler skips epochs whose monitor is undefined. A batch without a labelled
-utterance contributes nothing: its losses are zeros, and (single process) no optimiser step is taken. Models with label-dependent auxiliary losses read
-``batch["task"]`` and ``batch["target"]`` (``models.layers.task_loss``).
+utterance contributes nothing: its losses are zeros, and (single process) no optimiser step is taken.
+Models with label-dependent auxiliary losses read ``batch["task"]`` and ``batch["target"]``
+(``models.layers.task_loss``).
 
 Model contract (``models.layers``): ``forward(feats, present, mask, speaker)`` returns logits ``[B, T, C]``.
 Optional hooks, so models with extra objectives plug in without a second training loop:

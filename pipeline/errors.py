@@ -63,4 +63,5 @@ def _program() -> str:
     return spec.name if spec is not None else os.path.basename(sys.argv[0] or "merc")
 
 
-__all__ = ["EXIT_USER_ERROR", "MissingFileError", "MissingParamError", "NonFiniteError", "UserError", "debug", "run_main"]
+__all__ = ["EXIT_USER_ERROR", "MissingFileError", "MissingParamError", "NonFiniteError", "UserError", "debug",
+           "run_main"]

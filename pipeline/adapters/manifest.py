@@ -7,7 +7,8 @@ visual stages give it ``absent``), a wav is an audio-only one. Without ``dialogu
 dialogue (``utterance_id`` names it); with it, ``utterance_id`` is the integer position in the dialogue.
 Relative paths are relative to the manifest's folder. The label set is ``prepare.labels`` or, when null,
 the sorted unique labels. Labels, splits, speakers and ids are stripped of surrounding whitespace (``"joy "`` is
-``joy``); labels differing only in case (``Joy``/``joy``) stay distinct classes but are warned about. Structural faults (missing columns, duplicate keys, unknown splits or labels; an
+``joy``); labels differing only in case (``Joy``/``joy``) stay distinct classes but are warned about.
+Structural faults (missing columns, duplicate keys, unknown splits or labels; an
 empty, header-only or non-UTF-8 file) raise a one-line ``UserError`` naming the file or rows; bad media or
 times become row statuses.
 
