@@ -313,9 +313,8 @@ class Ada2I(nn.Module):
         if isinstance(out, dict) and "z_adapt" in out and self.task == "regression":
             losses["modal"] = task_loss(out["z_adapt"], batch)  # Eq. 13 with the MSE in place of the CE
         elif isinstance(out, dict) and "z_adapt" in out:
-            z, label = out["z_adapt"], batch["label"]
-            losses["modal"] = F.cross_entropy(z.float().reshape(-1, z.shape[-1]), label.reshape(-1),
-                                              weight=batch.get("class_weight"), ignore_index=-100)
+            # the engine's class-weighted CE over the labelled utterances; 0 (not NaN) when the batch has none
+            losses["modal"] = task_loss(out["z_adapt"], batch, weight=batch.get("class_weight"))
         self._scores(batch)
         return losses
 

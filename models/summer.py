@@ -728,10 +728,15 @@ class Summer(nn.Module):
             raise RuntimeError("summer.aux_loss needs the output of the forward call just before it (training mode)")
         if not self.ikd:
             return {}
+        label = batch["label"]
+        valid = batch["mask"] if self.task == "regression" else batch["mask"] & (label >= 0)
+        if not valid.any():  # no labelled utterance: every term is a mean over none (NaN); contribute nothing
+            zero = out.sum() * 0.0
+            names = ["ikd_cross", "ikd_align", "ikd_inner"] + ([] if self.task == "regression" else
+                                                               ["smooth"] + ([] if self.engine_ce else ["engine_ce"]))
+            return {k: zero for k in names}
         if self.task == "regression":
             return self._ikd_regression(c, batch)
-        label = batch["label"]
-        valid = batch["mask"] & (label >= 0)
         y = label[valid]
         n = y.numel() if self.ikd_reduction == "sum" else 1  # Eq. 14's Σ over the N utterances | mean
         k4 = self.kappa[3] * n

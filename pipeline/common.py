@@ -41,11 +41,45 @@ ParamsLoader.add_implicit_resolver(
     list("-+0123456789."))
 
 
+class Params(dict):
+    """``params.yaml`` as a dict whose missing top-level section is a one-line ``UserError`` (``params["train"]``
+    without a ``train:`` section), not a ``KeyError`` traceback; ``.get`` and ``in`` behave as on a dict."""
+
+    file = "params.yaml"
+
+    def __missing__(self, key):
+        from pipeline.errors import MissingParamError
+
+        raise MissingParamError(f"{self.file} has no {key}: section, which this stage reads: add it (the "
+                                "repository's params.yaml lists every section with its defaults)")
+
+
 def load_params(section: str | None = None, path: Path | None = None) -> dict:
-    """``params.yaml`` (or one top-level section of it)."""
-    with open(path or PARAMS_FILE) as f:
-        params = yaml.load(f, Loader=ParamsLoader)
-    return params if section is None else params[section]
+    """``params.yaml`` (a ``Params``), or one top-level section of it (a dict).
+
+    A file that is not a YAML mapping, or a section that is missing or not a mapping, is a one-line
+    ``UserError`` naming the file and the section."""
+    from pipeline.errors import UserError
+
+    where = Path(path or PARAMS_FILE)
+    try:
+        with open(where) as f:
+            raw = yaml.load(f, Loader=ParamsLoader)
+    except FileNotFoundError:
+        raise UserError(f"{where} not found: run from the repository root (or set MERC_PARAMS)") from None
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        raise UserError(f"{where} is not valid YAML: {' '.join(str(e).split())[:200]}") from None
+    if not isinstance(raw, dict):
+        raise UserError(f"{where} must be a YAML mapping of sections (prepare:, text:, train: …), got "
+                        f"{type(raw).__name__}")
+    params = Params(raw)
+    params.file = str(where)
+    if section is None:
+        return params
+    value = params[section]
+    if not isinstance(value, dict):
+        raise UserError(f"{where}: the {section}: section is empty or not a mapping ({value!r}): give its keys")
+    return value
 
 
 def atomic_write_table(table: pa.Table, path: str | Path) -> None:

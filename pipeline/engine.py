@@ -33,8 +33,12 @@ Regression (issue #20; ``Engine(..., targets=[names])``, the dialogues carry ``t
 ``[B, T, K]`` output is the prediction (its head is ``n_classes = K`` wide — one linear output per target), the
 task loss is ``regression_loss``, and the dev metrics are ``pearson_r`` (mean over targets), ``mae``, ``ccc``
 and ``loss``. ``monitor: weighted_f1`` (the default) means the task's primary dev metric: mean Pearson r in
-regression (``pearson_r`` may be named directly). Models with label-dependent auxiliary losses read
-``batch["task"]`` and ``batch["target"]`` (``models.layers.task_loss``).
+regression (``pearson_r`` may be named directly). Pearson r is undefined (``None``) over fewer than 2 dev
+utterances or constant predictions/targets: from the first such epoch the checkpoint is selected on dev loss,
+with a warning, and the plateau scheduler skips epochs whose monitor is undefined. A batch without a labelled
+utterance contributes nothing: its losses are zeros, and (single process) no optimiser step is taken.
+Models with label-dependent auxiliary losses read ``batch["task"]`` and ``batch["target"]``
+(``models.layers.task_loss``).
 
 Model contract (``models.layers``): ``forward(feats, present, mask, speaker)`` returns logits ``[B, T, C]``.
 Optional hooks, so models with extra objectives plug in without a second training loop:
@@ -77,7 +81,7 @@ from tqdm import tqdm
 
 from pipeline.dataset import collate
 from pipeline.errors import NonFiniteError, UserError
-from pipeline.metrics import classification_metrics, regression_metrics
+from pipeline.metrics import classification_metrics, defined, regression_metrics
 from pipeline.schema import EMOTIONS
 
 log = logging.getLogger("merc.engine")
@@ -242,7 +246,10 @@ def ccc_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 
 def regression_loss(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, kind: str = "mse") -> torch.Tensor:
-    """The regression task loss over the real utterances (``mask``) of ``[B, T, K]`` predictions and targets."""
+    """The regression task loss over the real utterances (``mask``) of ``[B, T, K]`` predictions and targets;
+    a zero that still depends on ``pred`` when there is none (a mean over nothing would be NaN)."""
+    if not mask.any():
+        return pred.float().sum() * 0.0
     p, t = pred.float()[mask], target.float()[mask]
     return F.mse_loss(p, t) if kind == "mse" else ccc_loss(p, t)
 
@@ -336,8 +343,14 @@ class Engine:
         """The task loss: (weighted) cross-entropy, or ``regression_loss`` on ``batch["target"]``."""
         if self.task == "regression":
             return regression_loss(logits, batch["target"], batch["mask"], self.cfg.regression_loss)
+        if not (label >= 0).any():  # no labelled utterance: a mean over none is NaN; contribute nothing
+            return logits.float().sum() * 0.0
         return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), label.reshape(-1),
                                weight=self.weight, ignore_index=-100)
+
+    def _labelled(self, b: dict) -> torch.Tensor:
+        """The utterances of batch ``b`` that carry a label (classification) or targets (regression)."""
+        return b["mask"] if self.task == "regression" else b["mask"] & (b["label"] >= 0)
 
     def _train_metrics(self, y: np.ndarray, pred: np.ndarray) -> dict:
         if self.task == "regression":
@@ -369,6 +382,14 @@ class Engine:
                     aux.update(model.aux_loss(out, b))
             task = self.loss(logits, b["label"], b)
             loss = task + sum(aux.values()) if aux else task
+            keep = self._labelled(b)
+            n = int(keep.sum())
+            if n == 0 and self.world_size == 1:
+                # nothing to learn from: no update at all (a zero loss would still move Adam's moments and apply
+                # weight decay). Under DDP every rank must reach backward's all-reduce, so the zero loss goes on.
+                self._check_finite({"task": task, **{f"aux_{k}": v for k, v in aux.items()}}, epoch, step)
+                log.debug("epoch %d step %d: no labelled utterance in the batch, skipped", epoch, step)
+                continue
             self.opt.zero_grad(set_to_none=True)
             loss.backward()
             # stop at the first NaN/inf instead of training on (and saving) garbage; after backward, so under
@@ -389,16 +410,18 @@ class Engine:
                 model.after_step(epoch=epoch, step=step, lr=self.opt.param_groups[0]["lr"])
             if self.step_sched is not None:
                 self.step_sched.step()
-            n = int(b["mask"].sum())
-            n_total += n
+            n_total += n  # labelled utterances: the loss terms are means over them
             for k, v in {"loss": task, **{f"aux_{k}": v for k, v in aux.items()}}.items():
                 sums[k] = sums.get(k, 0.0) + float(v.detach()) * n
             if self.task == "regression":
-                preds.append(logits.detach()[b["mask"]].float().cpu())
-                labels.append(b["target"][b["mask"]].cpu())
+                preds.append(logits.detach()[keep].float().cpu())
+                labels.append(b["target"][keep].cpu())
             else:
-                preds.append(logits.detach()[b["mask"]].argmax(-1).cpu())
-                labels.append(b["label"][b["mask"]].cpu())
+                preds.append(logits.detach()[keep].argmax(-1).cpu())
+                labels.append(b["label"][keep].cpu())
+        if not labels:  # every batch was skipped (no labelled utterance anywhere): nothing was learnt
+            raise UserError("training data has no labelled utterance in any batch: check the prepare stage's "
+                            "labels / targets")
         y, pred = torch.cat(labels).numpy(), torch.cat(preds).numpy()
         if self.world_size > 1:  # the epoch's metrics over all ranks' batches
             parts = _gather((sums, n_total, y, pred), self.world_size)
@@ -481,7 +504,8 @@ class Engine:
             self.step_sched = torch.optim.lr_scheduler.LambdaLR(
                 self.opt, lambda k: linear_warmup_factor(k, int(cfg.warmup_steps), total))
         rng = np.random.default_rng(seed)
-        maximize = self.monitor in HIGHER_IS_BETTER
+        monitor = self.monitor  # "loss" from the first epoch whose dev monitor is undefined (see below)
+        maximize = monitor in HIGHER_IS_BETTER
         score = "pearson_r" if self.task == "regression" else "weighted_f1"
         best = {"dev_score": -1.0, "score_name": score, f"dev_{score}": -1.0, "dev_loss": None, "epoch": -1,
                 "state_dict": None}
@@ -493,11 +517,24 @@ class Engine:
             if live is not None:
                 for split, metrics in row.items():
                     for k, v in metrics.items():
-                        live.log_metric(f"{split}/{k}", v)
+                        if defined(v):  # an undefined r is not a point on the curve
+                            live.log_metric(f"{split}/{k}", v)
                 live.next_step()
-            value = row["dev"][self.monitor]
+            if not defined(row["dev"][monitor]):
+                # Pearson r is undefined (fewer than 2 dev rows, or constant predictions/targets): it cannot rank
+                # epochs, and scoring it 0 would. Select on dev loss from here on, the incumbent keeping its loss.
+                log.warning("epoch %d: dev %s is undefined (fewer than 2 dev utterances, or constant predictions or "
+                            "targets): selecting the checkpoint on dev loss from this epoch on", epoch, monitor)
+                monitor, maximize = "loss", False
+                best_value = best["dev_loss"] if best["dev_loss"] is not None else math.inf
+            value = row["dev"][monitor]
             if self.sched is not None:
-                self.sched.step(row["dev"][self.plateau_monitor])
+                plateau = row["dev"][self.plateau_monitor]
+                if defined(plateau):
+                    self.sched.step(plateau)
+                else:
+                    log.warning("epoch %d: dev %s is undefined: the plateau scheduler skips this epoch", epoch,
+                                self.plateau_monitor)
             if value > best_value if maximize else value < best_value:
                 state = {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()}
                 best_value, bad = value, 0
@@ -506,10 +543,11 @@ class Engine:
             else:
                 bad += 1
             if cfg.early_stopping and bad >= cfg.patience:
-                log.info("early stop at epoch %d (best dev %s %.4f at epoch %d)", epoch, self.monitor, best_value,
+                log.info("early stop at epoch %d (best dev %s %.4f at epoch %d)", epoch, monitor, best_value,
                          best["epoch"])
                 break
-        return {**best, "monitor": self.monitor, "epochs_run": len(history), "history": history}
+        # ``monitor``: what selected the returned epoch ("loss" after a fallback); dev_score may then be None
+        return {**best, "monitor": monitor, "epochs_run": len(history), "history": history}
 
 
 __all__ = ["Engine", "EngineConfig", "check_engine_params", "class_weights", "init_distributed", "is_main",

@@ -30,6 +30,12 @@ class MissingFileError(UserError, FileNotFoundError):
     """An input file (checkpoint, teacher, feature table) that is not there: the message says which stage makes it."""
 
 
+class MissingParamError(UserError, KeyError):
+    """A params.yaml section a stage reads is not there (a ``KeyError`` too, for callers that test for one)."""
+
+    __str__ = ValueError.__str__  # KeyError's would quote the message
+
+
 class NonFiniteError(UserError):
     """Training produced a NaN/inf loss or gradient (diverging lr, bad features): stopped instead of going on."""
 
@@ -57,4 +63,5 @@ def _program() -> str:
     return spec.name if spec is not None else os.path.basename(sys.argv[0] or "merc")
 
 
-__all__ = ["EXIT_USER_ERROR", "MissingFileError", "NonFiniteError", "UserError", "debug", "run_main"]
+__all__ = ["EXIT_USER_ERROR", "MissingFileError", "MissingParamError", "NonFiniteError", "UserError", "debug",
+           "run_main"]

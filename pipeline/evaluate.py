@@ -164,12 +164,12 @@ def _evaluate_regression(ckpt, model, data, corpus, utterances, reports, split, 
 
     per_seed, (m, pred, y, keys, run), metrics = _seeds(
         model, runs, data, device, ckpt.get("seed"), score, scalars,
-        lambda run, m: {"dev_pearson_r": float(run["dev_pearson_r"]), "per_target": m["per_target"]})
+        lambda run, m: {"dev_pearson_r": _maybe(run["dev_pearson_r"]), "per_target": m["per_target"]})
     metrics.update(
         task="regression", targets=targets, n=m["n"], per_target=m["per_target"], model=ckpt["model"],
         n_params=sum(p.numel() for p in model.parameters()), split=split, dataset=_dataset(corpus),
         corpus=corpus_info(utterances), modalities="".join(ckpt["modalities"]), selected_seed=int(run["seed"]),
-        selected_epoch=int(run["epoch"]), dev_pearson_r=float(run["dev_pearson_r"]),
+        selected_epoch=int(run["epoch"]), dev_pearson_r=_maybe(run["dev_pearson_r"]),
         seeds={str(r["seed"]): r for r in per_seed},
         present={mod: int(p[corpus.split_rows(split)].sum()) for mod, p in corpus.present.items()},
         items={"skipped_unlabelled": corpus.skipped.get(split, 0),
@@ -192,9 +192,15 @@ def _evaluate_regression(ckpt, model, data, corpus, utterances, reports, split, 
     write_tsne(model, data, [], out, device, point_labels=tertile_names(data, targets[0]))
     if live_plots and Path(live_plots).exists():
         plot_curves(live_plots, out / "curves.png", metrics=("loss", "pearson_r", "ccc", "mae"))
-    log.info("%s %s over %d seed(s): mean Pearson r %.4f ± %.4f, CCC %.4f ± %.4f, MAE %.4f ± %.4f", ckpt["model"],
-             split, len(per_seed), *(metrics[k + s] for k in ("pearson_r", "ccc", "mae") for s in ("", "_std")))
+    log.info("%s %s over %d seed(s): mean Pearson r %s ± %s, CCC %s ± %s, MAE %s ± %s", ckpt["model"], split,
+             len(per_seed), *("undefined" if metrics[k + s] is None else f"{metrics[k + s]:.4f}"
+                              for k in ("pearson_r", "ccc", "mae") for s in ("", "_std")))
     return metrics
+
+
+def _maybe(x) -> float | None:
+    """A stored metric as a float, ``None`` where it is undefined (a null Pearson r)."""
+    return None if x is None or x != x else float(x)
 
 
 def tertile_names(data: list[dict], target: str) -> list[str]:

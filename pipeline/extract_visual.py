@@ -19,7 +19,9 @@
    cannot download it), a local checkpoint path, or ``null`` = random init — logged as a warning and recorded
    as ``weights: random`` in the shards' metadata, because such vectors carry no learned meaning.
 
-No face in any sampled frame → ``status='no_face'``, zero vector; undecodable clip → ``error`` row.
+No face in any sampled frame → ``status='no_face'``, zero vector; undecodable clip → ``error`` row; a file whose
+frames end before the span (or its header's duration: a copy cut short) → ``truncated`` true and a warning, the
+vector made from the frames that exist (as the audio stage flags its cuts).
 Run: ``python -m pipeline.extract_visual`` (reads ``visual`` from params.yaml).
 """
 from __future__ import annotations
@@ -258,6 +260,7 @@ class FaceExtractor(FeatureExtractor):
         pa.field("face_frames", pa.int32()),    # sampled frames where the chosen track is present
         pa.field("frames_sampled", pa.int32()),
         pa.field("face_prob", pa.float32()),    # the chosen track's mean MTCNN confidence
+        pa.field("truncated", pa.bool_()),      # the file's frames end before the span / its header's duration
     ]
 
     def __init__(self, sampling: str = "every_k", every: int = 3, count: int = 8, max_frames: int = 16,
@@ -323,11 +326,17 @@ class FaceExtractor(FeatureExtractor):
             return dict(status="error", error=row["error"] or "no media for this utterance")
         try:
             # only the utterance's span when the row points into a longer recording
+            cover: dict = {}
             frames, _ = decode_frames(row["media_path"], **self.sampling, start_s=row.get("start_s"),
-                                      end_s=row.get("end_s"))
+                                      end_s=row.get("end_s"), coverage=cover)
         except MediaError as e:
             return dict(status="error", error=str(e))
         rec, faces = self.faces_of(frames)
+        rec["truncated"] = bool(cover.get("truncated"))
+        if rec["truncated"]:  # the frames cover only part of the utterance: flagged, as audio flags its cuts
+            log.warning("visual %s#%s: %s's frames end at %.2f s, before %s s: truncated file, features from the "
+                        "part that exists", row["dialogue_id"], row["utterance_id"], Path(row["media_path"]).name,
+                        cover["decoded_end_s"], cover["expected_end_s"])
         if faces is None:
             return dict(rec, status="no_face", error=None)
         vec = self.backbone(faces)

@@ -185,9 +185,34 @@ def _frame_table(path) -> tuple[list[int], list[int]]:
     return pts, keys
 
 
+# A video whose frames end this much (or 3 frames, if more) before its header's duration / the span's end was cut
+# short (a copy stopped half way: a faststart mp4's index still lists every frame, the data stops).
+TRUNCATION_TOLERANCE_S = 0.25
+
+
+def _coverage(container, stream, pts: list[int], lo: float, hi: float, n_wanted: int, n_got: int) -> dict:
+    """How much of ``[lo, hi)`` (or the whole stream) the file's frames actually cover, from the header's promise
+    (stream duration) and the last demuxed frame; ``truncated`` when they fall short or frames failed to decode."""
+    tb = float(stream.time_base)
+    rate = float(stream.average_rate or stream.guessed_rate or 0)
+    frame = 1.0 / rate if rate > 0 else 0.0
+    start = (stream.start_time or 0) * tb
+    if stream.duration:
+        header_end = start + stream.duration * tb
+    elif container.duration is not None:
+        header_end = container.duration / av.time_base
+    else:
+        header_end = None
+    want = hi if header_end is None else min(hi, header_end)
+    got = pts[-1] * tb + frame if pts else start
+    short = math.isfinite(want) and got < want - max(3 * frame, TRUNCATION_TOLERANCE_S)
+    return {"decoded_end_s": round(got, 3), "expected_end_s": round(want, 3) if math.isfinite(want) else None,
+            "truncated": bool(short or n_got < n_wanted)}
+
+
 def decode_frames(path: str | Path, sampling: str = "every_k", every: int = 3, count: int = 8,
                   max_frames: int = 16, start_s: float | None = None,
-                  end_s: float | None = None) -> tuple[list[np.ndarray], list[int]]:
+                  end_s: float | None = None, coverage: dict | None = None) -> tuple[list[np.ndarray], list[int]]:
     """The sampled frames (RGB uint8 ``[H, W, 3]``) and their indices; still images are one-frame clips.
 
     ``start_s``/``end_s`` restrict sampling to the frames shown in ``[start_s, end_s)`` (an utterance in a
@@ -196,8 +221,13 @@ def decode_frames(path: str | Path, sampling: str = "every_k", every: int = 3, c
     Decodes only what is needed: the target frames' timestamps come from a demux pass; when the next
     target lies past a keyframe that is ahead of the decoder, it seeks there instead of decoding through,
     and only kept frames are converted to RGB (the costly part besides decoding).
+
+    ``coverage``, when given, is filled with ``truncated`` (the file's frames end before the span / the
+    header's duration, or sampled frames failed to decode: the frames come from part of the utterance only),
+    ``decoded_end_s`` and ``expected_end_s``.
     """
     pts, keys = _frame_table(path)
+    all_pts = pts
     if start_s is not None or end_s is not None:
         with _open(path) as container:
             tb = float(container.streams.video[0].time_base)
@@ -210,6 +240,9 @@ def decode_frames(path: str | Path, sampling: str = "every_k", every: int = 3, c
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
         frames = _decode_at(container, stream, [pts[i] for i in idx], keys, path)
+        if coverage is not None:
+            coverage.update(_coverage(container, stream, all_pts, start_s if start_s is not None else -np.inf,
+                                      end_s if end_s is not None else np.inf, len(idx), len(frames)))
     if not frames:
         raise MediaError(f"no decodable video frames in {path}")
     return frames, idx[: len(frames)]

@@ -70,13 +70,23 @@ REG_SCALARS = ("pearson_r", "mae", "ccc", "mse")  # means over the targets; per 
 MOSEI_SCALARS = ("acc2_has0", "f1_has0", "acc2_non0", "f1_non0", "acc7", "mae", "corr")
 
 
-def pearson_r(y: np.ndarray, p: np.ndarray) -> float:
-    """Pearson's r of two 1-D arrays; 0 when either is constant (r is undefined there: not in any paper, our
-    choice, so a collapsed model scores 0 instead of NaN)."""
+def pearson_r(y: np.ndarray, p: np.ndarray) -> float | None:
+    """Pearson's r of two 1-D arrays; ``None`` where it is undefined: fewer than 2 rows, or either array constant
+    (zero variance: 0/0). Not 0: an undefined r scored as 0 would rank a collapsed model and drive checkpoint
+    selection. Consumers handle ``None`` explicitly (JSON ``null``; the engine then selects on dev loss)."""
     y, p = np.asarray(y, np.float64), np.asarray(p, np.float64)
+    if len(y) < 2 or not (np.isfinite(y).all() and np.isfinite(p).all()):
+        return None
     dy, dp = y - y.mean(), p - p.mean()
     den = np.sqrt((dy * dy).sum() * (dp * dp).sum())
-    return float((dy * dp).sum() / den) if den > 0 else 0.0
+    if not den > 0:
+        return None
+    return float(np.clip((dy * dp).sum() / den, -1.0, 1.0))
+
+
+def defined(x) -> bool:
+    """True for a metric value that exists: not ``None`` and not NaN."""
+    return x is not None and not (isinstance(x, (float, np.floating)) and np.isnan(x))
 
 
 def ccc(y: np.ndarray, p: np.ndarray) -> float:
@@ -90,14 +100,17 @@ def ccc(y: np.ndarray, p: np.ndarray) -> float:
 
 
 def regression_metrics(y_true, y_pred, targets: list[str]) -> dict:
-    """Per target (``per_target``) and averaged over the targets: Pearson r, MAE, CCC, MSE. ``y`` is ``[N, K]``."""
+    """Per target (``per_target``) and averaged over the targets: Pearson r, MAE, CCC, MSE. ``y`` is ``[N, K]``.
+    ``pearson_r`` is ``None`` where undefined (``pearson_r``), and so is its mean over the targets."""
     y, p = np.asarray(y_true, np.float64).reshape(len(y_true), -1), np.asarray(y_pred, np.float64).reshape(len(y_pred), -1)
     per = {name: {"pearson_r": pearson_r(y[:, k], p[:, k]),
                   "mae": float(np.abs(y[:, k] - p[:, k]).mean()) if len(y) else 0.0,
                   "ccc": ccc(y[:, k], p[:, k]),
                   "mse": float(((y[:, k] - p[:, k]) ** 2).mean()) if len(y) else 0.0}
            for k, name in enumerate(targets)}
-    out = {"n": int(len(y)), **{m: float(np.mean([v[m] for v in per.values()])) for m in REG_SCALARS}}
+    # a mean over the targets is undefined (None) when any target's value is: r of a constant target or output
+    out = {"n": int(len(y)), **{m: float(np.mean([v[m] for v in per.values()]))
+                                if all(defined(v[m]) for v in per.values()) else None for m in REG_SCALARS}}
     out["per_target"] = per
     return out
 
@@ -106,7 +119,8 @@ def mosei_metrics(y_true, y_pred) -> dict:
     """CMU-MOSEI sentiment from regression outputs in [−3, 3], as the literature computes them (MulT's
     ``eval_mosei_senti``): ``acc2_has0``/``f1_has0``: negative (< 0) vs non-negative (≥ 0) over all segments;
     ``acc2_non0``/``f1_non0``: negative vs positive over the segments whose truth is not 0; F1s weighted by
-    support; ``acc7``: both rounded after clipping to [−3, 3]; ``mae``; ``corr`` (Pearson r)."""
+    support; ``acc7``: both rounded after clipping to [−3, 3]; ``mae``; ``corr`` (Pearson r, ``None`` where
+    undefined)."""
     y, p = np.asarray(y_true, np.float64).reshape(-1), np.asarray(y_pred, np.float64).reshape(-1)
     nz = y != 0
     out = {"acc2_has0": float(((y >= 0) == (p >= 0)).mean()) if len(y) else 0.0,
@@ -123,10 +137,13 @@ def confusion(y_true, y_pred, n_classes: int) -> np.ndarray:
     return confusion_matrix(y_true, y_pred, labels=list(range(n_classes)))
 
 
-def mean_std(values) -> tuple[float, float]:
-    """Mean and sample std (ddof=1; 0 for a single value) over seeds, as plain floats.
+def mean_std(values) -> tuple[float | None, float | None]:
+    """Mean and sample std (ddof=1; 0 for a single value) over seeds, as plain floats; ``(None, None)`` when any
+    value is undefined (``None``/NaN: e.g. a seed whose Pearson r is) — a mean over the others would hide it.
 
     The one definition used for every "mean ± std over seeds" in metrics files and report tables.
     """
+    if any(not defined(v) for v in values):
+        return None, None
     a = np.asarray(values, dtype=np.float64)
     return float(a.mean()), float(a.std(ddof=1)) if a.size > 1 else 0.0

@@ -114,7 +114,8 @@ def plot_regression_scatter(y: np.ndarray, pred: np.ndarray, targets: list[str],
         lo, hi = float(min(t.min(), p.min())), float(max(t.max(), p.max()))
         ax.plot([lo, hi], [lo, hi], color="grey", lw=1, ls="--")
         st = (stats or {}).get(name)
-        ax.set_title(name if not st else f"{name}: r {st['pearson_r']:.3f}, CCC {st['ccc']:.3f}, MAE {st['mae']:.3f}",
+        r = "undefined" if not st or st["pearson_r"] is None else f"{st['pearson_r']:.3f}"  # constant y or ŷ
+        ax.set_title(name if not st else f"{name}: r {r}, CCC {st['ccc']:.3f}, MAE {st['mae']:.3f}",
                      fontsize=9)
         ax.set_xlabel("true")
         ax.set_ylabel("predicted")

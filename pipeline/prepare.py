@@ -28,7 +28,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from pipeline.adapters import _probe, features, iemocap, manifest, meld, mosei
+from pipeline.adapters import TARGET_ABS_LIMIT, _probe, features, iemocap, manifest, meld, mosei
 from pipeline.common import atomic_write_table, load_params, setup_logging
 from pipeline.errors import MissingFileError, UserError, run_main
 from pipeline.media import span_error
@@ -102,8 +102,10 @@ def prepare(dataset: str, root: str | Path, out: str | Path, params: dict | None
 
 def check_targets(df: pd.DataFrame, targets: list[str], root) -> None:
     """The regression contract every adapter's rows must meet: with ``targets`` named, ``label`` is null and each
-    row's ``targets`` is None (unlabelled) or one finite number per target; without, ``targets`` is None.
-    Adapters name the offending lines of their own files first; this guards what reaches the table."""
+    row's ``targets`` is None (unlabelled) or one finite number within ±``TARGET_ABS_LIMIT`` (1e6) per target;
+    without, ``targets`` is None. Beyond the bound a value is a data error (1e300 would pass here and overflow the
+    loss in training, blamed on ``train.lr``). Adapters name the offending lines of their own files first; this
+    guards what reaches the table."""
     if not targets:
         if df.targets.notna().any():
             raise ValueError("adapter returned targets values without naming its targets")
@@ -118,12 +120,12 @@ def check_targets(df: pd.DataFrame, targets: list[str], root) -> None:
             arr = np.asarray(v, dtype=np.float64)
         except (TypeError, ValueError):
             arr = np.array([np.nan])
-        if arr.shape != (len(targets),) or not np.isfinite(arr).all():
+        if arr.shape != (len(targets),) or not np.isfinite(arr).all() or (np.abs(arr) > TARGET_ABS_LIMIT).any():
             bad.append(key)
     if bad:
         raise UserError(f"prepare.root {root}: {len(bad)} utterance(s) have target values that are not "
-                        f"{len(targets)} finite number(s) ({', '.join(targets)}), e.g. {bad[:5]}: fix them or "
-                        "leave the row unlabelled")
+                        f"{len(targets)} finite number(s) within ±{TARGET_ABS_LIMIT:g} ({', '.join(targets)}), "
+                        f"e.g. {bad[:5]}: fix them or leave the row unlabelled")
     df["targets"] = [None if v is None else [float(x) for x in v] for v in df.targets]
 
 

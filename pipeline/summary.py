@@ -53,6 +53,13 @@ def _items(m: dict) -> str:
     return out
 
 
+def _num(x) -> str:
+    """A metric for the summary; ``undefined`` for a null one (Pearson r of constant predictions)."""
+    if x is None:
+        return "undefined"
+    return f"{float(x):.4f}"
+
+
 def summarize(reports: str | Path = "reports", params_file: str | Path = "params.yaml") -> str:
     """The summary text of ``<reports>/metrics.json``."""
     reports = Path(reports)
@@ -63,7 +70,7 @@ def summarize(reports: str | Path = "reports", params_file: str | Path = "params
         m = json.loads(path.read_text())
         n_seeds = len(m.get("seeds") or {}) or 1
         regression = m.get("task") == "regression"
-        scores = " · ".join(f"{label} {m[k]:.4f}" + (f" ± {m.get(k + '_std', 0.0):.4f}" if n_seeds > 1 else "")
+        scores = " · ".join(f"{label} {_num(m[k])}" + (f" ± {_num(m.get(k + '_std', 0.0))}" if n_seeds > 1 else "")
                             for k, label in (REG_SUMMARY if regression else SUMMARY))
         if regression:
             scores += f" (targets: {', '.join(m.get('targets') or [])})"
@@ -81,7 +88,7 @@ def summarize(reports: str | Path = "reports", params_file: str | Path = "params
         dev = ("mean Pearson r", m.get("dev_pearson_r", float("nan"))) if regression else \
             ("weighted F1", m.get("dev_weighted_f1", float("nan")))
         lines.append(f"selected on dev: seed {m['selected_seed']}, epoch {m.get('selected_epoch', '?')} "
-                     f"(dev {dev[0]} {dev[1]:.4f})")
+                     f"(dev {dev[0]} {_num(dev[1])})")
     lines.append(f"items: {_items(m)}")
     for k, group in enumerate(FILES):
         if k == (0 if regression else 1):  # the other task's figure is a one-line placeholder

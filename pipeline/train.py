@@ -88,15 +88,18 @@ def train(params: dict, utterances: str, out: str, live_dir: str, feature_dirs: 
             res = Engine(model, ecfg, device, weight, labels, targets).fit(
                 train_d, dev_d, seed=seed, live=live if k == 0 else None, desc=f"train {name} seed {seed}")
             runs.append({"seed": seed, **res})
-            log.info("seed %d: best dev %s %.4f at epoch %d", seed, score, res["dev_score"], res["epoch"])
+            log.info("seed %d: best dev %s %s at epoch %d (selected on dev %s)", seed, score,
+                     "undefined" if res["dev_score"] is None else f"{res['dev_score']:.4f}", res["epoch"],
+                     res["monitor"])
         dev_mean, dev_std = mean_std([r["dev_score"] for r in runs])
         if main:
             live.log_param("n_params", n_params)
             live.summary["best"] = {f"dev_{score}": runs[0]["dev_score"], "epoch": runs[0]["epoch"]}
             live.summary["seeds"] = {"n": len(seeds), f"dev_{score}_mean": dev_mean, f"dev_{score}_std": dev_std}
     # the seed whose best epoch scores best on the dev monitor (earliest seed on ties)
-    best = min(runs, key=lambda r: r["dev_loss"]) if ecfg.monitor == "loss" else \
-        max(runs, key=lambda r: r["dev_score"])
+    # (on dev loss when any seed's dev score is undefined — a null Pearson r cannot rank seeds)
+    best = min(runs, key=lambda r: r["dev_loss"]) if ecfg.monitor == "loss" or \
+        any(r["dev_score"] is None for r in runs) else max(runs, key=lambda r: r["dev_score"])
     result = {f"best_dev_{score}": best["dev_score"], "best_epoch": best["epoch"], "seed": best["seed"],
               f"dev_{score}_mean": dev_mean, f"dev_{score}_std": dev_std, "score_name": score,
               "best_dev_score": best["dev_score"], "dev_score_mean": dev_mean, "dev_score_std": dev_std}

@@ -18,12 +18,15 @@ def tones(segments: list[tuple[float, float]], sr: int) -> np.ndarray:
 
 
 def write_clip(path: Path, segments: list[tuple[float, float]], sr: int = 16000, video: bool = True,
-               audio_codec: str | None = None) -> Path:
-    """A clip (mp4/avi by suffix) with a 32×32 black 10 fps video track and the ``tones`` audio track."""
+               audio_codec: str | None = None, faststart: bool = False) -> Path:
+    """A clip (mp4/avi by suffix) with a 32×32 black 10 fps video track and the ``tones`` audio track.
+
+    ``faststart``: the mp4 index (moov) before the data, as streaming encoders write it — a copy cut short then
+    still opens and lists every frame."""
     path.parent.mkdir(parents=True, exist_ok=True)
     x = tones(segments, sr)
     codec = audio_codec or ("aac" if path.suffix == ".mp4" else "pcm_s16le")
-    with av.open(str(path), "w") as c:
+    with av.open(str(path), "w", options={"movflags": "faststart"} if faststart else {}) as c:
         if video:  # all streams must exist before the first packet is muxed
             v = c.add_stream("mpeg4", rate=10)
             v.width = v.height = 32

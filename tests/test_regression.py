@@ -30,7 +30,7 @@ def test_regression_metrics_by_hand():
                                                   "mse": 0.75}, rel=1e-5)
     assert m["per_target"]["b"] == pytest.approx({"pearson_r": 1.0, "mae": 0.0, "ccc": 1.0, "mse": 0.0})
     assert m["pearson_r"] == pytest.approx((0.946729 + 1) / 2, rel=1e-5) and m["mae"] == pytest.approx(0.375)
-    assert pearson_r(y, np.ones(4)) == 0.0  # constant prediction: r undefined → 0
+    assert pearson_r(y, np.ones(4)) is None  # constant prediction: r undefined → null (issue #28)
     assert float(ccc_loss(torch.tensor(p)[:, None], torch.tensor(y)[:, None])) == pytest.approx(1 - 2.75 / 3.5)
 
 

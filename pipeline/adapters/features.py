@@ -30,7 +30,7 @@ import pandas as pd
 
 from pipeline.adapters import Prepared, rel_path
 from pipeline.common import file_digest
-from pipeline.feature_pickles import MODALITY_KEYS, FeaturePickleError, normalise
+from pipeline.feature_pickles import CONTENT_ERRORS, MODALITY_KEYS, FeaturePickleError, normalise, per_dialogue
 from pipeline.safe_pickle import safe_load
 from pipeline.schema import EMOTIONS, SPLITS
 
@@ -43,16 +43,36 @@ DEFAULT_LABELS = {6: IEMOCAP6, 7: list(EMOTIONS)}
 
 def _speaker(s) -> str:
     if isinstance(s, (str, bytes)):
-        return s.decode() if isinstance(s, bytes) else s
-    arr = np.asarray(s)
-    return f"speaker{int(arr.argmax())}" if arr.ndim == 1 and arr.size > 1 else f"speaker{int(arr)}"
+        return s.decode("utf-8", "replace") if isinstance(s, bytes) else s
+    arr = np.asarray(s, dtype=np.float64)  # a one-hot vector (MELD) or a speaker index
+    if arr.ndim == 1 and arr.size > 1:
+        return f"speaker{int(arr.argmax())}"
+    if arr.size != 1 or not np.isfinite(arr).all():
+        raise ValueError(f"speaker {s!r} is neither a name, an index nor a one-hot vector")
+    return f"speaker{int(arr.reshape(-1)[0])}"
+
+
+def _labels(value) -> np.ndarray:
+    """A dialogue's labels as class indices; non-integer, negative or non-finite values are refused (a ``-1``
+    would silently pick the last class name)."""
+    arr = np.asarray(value).reshape(-1)
+    if arr.dtype.kind not in "iub" and not (arr.dtype.kind == "f" and np.isfinite(arr).all()
+                                             and (arr == np.round(arr)).all()):
+        raise ValueError(f"labels {arr[:5].tolist()} are not class indices (whole numbers)")
+    arr = arr.astype(np.int64)
+    if (arr < 0).any():
+        raise ValueError(f"labels {arr[arr < 0][:5].tolist()} are negative: class indices start at 0")
+    return arr
 
 
 def load(root: str | Path, params: dict, adapter: str = "features") -> Prepared:
     path = Path(root)
     if not path.is_file():
         raise FeaturePickleError(f"prepare.root={root}: no such file (point it at the feature .pkl)")
-    data = normalise(safe_load(path), params.get("features_format") or "auto", params.get("features_label_key"))
+    try:
+        data = normalise(safe_load(path), params.get("features_format") or "auto", params.get("features_label_key"))
+    except FeaturePickleError as e:
+        raise FeaturePickleError(f"{path}: {e}") from None
     splits = {"test": data["test"]}
     if data["dev"] is not None:
         splits.update(train=data["train"], dev=data["dev"])
@@ -66,29 +86,12 @@ def load(root: str | Path, params: dict, adapter: str = "features") -> Prepared:
     rows, dims, classes = [], {}, set()
     for split in SPLITS:
         for vid in splits[split]:
-            labels = np.asarray(data["label"][vid]).reshape(-1)
-            n = len(labels)
-            for m in MODALITY_KEYS:
-                if data[m] is not None:
-                    vecs = np.asarray(data[m][vid], dtype=np.float32)
-                    if vecs.ndim != 2 or len(vecs) != n:
-                        raise FeaturePickleError(f"{path}: dialogue {vid}: {MODALITY_KEYS[m]} vectors have shape "
-                                                 f"{vecs.shape}, expected ({n}, dim)")
-                    if dims.setdefault(m, vecs.shape[1]) != vecs.shape[1]:
-                        raise FeaturePickleError(f"{path}: dialogue {vid}: {MODALITY_KEYS[m]} width {vecs.shape[1]} "
-                                                 f"differs from {dims[m]}")
-            speakers = data["speaker"][vid] if data["speaker"] is not None else ["speaker0"] * n
-            sentences = data["sentence"][vid] if data["sentence"] is not None else [""] * n
-            if len(speakers) != n or len(sentences) != n:
-                raise FeaturePickleError(f"{path}: dialogue {vid}: {n} labels but {len(speakers)} speakers and "
-                                         f"{len(sentences)} sentences")
-            for i in range(n):
-                classes.add(int(labels[i]))
-                rows.append(dict(dialogue_id=str(vid), utterance_id=i, speaker=_speaker(speakers[i]),
-                                 text=str(sentences[i]), label=int(labels[i]), split=split, media_path=None,
-                                 start_s=None, end_s=None, audio_path=None, annot_duration_s=None,
-                                 media_duration_s=None, status="ok", error=None,
-                                 source=f"adapter={adapter} file={path.name}"))
+            try:
+                rows += _dialogue_rows(data, vid, split, dims, classes, path, adapter)
+            except FeaturePickleError:
+                raise
+            except CONTENT_ERRORS as e:  # a value of the wrong kind: name the dialogue, not a traceback
+                raise FeaturePickleError(f"{path}: dialogue {vid!r}: {type(e).__name__}: {str(e)[:200]}") from None
     n_classes = max(classes) + 1 if classes else 0
     names = [str(x) for x in params["labels"]] if params.get("labels") else DEFAULT_LABELS.get(n_classes)
     if names is None or len(names) < n_classes:
@@ -100,6 +103,35 @@ def load(root: str | Path, params: dict, adapter: str = "features") -> Prepared:
     counts.update(features_sha256=file_digest(path), features_dims=dims, features_file=rel_path(path))
     log.info("features %s: %d dialogues, %d utterances, widths %s", path, df.dialogue_id.nunique(), len(df), dims)
     return Prepared(df, names, counts)
+
+
+def _dialogue_rows(data: dict, vid, split: str, dims: dict, classes: set, path: Path, adapter: str) -> list[dict]:
+    """One dialogue's utterance rows, its vectors' shapes checked against its labels and the other dialogues."""
+    labels = _labels(per_dialogue(data, "label", vid, path))
+    n = len(labels)
+    for m in MODALITY_KEYS:
+        if data[m] is not None:
+            vecs = np.asarray(per_dialogue(data, m, vid, path), dtype=np.float32)
+            if vecs.ndim != 2 or len(vecs) != n:
+                raise FeaturePickleError(f"{path}: dialogue {vid}: {MODALITY_KEYS[m]} vectors have shape "
+                                         f"{vecs.shape}, expected ({n}, dim)")
+            if dims.setdefault(m, vecs.shape[1]) != vecs.shape[1]:
+                raise FeaturePickleError(f"{path}: dialogue {vid}: {MODALITY_KEYS[m]} width {vecs.shape[1]} "
+                                         f"differs from {dims[m]}")
+    speakers = per_dialogue(data, "speaker", vid, path) if data["speaker"] is not None else ["speaker0"] * n
+    sentences = per_dialogue(data, "sentence", vid, path) if data["sentence"] is not None else [""] * n
+    if len(speakers) != n or len(sentences) != n:
+        raise FeaturePickleError(f"{path}: dialogue {vid}: {n} labels but {len(speakers)} speakers and "
+                                 f"{len(sentences)} sentences")
+    rows = []
+    for i in range(n):
+        classes.add(int(labels[i]))
+        text = sentences[i].decode("utf-8", "replace") if isinstance(sentences[i], bytes) else str(sentences[i])
+        rows.append(dict(dialogue_id=str(vid), utterance_id=i, speaker=_speaker(speakers[i]), text=text,
+                         label=int(labels[i]), split=split, media_path=None, start_s=None, end_s=None,
+                         audio_path=None, annot_duration_s=None, media_duration_s=None, status="ok", error=None,
+                         source=f"adapter={adapter} file={path.name}"))
+    return rows
 
 
 def synthetic(n_dialogues: int = 48, dims: tuple[int, int, int] = (10, 6, 4), n_classes: int = 6, seed: int = 0):

@@ -6,7 +6,9 @@ column the corpus is text-only; an empty ``media_path`` is a text-only row (stat
 visual stages give it ``absent``), a wav is an audio-only one. Without ``dialogue_id`` every row is its own
 dialogue (``utterance_id`` names it); with it, ``utterance_id`` is the integer position in the dialogue.
 Relative paths are relative to the manifest's folder. The label set is ``prepare.labels`` or, when null,
-the sorted unique labels. Structural faults (missing columns, duplicate keys, unknown splits or labels; an
+the sorted unique labels. Labels, splits, speakers and ids are stripped of surrounding whitespace (``"joy "`` is
+``joy``); labels differing only in case (``Joy``/``joy``) stay distinct classes but are warned about.
+Structural faults (missing columns, duplicate keys, unknown splits or labels; an
 empty, header-only or non-UTF-8 file) raise a one-line ``UserError`` naming the file or rows; bad media or
 times become row statuses.
 
@@ -25,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from pipeline.adapters import Prepared, probe, rel_path
+from pipeline.adapters import TARGET_ABS_LIMIT, Prepared, probe, rel_path, utf8_fault
 from pipeline.errors import UserError
 from pipeline.media import span_error
 from pipeline.schema import SPLITS
@@ -48,9 +50,8 @@ def _read(path: Path) -> pd.DataFrame:
     except pd.errors.EmptyDataError:
         raise UserError(f"manifest {path} is empty: write a header line ({HEADER}) and one row per utterance "
                         "(see README, manifest)") from None
-    except UnicodeDecodeError as e:
-        raise UserError(f"manifest {path} is not UTF-8 text (byte {e.object[e.start:e.start + 1]!r} at offset "
-                        f"{e.start}): save it as UTF-8") from None
+    except UnicodeDecodeError:
+        raise UserError(f"manifest {path} is not UTF-8 text ({utf8_fault(path)}): save it as UTF-8") from None
     except (OSError, ValueError) as e:
         raise UserError(f"manifest {path} cannot be read as {'Parquet' if path.suffix.lower() == '.parquet' else 'CSV'}"
                         f" ({type(e).__name__}: {e}): give a .csv (UTF-8) or .parquet file") from None
@@ -68,14 +69,15 @@ def _rows(df: pd.DataFrame, mask: pd.Series, n: int = 5) -> list[int]:
 
 
 def _number(v) -> float | None:
-    """A target cell as a float; None when it is not one finite number (text, nan, inf, a boolean)."""
+    """A target cell as a float; None when it is not one finite number within ±``TARGET_ABS_LIMIT`` (text, nan,
+    inf, 1e300, a boolean)."""
     if isinstance(v, (bool, np.bool_)):
         return None
     try:
         x = float(v.strip()) if isinstance(v, str) else float(v)
     except (TypeError, ValueError):
         return None
-    return x if np.isfinite(x) else None
+    return x if np.isfinite(x) and abs(x) <= TARGET_ABS_LIMIT else None
 
 
 def _targets(df: pd.DataFrame, names: list[str], path: Path) -> list[list[float] | None]:
@@ -97,8 +99,8 @@ def _targets(df: pd.DataFrame, names: list[str], path: Path) -> list[list[float]
             shown = [str(v) for v in df.loc[bad, c][:3]]
             faults.append(f"column {c!r} on lines {_rows(df, bad)} (got {shown})")
     if faults:
-        raise UserError(f"manifest {path}: target values that are not finite numbers in {'; '.join(faults)}: write "
-                        "numbers, or leave every target cell of an unlabelled row empty")
+        raise UserError(f"manifest {path}: target values that are not finite numbers within ±{TARGET_ABS_LIMIT:g} in "
+                        f"{'; '.join(faults)}: write numbers, or leave every target cell of an unlabelled row empty")
     filled = pd.DataFrame({c: df[c].notna() for c in names})
     half = filled.any(axis=1) & ~filled.all(axis=1)
     if half.any():
@@ -112,6 +114,9 @@ def _targets(df: pd.DataFrame, names: list[str], path: Path) -> list[list[float]
 def load(root: str | Path, params: dict, adapter: str = "manifest") -> Prepared:
     path = Path(root)
     df = _read(path)
+    for c in ("label", "split", "speaker", "dialogue_id", "utterance_id"):  # "joy " is joy, " train" is train
+        if c in df.columns:
+            df[c] = pd.Series([v.strip() if isinstance(v, str) else v for v in df[c]], index=df.index, dtype=object)
     names = list(params.get("targets") or [])
     required = [c for c in REQUIRED if not (names and c == "label")]  # regression: the label column is optional
     missing = [c for c in required if c not in df.columns]
@@ -156,7 +161,18 @@ def load(root: str | Path, params: dict, adapter: str = "manifest") -> Prepared:
     labels = [str(x) for x in params["labels"]] if params.get("labels") and not names else present
     unknown = sorted(set(present) - set(labels))
     if unknown:
-        raise UserError(f"manifest {path}: labels {unknown} are not in prepare.labels {labels}")
+        lines = _rows(df, df.label.astype(str).isin(unknown) & df.label.notna(), 10)
+        near = {u: x for u in unknown for x in labels if u.lower() == x.lower()}
+        raise UserError(f"manifest {path}: labels {unknown} are not in prepare.labels {labels} (lines {lines})"
+                        + (f"; case differs: {near}" if near else ""))
+    folded: dict[str, list[str]] = {}
+    for x in present:
+        folded.setdefault(x.lower(), []).append(x)
+    for variants in folded.values():
+        if len(variants) > 1:
+            lines = {v: _rows(df, df.label == v, 5) for v in variants}
+            log.warning("manifest %s: labels %s differ only in case and are %d separate classes (lines %s); write "
+                        "them the same way if they are one emotion", path, variants, len(variants), lines)
     unparsable = pd.Series(False, index=df.index)
     for c in ("start_s", "end_s"):
         num = pd.to_numeric(df[c], errors="coerce")

@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from pipeline.adapters import Prepared, probe, rel_path
+from pipeline.adapters import Prepared, csv_lines, probe, read_csv, rel_path
+from pipeline.errors import UserError
 from pipeline.schema import EMOTIONS
 
 log = logging.getLogger("merc.prepare.meld")
@@ -53,23 +54,40 @@ def _scan(clip_dir: Path, annotated: set[tuple[int, int]], split: str, counts: d
                     split, len(odd), odd[:3], len(extra), extra[:3])
 
 
+def _check_rows(df: pd.DataFrame, csv_path: Path, label_col: str, labels) -> None:
+    """Ids must be whole numbers and labels one of the set (case and surrounding blanks aside): a typo'd
+    emotion must not turn its utterance silently unlabelled."""
+    for col in ("Dialogue_ID", "Utterance_ID"):
+        num = pd.to_numeric(df[col], errors="coerce")
+        bad = num.isna() | (num != num.round()) | (num < 0)
+        if bad.any():
+            raise UserError(f"{csv_path}: {col} is not a whole number on lines {csv_lines(bad)} (got "
+                            f"{df.loc[bad, col].astype(str).tolist()[:3]})")
+    norm = df[label_col].astype(str).str.strip().str.lower()
+    bad = df[label_col].notna() & ~norm.isin(list(labels))
+    if bad.any():
+        raise UserError(f"{csv_path}: {label_col} values {sorted(set(df.loc[bad, label_col].astype(str)))[:5]} on "
+                        f"lines {csv_lines(bad)} are not in {list(labels)}")
+
+
 def load(root: str | Path, params: dict, adapter: str = "meld") -> Prepared:
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"MELD root {root} does not exist: set prepare.root in params.yaml")
     target = params["target"]
     if target not in TARGETS:
-        raise ValueError(f"prepare.target={target!r}; use one of {sorted(TARGETS)}")
+        raise UserError(f"prepare.target={target!r}; use one of {sorted(TARGETS)}")
     label_col, labels = TARGETS[target]
     frames, counts = [], {}
     for split, (csv_name, folder) in SPLITS.items():
         csv_path = root / csv_name
         if not csv_path.exists():
             raise FileNotFoundError(f"{csv_path} is missing: a MELD root holds {[c for c, _ in SPLITS.values()]}")
-        df = pd.read_csv(csv_path, encoding="utf-8")
+        df = read_csv(csv_path, "MELD CSV", ", ".join(COLUMNS + [label_col]))
         lacking = [c for c in COLUMNS + [label_col] if c not in df.columns]
         if lacking:
-            raise ValueError(f"{csv_path} lacks MELD columns {lacking}")
+            raise UserError(f"{csv_path} lacks MELD columns {lacking}")
+        _check_rows(df, csv_path, label_col, labels)
         clip_dir = root / folder
         has_clips = clip_dir.is_dir()
         if has_clips:
@@ -121,7 +139,7 @@ def check_counts(counts: dict, mode: str) -> None:
     if mode == "off":
         return
     if mode not in ("warn", "strict"):
-        raise ValueError(f"prepare.check_counts={mode!r}; use warn | strict | off")
+        raise UserError(f"prepare.check_counts={mode!r}; use warn | strict | off")
     diff = [f"{s} {counts[f'{s}_utterances']} utterances / {counts[f'{s}_dialogues']} dialogues "
             f"(official {n} / {d})" for s, (n, d) in OFFICIAL.items()
             if (counts[f"{s}_utterances"], counts[f"{s}_dialogues"]) != (n, d)]
@@ -129,7 +147,7 @@ def check_counts(counts: dict, mode: str) -> None:
         msg = ("MELD split sizes differ from the official release: " + "; ".join(diff)
                + ". Check prepare.root; for a deliberate subset set prepare.check_counts: off")
         if mode == "strict":
-            raise ValueError(msg)
+            raise UserError(msg)
         log.warning(msg)
     else:
         log.info("MELD split sizes match the official release")

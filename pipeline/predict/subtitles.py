@@ -59,16 +59,41 @@ def _vtt_seconds(stamp: str) -> float:
     return sum(p * 60 ** k for k, p in enumerate(reversed(parts)))
 
 
-def parse_srt(text: str) -> list[Cue]:
+def _line_at(text: str, offset: int) -> int:
+    """1-based line number of character ``offset`` in ``text``, skipping the blank lines that start there."""
+    while offset < len(text) and text[offset] in "\r\n":
+        offset += 1
+    return text.count("\n", 0, offset) + 1
+
+
+def parse_srt(text: str, path: str | Path = "subtitles") -> list[Cue]:
+    """Cues of an SRT text. A block without an index and ``start --> end`` line (a stray or malformed line) is
+    not glued onto the cue before it (the ``srt`` parser's reading: a cue's text runs on over blank lines): it is
+    left out with a warning naming its line. A malformed timing line stops with one line naming it."""
     import srt
 
     try:
         subs = list(srt.parse(text))
     except srt.SRTParseError as e:
-        raise SubtitleError(f"not a valid SRT file: {str(e).splitlines()[0]}") from e
-    cues = []
+        start = getattr(e, "expected_start", None)
+        where = f" at line {_line_at(text, start)}" if isinstance(start, int) else ""
+        raise SubtitleError(f"{path}: not a valid SRT file{where}: {str(e).splitlines()[0][:200]} (each cue is an "
+                            "index line, a 'HH:MM:SS,mmm --> HH:MM:SS,mmm' line and its text)") from e
+    cues, cursor = [], 0
     for s in subs:
-        speaker, body = split_speaker(clean(s.content))
+        # a blank line ends a cue's text in SRT: whatever the parser kept after one is a block with no header
+        first, *stray = re.split(r"\n[ \t]*\r?\n", s.content)
+        head = text.find(first.split("\n", 1)[0], cursor) if first else -1
+        cursor = head if head >= 0 else cursor
+        for block in stray:
+            if not block.strip():
+                continue
+            at = text.find(block.split("\n", 1)[0], cursor)
+            cursor = at if at >= 0 else cursor
+            log.warning("%s line %s: %r is not a subtitle cue (no index and 'start --> end' line before it): "
+                        "ignored, not appended to the cue before it", path, _line_at(text, at) if at >= 0 else "?",
+                        block.strip()[:80])
+        speaker, body = split_speaker(clean(first))
         cues.append(Cue(s.start.total_seconds(), s.end.total_seconds(), body, speaker))
     return cues
 
@@ -96,7 +121,7 @@ def read_subtitles(path: str | Path) -> list[Cue]:
     if kind not in (".srt", ".vtt"):
         raise SubtitleError(f"{path}: subtitles must be .srt or .vtt, not {kind or 'no extension'!r}")
     text, _ = read_text(path)
-    cues = (parse_srt if kind == ".srt" else parse_vtt)(text)
+    cues = parse_srt(text, path) if kind == ".srt" else parse_vtt(text)
     if not cues:
         raise SubtitleError(f"{path} holds no subtitle cues")
     return sorted(cues, key=lambda c: c.start_s)

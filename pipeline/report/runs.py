@@ -292,6 +292,11 @@ def runs_from_exp_show(data: list, include_workspace: bool = False) -> list[Run]
         rev = entry.get("rev") or d.get("rev") or ""
         if entry.get("error") or not metrics or not params or rev in seen:
             return
+        why = corrupt(metrics, params)
+        if why:  # one bad experiment must not sink the report: name it and go on
+            log.warning("report: skipped experiment %s (%s): %s", entry.get("name") or d.get("name") or fallback_name,
+                        rev[:12], why)
+            return
         if rev == "workspace" and not include_workspace:
             return
         seen.add(rev)
@@ -299,18 +304,55 @@ def runs_from_exp_show(data: list, include_workspace: bool = False) -> list[Run]
                         (files.get(DEV_METRICS_FILE) or {}).get("data"),
                         (files.get(TEACHER_METRICS_FILE) or {}).get("data")))
 
+    if not isinstance(data, list):
+        raise ReportError(f"`dvc exp show --json` output must be a list of baselines, got {type(data).__name__}")
     for baseline in data:
-        add(baseline, (baseline.get("name") or baseline.get("rev", ""))[:12])
+        if not isinstance(baseline, dict):
+            log.warning("report: skipped a `dvc exp show` entry that is a %s, not an object", type(baseline).__name__)
+            continue
+        add(baseline, str(baseline.get("name") or baseline.get("rev", ""))[:12])
         for exp in baseline.get("experiments") or []:
-            for r in exp.get("revs") or []:
-                add(r, r.get("rev", "")[:7])
+            for r in (exp.get("revs") or []) if isinstance(exp, dict) else []:
+                if isinstance(r, dict):
+                    add(r, str(r.get("rev", ""))[:7])
     return runs
+
+
+# top-level metrics.json keys that are numbers (or null: an undefined Pearson r) when evaluate wrote them
+NUMERIC = ("n", "n_params", "accuracy", "weighted_f1", "macro_f1", "dev_weighted_f1", "dev_pearson_r", "pearson_r",
+           "mae", "ccc", "mse", "corr", "acc2_has0", "f1_has0", "acc2_non0", "f1_non0", "acc7")
+
+
+def corrupt(metrics, params) -> str | None:
+    """Why an experiment's metrics/params cannot be reported (a hand-edited or damaged metrics.json), or None."""
+    if not isinstance(metrics, dict) or not isinstance(params, dict):
+        return f"metrics/params are a {type(metrics).__name__}/{type(params).__name__}, not objects"
+    number = lambda v: v is None or (isinstance(v, (int, float)) and not isinstance(v, bool))  # noqa: E731
+    bad = [k for k in NUMERIC if k in metrics and not number(metrics[k])]
+    bad += [k for k in metrics if k.endswith("_std") and not number(metrics[k])]
+    if bad:
+        return f"{METRICS_FILE} values {sorted(set(bad))} are not numbers (e.g. {metrics[bad[0]]!r:.60})"
+    for key in ("seeds", "per_class", "corpus", "per_target"):
+        if key in metrics and not isinstance(metrics[key], dict):
+            return f"{METRICS_FILE} {key} is a {type(metrics[key]).__name__}, not an object"
+    for seed, m in (metrics.get("seeds") or {}).items():
+        if not isinstance(m, dict) or any(k in m and not number(m[k]) for k in NUMERIC):
+            return f"{METRICS_FILE} seeds.{seed} holds values that are not numbers"
+    if not all(isinstance(v, dict) for v in (metrics.get("per_class") or {}).values()):
+        return f"{METRICS_FILE} per_class entries are not objects"
+    return None
 
 
 def load_exp_show(path: str | None = None) -> list:
     """``dvc exp show --json --all-branches``; on a detached HEAD (not a branch tip) also HEAD's experiments."""
     if path:
-        return json.loads(Path(path).read_text())
+        try:
+            return json.loads(Path(path).read_text(encoding="utf-8"))
+        except OSError as e:
+            raise ReportError(f"--exp-json {path}: cannot read it ({e.strerror or e})") from None
+        except (ValueError, UnicodeDecodeError) as e:  # JSONDecodeError is a ValueError
+            raise ReportError(f"--exp-json {path} is not JSON ({' '.join(str(e).split())[:160]}): save the output "
+                              "of `dvc exp show --json` there") from None
     calls = [["dvc", "exp", "show", "--json", "--all-branches"]]
     if subprocess.run(["git", "symbolic-ref", "-q", "HEAD"], capture_output=True).returncode != 0:
         calls.append(["dvc", "exp", "show", "--json"])
@@ -397,6 +439,8 @@ def fmt(values: np.ndarray, scale: float = 1.0, digits: int = 4) -> str:
     values = np.asarray(values, dtype=float) * scale
     if values.size == 0:
         return "–"
+    if np.isnan(values).any():  # an undefined value (a null Pearson r) in any seed: the mean is undefined too
+        return "n/a"
     if values.size == 1:
         return f"{values[0]:.{digits}f}"
     mean, std = mean_std(values)
