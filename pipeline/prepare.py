@@ -51,6 +51,8 @@ DEFAULTS = dict(
     seed=0,                 # iemocap: seed of that draw
     labels=None,            # manifest: the label set (None: sorted unique labels); features: class names in index order
     targets=None,           # manifest: regression target columns, e.g. [valence, arousal] (None: classification)
+    label_map=None,         # manifest: {label: new label | null}; null drops those rows (IEMOCAP 4-class from the
+                            # 6-class transcripts: {excited: happy, frustrated: null})
     features_format="auto",  # features: auto | dialoguernn | ada2i (pipeline/adapters/features.py)
     features_label_key=None,  # features: which label set of a pickle that has several (Ada2I's MOSEI: 2class | 7class)
 )

@@ -111,6 +111,28 @@ def _targets(df: pd.DataFrame, names: list[str], path: Path) -> list[list[float]
     return [row.tolist() if ok else None for row, ok in zip(arr, full)]
 
 
+def _map_labels(df: pd.DataFrame, label_map, path: Path) -> tuple[pd.DataFrame, dict]:
+    """Apply ``prepare.label_map`` ({label: new label | None}): renamed labels merge classes, None drops the rows
+    (counted as ``dropped_<label>``); positions in each dialogue are renumbered so they stay 0..n-1, as the IEMOCAP
+    adapter's 4-class protocol does with the codes it drops."""
+    if not label_map:
+        return df, {}
+    if not isinstance(label_map, dict) or not all(isinstance(k, str) and (v is None or isinstance(v, str))
+                                                  for k, v in label_map.items()):
+        raise UserError(f"prepare.label_map must map label names to a label name or null, e.g. "
+                        f"{{excited: happy, frustrated: null}}; got {label_map!r}")
+    unknown = sorted(set(label_map) - set(df.label.dropna().astype(str)))
+    if unknown:
+        raise UserError(f"prepare.label_map names labels {unknown} that manifest {path} does not have")
+    drop = df.label.isin([k for k, v in label_map.items() if v is None])
+    dropped = {f"dropped_{k}": int((df.label == k).sum()) for k, v in sorted(label_map.items()) if v is None}
+    df = df[~drop].copy()
+    df["label"] = [label_map.get(x, x) if x is not None else None for x in df.label]
+    # rows keep their index, so errors below still name manifest lines
+    df["utterance_id"] = (df.groupby("dialogue_id").utterance_id.rank(method="first") - 1).astype(int)
+    return df, dropped
+
+
 def load(root: str | Path, params: dict, adapter: str = "manifest") -> Prepared:
     path = Path(root)
     df = _read(path)
@@ -149,6 +171,7 @@ def load(root: str | Path, params: dict, adapter: str = "manifest") -> Prepared:
                              f"given; lines {_rows(df, bad)}")
         df["utterance_id"] = ids.astype(int)
     df["dialogue_id"] = df.dialogue_id.astype(str)
+    df, dropped = _map_labels(df, params.get("label_map"), path)
     bad = ~df.split.isin(SPLITS)
     if bad.any():
         raise UserError(f"manifest {path}: unknown splits {sorted(set(map(str, df.split[bad])))} on lines "
@@ -202,6 +225,7 @@ def load(root: str | Path, params: dict, adapter: str = "manifest") -> Prepared:
     res = pd.DataFrame(out)
     counts = {f"{s}_utterances": int((res.split == s).sum()) for s in SPLITS}
     counts.update({f"status_{k}": int(v) for k, v in res.status.value_counts().items() if k != "ok"})
+    counts.update(dropped)
     if names:
         counts["unlabelled_utterances"] = int(res.targets.isna().sum())
     log.info("manifest %s: %d utterances, %s %s, %s", path, len(res), "targets" if names else "labels",
