@@ -5,7 +5,8 @@ Reads only the model bundle (default ``data/model/bundle``, written by the ``tra
 faster-whisper transcribes the audio (``--asr-model``: a CTranslate2 Whisper directory; default: the packaged
 tiny.en). Speakers come from ``NAME:`` prefixes or WebVTT voice tags, else from diarization (``--speakers N``, or
 estimated with ``--speaker-threshold``). Writes ``predictions.csv``, ``timeline.png`` and ``index.html`` into ``--out``
-(all or nothing). A problem with the inputs ends the run with one line saying what to fix (exit status 2).
+(created if missing; each file atomically; nothing else in it is touched). A problem with the inputs, ``--out``
+included, ends the run before any work with one line saying what to fix (exit status 2).
 """
 from __future__ import annotations
 
@@ -41,13 +42,14 @@ def parse_args(argv=None) -> argparse.Namespace:
 def run(args: argparse.Namespace) -> Path:
     from pipeline.bundle import load_bundle
     from pipeline.predict.core import Predictor
-    from pipeline.predict.outputs import summary, write_outputs
+    from pipeline.predict.outputs import check_out, summary, write_outputs
     from pipeline.predict.video import analyse
 
     from pipeline.predict.subtitles import read_subtitles
     from pipeline.predict.video import probe
 
     t0 = time.perf_counter()
+    check_out(args.out, [p for p in (args.video, args.subtitles) if p])  # an --out it cannot own: before any work
     probe(args.video)  # input mistakes first: before minutes of model loading
     if args.subtitles:
         read_subtitles(args.subtitles)
