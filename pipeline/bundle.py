@@ -121,7 +121,9 @@ def write_bundle(directory: str | Path, params: dict, model: str, cfg: dict, lab
         "targets": list(targets or []),  # a regression model's targets (predict refuses those bundles)
     }
     text = json.dumps(meta, indent=1, default=_jsonable) + "\n"
-    card_text = model_card(json.loads(text), card or {})
+    where = directory.as_posix() if not directory.is_absolute() else "BUNDLE_FOLDER"  # no absolute path in a card
+    card_text = model_card(json.loads(text), {"command": "python -m pipeline.predict VIDEO --subtitles SUBS.srt "
+                                                         f"--bundle {where} --out OUT", **(card or {})})
     weights = {k: v.detach().cpu().contiguous() for k, v in best["state_dict"].items()}
     atomic_torch_save(weights, directory / "weights.pt")
     st = norm.state()

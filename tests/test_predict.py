@@ -553,3 +553,25 @@ def test_video_copy_never_overwrites(conversation, tmp_path):
     assert (out / name).read_bytes() == conversation["video"].read_bytes()
     assert f'src="{name}"' in (out / "index.html").read_text()
 
+
+def test_model_card_carries_the_runs_numbers(trained, demo_utterances, demo_features, tmp_path):
+    """README.md: Hugging Face front matter that parses as YAML, with evaluate's own test numbers; in the manifest."""
+    from pipeline.bundle import MANIFEST
+    from pipeline.common import file_digest
+    from pipeline.evaluate import evaluate
+    from pipeline.model_card import front_matter
+
+    card = (trained / "bundle" / "README.md").read_text()
+    front = front_matter(card)
+    assert {"license", "datasets", "metrics", "tags", "model_name"} <= set(front)
+    assert front["datasets"] == ["merc-demo"] and "dialogue_gru" in front["tags"]
+    evaluate(trained / "model.pt", demo_utterances, tmp_path, feature_dirs=demo_features)
+    m = json.loads((tmp_path / "metrics.json").read_text())
+    got = {x["type"] + x["name"].split(" (")[0]: x["value"] for x in front["model-index"][0]["results"][0]["metrics"]}
+    assert got == {"f1weighted F1": round(m["weighted_f1"], 4), "f1macro F1": round(m["macro_f1"], 4),
+                   "accuracyaccuracy": round(m["accuracy"], 4)}
+    assert f"| weighted F1 | {100 * m['weighted_f1']:.2f} ± {100 * m['weighted_f1_std']:.2f} |" in card
+    meta = json.loads((trained / "bundle" / "bundle.json").read_text())
+    assert f"epoch {meta['epoch']}" in card and f"seed {meta['seed']}" in card and "test 12" in card
+    assert json.loads((trained / "bundle" / MANIFEST).read_text())["files"]["README.md"] == \
+        file_digest(trained / "bundle" / "README.md")
