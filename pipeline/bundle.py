@@ -1,24 +1,29 @@
 """The self-describing trained model (``data/model/bundle/``) that ``pipeline.predict`` reads, and nothing else.
 
-Written by the ``train`` stage beside ``model.pt``; a directory of three files:
+Written by the ``train`` stage beside ``model.pt``; a directory of these files:
   bundle.json   everything that is not a tensor, as JSON: format/version, model name and config, label set,
                 modality list, input widths, the selected seed/epoch/dev F1, the extractor settings the features
                 were built with (the ``text``/``audio``/``visual`` params, the text encoder actually loaded and
                 its weights' SHA-256 when fine-tuned, a visual checkpoint's SHA-256), the feature tables' names
-                and widths, and the SHA-256 of the two tensor files; with a text encoder fine-tuned end to end
-                inside ``train`` (``train.text_encoder``): those settings (``text_encoder_e2e``) and
-                ``e2e_encoder`` (the encoder's config, its tokenizer's id/path and SHA-256)
+                and widths; with a text encoder fine-tuned end to end inside ``train`` (``train.text_encoder``):
+                those settings (``text_encoder_e2e``) and ``e2e_encoder`` (the encoder's config, its tokenizer's
+                id/path and SHA-256)
   weights.pt    the dev-selected seed's ``state_dict`` (tensors only; end to end: the fine-tuned encoder too)
   norm.pt       the training-split standardiser (``pipeline.dataset.Standardizer``): ``mean.<m>``/``std.<m>``
+  README.md     the model card (Hugging Face format, ``pipeline.model_card``): data, split, seeds, selected epoch,
+                test metrics ± std over seeds, intended use, limitations, the predict command
+  manifest.json the SHA-256 of every other file (``bundle.json`` included): ``load_bundle`` refuses a bundle whose
+                files do not match it, so an edited label list or a swapped weight file is caught. It is a
+                checksum, not a signature: it catches edits and corruption, not someone who rewrites it as well.
 Both ``.pt`` files hold plain ``{str: Tensor}`` dicts, so they load with ``torch.load(weights_only=True)``: nothing
-is unpickled. The directory is written to a temporary sibling and renamed into place (never half a bundle).
+is unpickled (a file holding anything else is refused). Each file is written atomically into the folder (created
+with the umask, as every other output), the manifest last, and nothing else in the folder is touched.
 """
 from __future__ import annotations
 
 import json
 import logging
-import shutil
-import tempfile
+import pickle
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,12 +31,17 @@ import numpy as np
 import pyarrow.parquet as pq
 import torch
 
-from pipeline.common import file_digest, replace_dir
+from pipeline.common import atomic_torch_save, atomic_write_text, check_out_dir, file_digest
 from pipeline.errors import UserError
+from pipeline.model_card import model_card
 
 log = logging.getLogger("merc.bundle")
 FORMAT, VERSION = "merc-bundle", 1
 EXTRACTOR_SECTIONS = {"t": "text", "a": "audio", "v": "visual"}
+MANIFEST = "manifest.json"
+# written in this order, the manifest last: a reader meeting a half-written bundle finds a digest that does not match
+BUNDLE_FILES = ["weights.pt", "norm.pt", "README.md", "bundle.json", MANIFEST]
+REQUIRED = ("weights.pt", "norm.pt", "README.md", "bundle.json")
 
 
 class BundleError(UserError):
@@ -80,46 +90,49 @@ def feature_provenance(feature_dirs: dict[str, str | Path], modalities: list[str
 def write_bundle(directory: str | Path, params: dict, model: str, cfg: dict, labels: list[str],
                  modalities: list[str], input_dims: dict[str, int], norm, best: dict,
                  feature_dirs: dict[str, str | Path] | None = None, text_encoder: dict | None = None,
-                 targets: list[str] | None = None) -> Path:
-    """Write the bundle atomically (temp directory + rename) and return its path.
+                 targets: list[str] | None = None, card: dict | None = None) -> Path:
+    """Write the bundle's files into ``directory`` (each atomically; other files there are left alone) and return
+    its path.
 
     ``text_encoder``: ``train.text_encoder``'s settings when the text encoder was fine-tuned inside ``train``
     (end to end): recorded with the encoder's architecture and its tokenizer's digest (``text_e2e.encoder_record``),
     so predict rebuilds the wrapper from the bundle and tokenises a video's utterances as training did.
 
     ``best``: the selected run (``state_dict``, ``seed``, ``epoch``, ``dev_weighted_f1``); ``norm``: the fitted
-    ``Standardizer``; ``params``: the whole params dict (its ``text``/``audio``/``visual`` sections are recorded).
+    ``Standardizer``; ``params``: the whole params dict (its ``text``/``audio``/``visual`` sections are recorded);
+    ``card``: the run's facts for the model card ``README.md`` (``pipeline.model_card``: corpus, splits, seeds, test
+    metrics).
     """
     from pipeline.dataset import FEATURE_DIRS
 
-    directory = Path(directory)
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".{directory.name}."))
-    try:
-        weights = {k: v.detach().cpu().contiguous() for k, v in best["state_dict"].items()}
-        torch.save(weights, tmp / "weights.pt")
-        st = norm.state()
-        # float64, as the standardiser fits and applies them: the bundle must standardise exactly as training did
-        torch.save({f"{kind}.{m}": torch.as_tensor(np.asarray(st[kind][m], dtype=np.float64))
-                    for kind in ("mean", "std") for m in st[kind]}, tmp / "norm.pt")
-        meta = {
-            "format": FORMAT, "version": VERSION, "model": model, "cfg": cfg, "labels": list(labels),
-            "modalities": list(modalities), "input_dims": {m: int(d) for m, d in input_dims.items()},
-            **{k: best[k] for k in ("seed", "epoch", "dev_weighted_f1") if k in best},
-            "extractors": extractor_settings(params),
-            # end to end, the text "features" were token rows, not a feature table's vectors
-            "features": feature_provenance({**FEATURE_DIRS, **(feature_dirs or {})},
-                                           [m for m in modalities if not (text_encoder and m == "t")]),
-            "text_encoder_e2e": text_encoder,
-            "e2e_encoder": _encoder_record(text_encoder) if text_encoder and "t" in modalities else None,
-            "targets": list(targets or []),  # a regression model's targets (predict refuses those bundles)
-            "files": {f: file_digest(tmp / f) for f in ("weights.pt", "norm.pt")},
-        }
-        (tmp / "bundle.json").write_text(json.dumps(meta, indent=1, default=_jsonable) + "\n")
-        replace_dir(tmp, directory)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    directory = check_out_dir(directory, BUNDLE_FILES, what="the model bundle folder")
+    directory.mkdir(parents=True, exist_ok=True)
+    # everything that can fail (settings, digests, the card) before the first file is replaced
+    meta = {
+        "format": FORMAT, "version": VERSION, "model": model, "cfg": cfg, "labels": list(labels),
+        "modalities": list(modalities), "input_dims": {m: int(d) for m, d in input_dims.items()},
+        **{k: best[k] for k in ("seed", "epoch", "dev_weighted_f1") if k in best},
+        "extractors": extractor_settings(params),
+        # end to end, the text "features" were token rows, not a feature table's vectors
+        "features": feature_provenance({**FEATURE_DIRS, **(feature_dirs or {})},
+                                       [m for m in modalities if not (text_encoder and m == "t")]),
+        "text_encoder_e2e": text_encoder,
+        "e2e_encoder": _encoder_record(text_encoder) if text_encoder and "t" in modalities else None,
+        "targets": list(targets or []),  # a regression model's targets (predict refuses those bundles)
+    }
+    text = json.dumps(meta, indent=1, default=_jsonable) + "\n"
+    where = directory.as_posix() if not directory.is_absolute() else "BUNDLE_FOLDER"  # no absolute path in a card
+    card_text = model_card(json.loads(text), {"command": "python -m pipeline.predict VIDEO --subtitles SUBS.srt "
+                                                         f"--bundle {where} --out OUT", **(card or {})})
+    weights = {k: v.detach().cpu().contiguous() for k, v in best["state_dict"].items()}
+    atomic_torch_save(weights, directory / "weights.pt")
+    st = norm.state()
+    # float64, as the standardiser fits and applies them: the bundle must standardise exactly as training did
+    atomic_torch_save({f"{kind}.{m}": torch.as_tensor(np.asarray(st[kind][m], dtype=np.float64))
+                       for kind in ("mean", "std") for m in st[kind]}, directory / "norm.pt")
+    atomic_write_text(card_text, directory / "README.md")
+    atomic_write_text(text, directory / "bundle.json")
+    write_manifest(directory, [f for f in BUNDLE_FILES if f != MANIFEST])
     log.info("wrote the model bundle %s", directory)
     return directory
 
@@ -200,6 +213,53 @@ class Bundle:
         return model.eval()
 
 
+def write_manifest(directory: Path, files: list[str]) -> None:
+    """``manifest.json``: the SHA-256 of every file of the bundle, its JSON and model card included."""
+    digests = {f: file_digest(directory / f) for f in files}
+    atomic_write_text(json.dumps({"format": f"{FORMAT}-manifest", "algorithm": "sha256", "files": digests},
+                                 indent=1) + "\n", directory / MANIFEST)
+
+
+def check_manifest(directory: Path) -> dict[str, str]:
+    """Every file the manifest lists is there with its recorded SHA-256 (bundle.json, weights.pt and norm.pt
+    must be listed): a permuted label list, a swapped weight file or a truncated copy is a one-line refusal."""
+    mf = directory / MANIFEST
+    if not mf.is_file():
+        raise BundleError(f"{directory}: no {MANIFEST} (the digests of the bundle's files): the bundle is incomplete "
+                          "or predates manifests; retrain (`dvc repro train`)")
+    try:
+        files = json.loads(mf.read_text())["files"]
+        if not isinstance(files, dict) or not all(isinstance(v, str) for v in files.values()):
+            raise TypeError("files is not a {name: sha256} map")
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as e:
+        raise BundleError(f"{mf} is not a bundle manifest ({type(e).__name__}: {e})") from e
+    unlisted = [f for f in REQUIRED if f not in files]
+    if unlisted:
+        raise BundleError(f"{mf} does not cover {unlisted}: the bundle cannot be checked; retrain")
+    for f, digest in files.items():
+        if Path(f).name != f or f in ("", ".", ".."):
+            raise BundleError(f"{mf} lists {f!r}, which is not a file name in the bundle folder")
+        if not (directory / f).is_file():
+            raise BundleError(f"{directory / f} is missing from the bundle")
+        if file_digest(directory / f) != digest:
+            raise BundleError(f"{directory / f} does not match its digest in {MANIFEST} (changed or corrupt): "
+                              "use the bundle as train wrote it, or retrain")
+    return files
+
+
+def _load_tensors(path: Path) -> dict:
+    """A ``{str: Tensor}`` file, read with ``weights_only=True``: anything else (a pickled object) is refused."""
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, AttributeError, TypeError) as e:
+        raise BundleError(f"{path} is not a plain tensor file and is not loaded ({type(e).__name__}: "
+                          f"{str(e).strip().splitlines()[0][:200] if str(e).strip() else 'unreadable'})") from e
+    if not isinstance(obj, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
+                                            for k, v in obj.items()):
+        raise BundleError(f"{path} does not hold a {{name: tensor}} dict")
+    return obj
+
+
 def load_bundle(directory: str | Path) -> Bundle:
     """Read and check a bundle; every problem is a one-line ``BundleError``."""
     directory = Path(directory)
@@ -207,6 +267,7 @@ def load_bundle(directory: str | Path) -> Bundle:
     if not meta_file.is_file():
         raise BundleError(f"no model bundle at {directory} (bundle.json missing): run `dvc repro train` or pass "
                           "--bundle DIR")
+    check_manifest(directory)
     try:
         meta = json.loads(meta_file.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
@@ -221,13 +282,8 @@ def load_bundle(directory: str | Path) -> Bundle:
         raise BundleError(f"{directory}: the model fine-tuned its text encoder end to end (train.text_encoder) but "
                           "the bundle predates recording that encoder's config and tokenizer: retrain "
                           "(`dvc repro train`) to write a bundle predict can serve")
-    for f, digest in meta["files"].items():
-        if not (directory / f).is_file():
-            raise BundleError(f"{directory / f} is missing from the bundle")
-        if file_digest(directory / f) != digest:
-            raise BundleError(f"{directory / f} does not match the digest in bundle.json (changed or corrupt)")
-    state = torch.load(directory / "weights.pt", map_location="cpu", weights_only=True)
-    norm = torch.load(directory / "norm.pt", map_location="cpu", weights_only=True)
+    state = _load_tensors(directory / "weights.pt")
+    norm = _load_tensors(directory / "norm.pt")
     mean = {k[5:]: v.numpy() for k, v in norm.items() if k.startswith("mean.")}
     std = {k[4:]: v.numpy() for k, v in norm.items() if k.startswith("std.")}
     return Bundle(directory, meta, state, mean, std)

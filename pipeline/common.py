@@ -7,9 +7,9 @@ import hashlib
 import logging
 import os
 import re
-import shutil
-import tempfile
+import secrets
 from pathlib import Path
+from typing import Callable
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -82,49 +82,111 @@ def load_params(section: str | None = None, path: Path | None = None) -> dict:
     return value
 
 
-def atomic_write_table(table: pa.Table, path: str | Path) -> None:
-    """Write Parquet to a temp file beside ``path`` then rename, so readers never see half a file."""
-    path = Path(path)
+def _fresh_temp(path: Path) -> Path:
+    """A new, empty temp file beside ``path`` (``O_EXCL``: never an existing file), created with mode
+    ``0o666 & ~umask`` as ``open()`` would create ``path`` itself (``mkstemp``'s 0600 would make outputs private)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
+    for _ in range(100):
+        tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+        try:
+            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+            return tmp
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"no free temporary name beside {path}")
+
+
+def atomic_write(path: str | Path, write: Callable[[Path], object]) -> Path:
+    """``write(tmp)`` on a fresh temp sibling of ``path``, then rename it onto ``path``: readers see the old file
+    or the new one, never half of one; only ``path`` is replaced, nothing else in its folder is touched."""
+    path = Path(path)
+    tmp = _fresh_temp(path)
     try:
-        pq.write_table(table, tmp)
+        write(tmp)
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
+    return path
+
+
+def atomic_write_table(table: pa.Table, path: str | Path) -> None:
+    """Write Parquet to a temp file beside ``path`` then rename, so readers never see half a file."""
+    atomic_write(path, lambda tmp: pq.write_table(table, tmp))
 
 
 def atomic_write_text(text: str, path: str | Path) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
 
-def replace_dir(tmp: str | Path, directory: str | Path) -> None:
-    """Put the finished folder ``tmp`` at ``directory`` (an old one is moved aside first, then removed), so a
-    reader sees the old folder or the new one, never a half-written one."""
-    tmp, directory = Path(tmp), Path(directory)
-    old = directory.with_name(f".{directory.name}.old")
-    if directory.exists():
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(directory, old)
-    os.replace(tmp, directory)
-    shutil.rmtree(old, ignore_errors=True)
+def atomic_write_bytes(data: bytes, path: str | Path) -> None:
+    atomic_write(path, lambda tmp: tmp.write_bytes(data))
 
 
 def atomic_torch_save(obj, path: str | Path) -> None:
     """``torch.save`` to a temp file, then rename: a killed run never leaves a half-written checkpoint."""
     import torch  # only the training stages pay for the import
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    atomic_write(path, lambda tmp: torch.save(obj, tmp))
+
+
+def check_out_dir(out: str | Path, names: list[str], inputs=(), what: str = "--out") -> Path:
+    """Refuse, as one ``UserError`` line and before any work, an output folder a command cannot own.
+
+    ``out`` must be a folder (or not exist yet, under a folder that can be written); ``names`` are the files the
+    command writes in it (each replaced atomically; nothing else there is touched): none may be a folder, and none
+    may be one of the ``inputs`` (the command would overwrite what it reads)."""
+    from pipeline.errors import UserError
+
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"{what} {out} is a file, not a folder: name a folder (it is created if missing; only "
+                        f"{', '.join(names)} are written in it)")
+    probe = out
+    while not probe.exists():  # the nearest existing ancestor must be a folder the rest can be made in
+        if probe.is_symlink():
+            raise UserError(f"{what} {out}: {probe} is a dangling symbolic link")
+        probe = probe.parent
+    if not probe.is_dir():
+        raise UserError(f"{what} {out}: {probe} is a file, so no folder can be made under it")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise UserError(f"{what} {out}: {probe} is not writable here")
+    for n in names:
+        f = out / n
+        if f.is_symlink() or (f.exists() and not f.is_file()):
+            raise UserError(f"{what} {out}: {f} exists and is not a plain file, so it is not replaced: move it or "
+                            "choose another folder")
+        if f.exists() and any(Path(i).exists() and os.path.samefile(f, i) for i in inputs):
+            raise UserError(f"{what} {out}: {f} is an input of this command and would be overwritten: choose "
+                            "another folder")
+    return out
+
+
+def csv_safe(df: "pd.DataFrame") -> "pd.DataFrame":
+    """A copy whose text cells cannot run as spreadsheet formulas (CSV injection, OWASP): a cell starting with
+    ``=``, ``+``, ``-``, ``@``, a tab or a carriage return gets a leading single quote. Numbers are untouched."""
+    from pandas.api.types import is_object_dtype, is_string_dtype
+
+    out = df.copy()
+    for c in out.columns:
+        if is_object_dtype(out[c]) or is_string_dtype(out[c]):
+            out[c] = [("'" + v) if isinstance(v, str) and v[:1] in FORMULA_START else v for v in out[c]]
+    return out
+
+
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def csv_unsafe(df: "pd.DataFrame") -> "pd.DataFrame":
+    """``csv_safe`` undone, for the project's own readers of its CSVs (a MOSEI video id may start with ``-``)."""
+    from pandas.api.types import is_object_dtype, is_string_dtype
+
+    out = df.copy()
+    for c in out.columns:
+        if is_object_dtype(out[c]) or is_string_dtype(out[c]):
+            out[c] = [v[1:] if isinstance(v, str) and v[:1] == "'" and v[1:2] in FORMULA_START and v[1:2] else v
+                      for v in out[c]]
+    return out
 
 
 def file_digest(path: str | Path) -> str:

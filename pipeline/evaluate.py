@@ -37,7 +37,7 @@ import pandas as pd
 from pipeline.analysis import corpus_info, write_tsne
 from pipeline.checkpoint import load_checkpoint
 from pipeline import text_e2e
-from pipeline.common import atomic_write_text, setup_logging
+from pipeline.common import atomic_write_text, csv_safe, setup_logging
 from pipeline.dataset import Standardizer, dialogues, model_sequences
 from pipeline.engine import predict, resolve_device
 from pipeline.errors import UserError, run_main
@@ -50,6 +50,12 @@ log = logging.getLogger("merc.evaluate")
 SUMMARY = SCALARS  # every scalar metric: mean and std over seeds
 SPLIT_REPORTS = {"test": "reports", "dev": "reports/dev"}
 CHECKPOINT_KEYS = ("model", "cfg", "input_dims", "modalities", "norm", "labels", "state_dict")
+
+
+def write_predictions(rows: pd.DataFrame, path: Path) -> None:
+    """``predictions.csv``, spreadsheet-safe: a text cell starting with ``=``, ``+``, ``-`` or ``@`` (a dialogue id,
+    a label name) gets a leading ``'`` so a spreadsheet shows it instead of running it (``common.csv_safe``)."""
+    atomic_write_text(csv_safe(rows).to_csv(index=False), path)
 
 
 def evaluate(checkpoint: str, utterances: str, reports: str, split: str = "test",
@@ -119,7 +125,7 @@ def evaluate(checkpoint: str, utterances: str, reports: str, split: str = "test"
                          "actual": names[y], "predicted": names[pred]})
     (out / "plots").mkdir(parents=True, exist_ok=True)
     atomic_write_text(rows[["actual", "predicted"]].to_csv(index=False), out / "plots" / "confusion.csv")
-    atomic_write_text(rows.to_csv(index=False), out / "predictions.csv")
+    write_predictions(rows, out / "predictions.csv")
     model.load_state_dict(run["state_dict"])  # the dev-selected seed: its fused representations → t-SNE
     write_tsne(model, data, labels, out, device)
     cm = confusion(y, pred, len(labels))
@@ -182,7 +188,7 @@ def _evaluate_regression(ckpt, model, data, corpus, utterances, reports, split, 
                          **{c: v for j, t in enumerate(targets)
                             for c, v in ((f"{t}_true", y[:, j]), (f"{t}_pred", pred[:, j].round(6)))}})
     (out / "plots").mkdir(parents=True, exist_ok=True)
-    atomic_write_text(rows.to_csv(index=False), out / "predictions.csv")
+    write_predictions(rows, out / "predictions.csv")
     atomic_write_text("actual,predicted\n", out / "plots" / "confusion.csv")  # no classes: DVC's declared plot
     note = f"regression run ({', '.join(targets)}): no confusion matrix; see scatter.png"
     plot_message(out / "confusion.png", note)

@@ -120,6 +120,16 @@ def encoder_and_config(p: dict) -> tuple[str, dict]:
     return model, config
 
 
+def text_extractor(p: dict, index: DialogueIndex | None = None) -> tuple[functools.partial, dict]:
+    """The text stage's extractor for params section ``p`` (a factory: under runtime ray each actor loads the
+    encoder itself) and the config its shards are fingerprinted with; ``index``: the whole table's turns, for
+    context modes that read other utterances."""
+    model, config = encoder_and_config(p)
+    return functools.partial(TextExtractor, model, p["pooling"], p["max_length"], p["batch_size"], p["layers"],
+                             p["context"], p["window"], p["budget"], p["future"], index,
+                             store_tokens=bool(p.get("store_tokens", False))), config
+
+
 def main() -> None:
     setup_logging()
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -132,11 +142,7 @@ def main() -> None:
     # the context of a turn may sit in another shard: index the whole table's text columns once
     index = DialogueIndex.from_table(pq.read_table(args.utterances, columns=["dialogue_id", "utterance_id",
                                                                              "speaker", "text"]))
-    model, config = encoder_and_config(p)
-    # a factory, not an instance: under runtime ray each actor loads the encoder itself
-    ex = functools.partial(TextExtractor, model, p["pooling"], p["max_length"], p["batch_size"], p["layers"],
-                           p["context"], p["window"], p["budget"], p["future"], index,
-                           store_tokens=bool(p.get("store_tokens", False)))
+    ex, config = text_extractor(p, index)
     ex, config = imported_or(args.utterances, "t", ex, config)  # a feature pickle's vectors, when imported
     run_sharded(ex, args.utterances, args.out, config=config, shard_size=p["shard_size"],
                 runtime=stage_runtime("text"), stage="extract_text")

@@ -61,7 +61,10 @@ def _open(path: str | Path):
         # allowed, so a crafted container cannot make FFmpeg fetch URLs.
         container = av.open(f"file:{path.resolve()}", options={"protocol_whitelist": "file"})
     except (av.error.FFmpegError, UnicodeDecodeError) as e:
-        raise MediaError(f"cannot open {path}: {type(e).__name__}: {e}") from e
+        # FFmpeg's message ends with the URL it was given (``file:`` + the absolute path): the record names ``path``
+        # as the caller gave it, so outputs are the same in every clone
+        detail = getattr(e, "strerror", None) or str(e).replace(f"file:{path.resolve()}", str(path))
+        raise MediaError(f"cannot open {path}: {type(e).__name__}: {detail}") from e
     if set(container.format.name.split(",")) & PLAYLIST_FORMATS:
         container.close()
         raise MediaError(f"refused {path}: a {container.format.name} playlist/stream list, not a media file")

@@ -106,14 +106,41 @@ def train(params: dict, utterances: str, out: str, live_dir: str, feature_dirs: 
     if not main:  # replicas are identical: rank 0 writes
         return result
     save_checkpoint(out, name, cfg, dims, mods, norm, runs, best, labels, e2e, targets)
+    card = card_facts(utterances, corpus, norm, runs, n_params, targets, lambda: text_e2e.with_encoder(
+        lambda d: build_model(name, cfg, d, n_out, task=task), corpus.dims, e2e, device)[0].to(device), device)
     write_bundle(Path(out).with_name("bundle"), params, name, cfg, labels, mods, dims, norm, best, feature_dirs,
-                 text_encoder=e2e, targets=targets)
+                 text_encoder=e2e, targets=targets, card=card)
     summary = {"model": name, "modalities": "".join(mods), "n_params": n_params, "task": task,
                f"dev_{score}_mean": dev_mean, f"dev_{score}_std": dev_std, "selected_seed": best["seed"],
                "seeds": [{"seed": r["seed"], f"dev_{score}": r["dev_score"],
                           **{k: r[k] for k in ("epoch", "epochs_run", "history")}} for r in runs]}
     atomic_write_text(json.dumps(summary, indent=1) + "\n", Path(live_dir) / "seeds.json")
     return result
+
+
+def card_facts(utterances, corpus, norm, runs: list[dict], n_params: int, targets: list[str], make_model,
+               device) -> dict:
+    """What the bundle's model card reports (``pipeline.model_card``): the corpus, labelled utterances per split,
+    each seed's dev-selected epoch and score, and every seed's test metrics (mean, std); selection stayed on dev,
+    these are measured once the bundle's seed is chosen, exactly as ``pipeline.evaluate`` measures them."""
+    from pipeline.analysis import corpus_info
+
+    split_dialogues = {s: dialogues(corpus, s, norm) for s in ("train", "dev", "test")}
+    facts = {"corpus": corpus_info(utterances), "n_params": int(n_params),
+             "splits": {s: int(sum(len(d["label"]) for d in ds)) for s, ds in split_dialogues.items()},
+             "seeds": [{"seed": int(r["seed"]), "epoch": int(r["epoch"]),
+                        "dev_weighted_f1": float(r.get("dev_weighted_f1", r.get("dev_score", 0.0)))} for r in runs]}
+    if targets or not split_dialogues["test"]:
+        return facts  # regression (predict does not serve it) or no test split: the card says where to look
+    from pipeline.evaluate import SUMMARY, _seeds
+    from pipeline.metrics import classification_metrics
+
+    labels = label_names(corpus.utterances.schema)
+    _, (m, *_), summary = _seeds(make_model(), runs, split_dialogues["test"], device, runs[0]["seed"],
+                                 lambda y, p: classification_metrics(y, p, labels), SUMMARY, lambda run, m: {})
+    facts["test"] = {"n": int(m["n"]), **{k: [float(summary[k]), float(summary[f"{k}_std"])]
+                                          for k in ("weighted_f1", "macro_f1", "accuracy")}}
+    return facts
 
 
 def build_model(name: str, cfg: dict, dims: dict, n_classes: int, where: str | None = None,

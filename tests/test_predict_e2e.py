@@ -16,7 +16,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from test_predict import EXTRACTOR_PARAMS, check_outputs, conversation, run_cli  # noqa: F401  (fixture)
+from test_predict import EXTRACTOR_PARAMS, check_outputs, conversation, reseal, run_cli  # noqa: F401  (fixture)
 from test_text_e2e import tiny_bert  # noqa: F401  (fixture)
 
 from pipeline import text_e2e
@@ -158,7 +158,7 @@ def test_e2e_tokenizer_missing_or_different_is_one_line(e2e_trained, conversatio
     shutil.copytree(e2e_trained / "bundle", bad)
     meta = json.loads((bad / "bundle.json").read_text())
     meta["text_encoder_e2e"]["model"] = meta["e2e_encoder"]["tokenizer"]["model"] = str(enc)
-    (bad / "bundle.json").write_text(json.dumps(meta))
+    reseal(bad, meta)
     assert "t" in build_extractors(load_bundle(bad))  # the same tokenizer elsewhere: served
     shutil.rmtree(enc)
     out = tmp_path / "out"
@@ -178,18 +178,18 @@ def test_e2e_refusals_kept_for_what_cannot_work(e2e_trained, tmp_path):
     bad = tmp_path / "b"
     shutil.copytree(e2e_trained / "bundle", bad)
     meta = json.loads((bad / "bundle.json").read_text())
-    (bad / "bundle.json").write_text(json.dumps({**meta, "e2e_encoder": None}))  # a bundle from before
+    reseal(bad, {**meta, "e2e_encoder": None})  # a bundle from before
     with pytest.raises(BundleError, match="end to end .* predates recording .*: retrain") as e:
         load_bundle(bad)
     assert "\n" not in str(e.value)
     rec = {**meta["e2e_encoder"], "config": None, "config_error": "no config.json in /gone"}
-    (bad / "bundle.json").write_text(json.dumps({**meta, "e2e_encoder": rec}))  # train could not read the config
+    reseal(bad, {**meta, "e2e_encoder": rec})  # train could not read the config
     with pytest.raises(BundleError, match=r"records no config of its end-to-end text encoder \(no config.json"):
         load_bundle(bad).build_model()
     tok = {**meta["e2e_encoder"]["tokenizer"], "sha256": None, "error": "could not load the tokenizer"}
-    (bad / "bundle.json").write_text(json.dumps({**meta, "e2e_encoder": {**meta["e2e_encoder"], "tokenizer": tok}}))
+    reseal(bad, {**meta, "e2e_encoder": {**meta["e2e_encoder"], "tokenizer": tok}})
     with pytest.raises(BundleError, match=r"records no tokenizer digest .*\(could not load the tokenizer\)"):
         build_extractors(load_bundle(bad))
-    (bad / "bundle.json").write_text(json.dumps({**meta, "targets": ["valence"]}))
+    reseal(bad, {**meta, "targets": ["valence"]})
     with pytest.raises(BundleError, match="a regression model"):
         load_bundle(bad)

@@ -1,4 +1,7 @@
-"""``--out`` contents: ``predictions.csv``, ``timeline.png`` and ``index.html`` (the page to watch it), all or none.
+"""``--out`` contents: ``predictions.csv``, ``timeline.png`` and ``index.html`` (the page to watch it).
+
+Each file is written atomically and only these names (and a large video's copy) are written: other files in
+``--out`` are never touched, so ``--out`` may be any folder, even the video's own.
 
 The page is one HTML file with inline CSS/JS and no external resource: the video is embedded as a data URI when it is
 at most ``EMBED_MAX_MB`` (else copied beside the page as ``video<ext>`` and referenced relatively), the transcript is a
@@ -14,15 +17,15 @@ import html
 import json
 import logging
 import mimetypes
-import os
 import shutil
-import tempfile
+import urllib.parse
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from pipeline.common import replace_dir
+from pipeline.common import atomic_write, atomic_write_text, check_out_dir, csv_safe, file_digest
+from pipeline.errors import UserError
 
 log = logging.getLogger("merc.predict")
 EMBED_MAX_MB = 25.0
@@ -69,7 +72,7 @@ def plot_timeline(df: pd.DataFrame, labels: list[str], duration: float, path: Pa
     ax.legend(handles=[Patch(color=col[c], label=c) for c in used], loc="upper left", bbox_to_anchor=(1.0, 1.0),
               fontsize=8, frameon=False)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    fig.savefig(path, dpi=100, format="png")  # path may be a temp name without the .png suffix
     plt.close(fig)
 
 
@@ -126,13 +129,28 @@ if(location.hash==='#selftest'){
 
 
 def video_source(video: Path, out_dir: Path, embed_max_mb: float = EMBED_MAX_MB) -> str:
-    """A data URI of the video when small enough, else a copy beside the page and its relative name."""
+    """A data URI of the video when small enough, else its path relative to the page.
+
+    Not embedded: a video already inside ``out_dir`` is referenced where it is; otherwise it is copied beside the
+    page as ``video<ext>``, unless a different file has that name (a previous run's copy, a file of yours): then as
+    ``video-<sha256[:12]><ext>``. No existing file is ever overwritten."""
     mime = mimetypes.guess_type(video.name)[0] or "video/mp4"
     if video.stat().st_size <= embed_max_mb * 1e6:
         return f"data:{mime};base64," + base64.b64encode(video.read_bytes()).decode()
-    name = "video" + video.suffix.lower()
-    shutil.copyfile(video, out_dir / name)
-    return name
+    try:
+        return urllib.parse.quote(video.resolve().relative_to(out_dir.resolve()).as_posix())
+    except ValueError:
+        pass
+    digest = file_digest(video)
+    for name in ("video" + video.suffix.lower(), f"video-{digest[:12]}{video.suffix.lower()}"):
+        dest = out_dir / name
+        if not dest.exists():
+            atomic_write(dest, lambda tmp: shutil.copyfile(video, tmp))
+            return name
+        if dest.is_file() and not dest.is_symlink() and file_digest(dest) == digest:
+            return name  # the same bytes are already there
+    raise PredictOutputError(f"--out {out_dir}: {dest} exists with other content; it is not overwritten: move it "
+                             "or choose another folder")
 
 
 def render_page(df: pd.DataFrame, labels: list[str], duration: float, src: str, title: str, meta: dict) -> str:
@@ -182,23 +200,35 @@ def render_page(df: pd.DataFrame, labels: list[str], duration: float, src: str, 
 """
 
 
+OUTPUTS = ["predictions.csv", "timeline.png", "index.html"]
+
+
+class PredictOutputError(UserError):
+    """An output folder predict cannot write into without replacing something that is not its own."""
+
+
+def check_out(out: str | Path, inputs=()) -> Path:
+    """``--out`` checked before any work (``pipeline.common.check_out_dir``): one line if it cannot be used."""
+    try:
+        return check_out_dir(out, OUTPUTS, inputs)
+    except UserError as e:
+        raise PredictOutputError(str(e)) from e
+
+
 def write_outputs(out: str | Path, df: pd.DataFrame, labels: list[str], video: Path, duration: float,
                   meta: dict, embed_max_mb: float = EMBED_MAX_MB) -> Path:
-    """Write the three outputs into a temporary sibling of ``out``, then swap it into place."""
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}."))
-    try:
-        os.chmod(tmp, 0o755)  # mkdtemp's 0700 would make the renamed folder private
-        df.to_csv(tmp / "predictions.csv", index=False)
-        plot_timeline(df, labels, duration, tmp / "timeline.png")
-        src = video_source(Path(video), tmp, embed_max_mb)
-        (tmp / "index.html").write_text(render_page(df, labels, duration, src, f"Emotions in {Path(video).name}",
-                                                    meta), encoding="utf-8")
-        replace_dir(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    """Write the outputs into ``out`` (created if missing), each file atomically (temp file + rename), the page
+    last. Only ``OUTPUTS`` (and a copy of a large video) are written: every other file in ``out`` is left alone.
+
+    ``predictions.csv`` is spreadsheet-safe (``csv_safe``: a text cell starting with ``=``/``+``/``-``/``@`` gets a
+    leading ``'``); the page shows the original text."""
+    out = check_out(out, [video])
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(csv_safe(df).to_csv(index=False), out / "predictions.csv")
+    atomic_write(out / "timeline.png", lambda tmp: plot_timeline(df, labels, duration, tmp))
+    src = video_source(Path(video), out, embed_max_mb)
+    atomic_write_text(render_page(df, labels, duration, src, f"Emotions in {Path(video).name}", meta),
+                      out / "index.html")
     return out
 
 

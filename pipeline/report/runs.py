@@ -450,5 +450,8 @@ def fmt(values: np.ndarray, scale: float = 1.0, digits: int = 4) -> str:
 def read_csv(run: Run, path: str):
     import pandas as pd
 
+    from pipeline.common import csv_unsafe
+
     raw = run.file(path)
-    return None if raw is None else pd.read_csv(io.BytesIO(raw))
+    # predictions.csv is spreadsheet-safe (a leading ' before =+-@): the ids and labels as they were
+    return None if raw is None else csv_unsafe(pd.read_csv(io.BytesIO(raw)))
