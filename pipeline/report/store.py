@@ -27,12 +27,13 @@ import io
 import json
 import logging
 import math
+import os
 import re
 import shutil
 import tempfile
 from pathlib import Path
 
-from pipeline.common import atomic_write_text, replace_dir
+from pipeline.common import atomic_write_text
 from pipeline.errors import UserError
 from pipeline.report.runs import Run, config_of, diff, load_exp_show, runs_from_exp_show
 
@@ -47,6 +48,21 @@ UTTERANCE_COLUMNS = ["dialogue_id", "utterance_id", "speaker", "label", "split"]
 
 
 # -------------------------------------------------------------------------------------------------------- saving
+
+def _swap_entry(tmp: Path, dest: Path) -> None:
+    """Put the finished entry ``tmp`` at ``dest``. Only a store entry (a folder with run.json, which this module
+    writes) is ever replaced — moved aside, then removed — so a reader sees the old entry or the new one; anything
+    else at ``dest`` is refused, never deleted."""
+    if dest.exists() or dest.is_symlink():
+        if not (dest.is_dir() and not dest.is_symlink() and (dest / RUN_JSON).is_file()):
+            raise UserError(f"{dest} exists and is not a run-store entry (no {RUN_JSON}): move it away first")
+        old = dest.with_name(f".{dest.name}.old-{os.getpid()}")
+        os.replace(dest, old)
+        os.replace(tmp, dest)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, dest)
+
 def analysis_files(run: Run) -> dict[str, bytes]:
     """Path → bytes of the files the report's analyses read that this run has (absent ones are left out)."""
     from pipeline.report import LIVE, PREDICTIONS, TSNE, UTTERANCES, utterance_table
@@ -183,7 +199,7 @@ def save(runs: list[Run], store: str | Path = STORE, force: bool = False, files:
             atomic_write_text(json.dumps(rec, indent=1, sort_keys=True, allow_nan=False) + "\n", tmp / RUN_JSON)
             dest = store / run.name
             replaced = dest.exists()
-            replace_dir(tmp, dest)
+            _swap_entry(tmp, dest)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
