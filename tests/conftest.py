@@ -31,7 +31,9 @@ if THREADS:
 # The slowest modules (measured: their trainings and extractions), started first so that pytest-xdist's per-file
 # scheduling (scripts/test.sh: --dist loadfile --no-loadscope-reorder) does not leave one of them for last on one
 # worker while the others idle. Any module not listed keeps its collection (file name) order after these.
-SLOW_FIRST = ()
+SLOW_FIRST = ("test_predict.py", "test_extract_visual.py", "test_features_import.py", "test_models.py",
+              "test_ddp.py", "test_summer.py", "test_reliability_a.py", "test_dialoguetrm.py",
+              "test_audio_only_corpus.py", "test_extract_audio.py", "test_text_e2e.py", "test_train_evaluate.py")
 
 
 def pytest_collection_modifyitems(config, items):
