@@ -28,12 +28,13 @@ if THREADS:
 
     torch.set_num_threads(THREADS)
 
-# The slowest modules (measured: their trainings and extractions), started first so that pytest-xdist's per-file
-# scheduling (scripts/test.sh: --dist loadfile --no-loadscope-reorder) does not leave one of them for last on one
-# worker while the others idle. Any module not listed keeps its collection (file name) order after these.
-SLOW_FIRST = ("test_predict.py", "test_extract_visual.py", "test_features_import.py", "test_models.py",
-              "test_ddp.py", "test_summer.py", "test_reliability_a.py", "test_dialoguetrm.py",
-              "test_audio_only_corpus.py", "test_extract_audio.py", "test_text_e2e.py", "test_train_evaluate.py")
+# The slowest modules (measured with -n 2, longest first), started first so that pytest-xdist's per-file scheduling
+# (scripts/test.sh: --dist loadfile --no-loadscope-reorder) does not leave one of them for last on one worker while
+# the other idles. test_models.py second: it needs no demo features while the first worker builds them. Modules
+# not listed keep their collection (file name) order after these.
+SLOW_FIRST = ("test_ray_runtime.py", "test_models.py", "test_summer.py", "test_predict.py", "test_regression.py",
+              "test_dialoguetrm.py", "test_reliability_a.py", "test_ada2i.py", "test_ddp.py", "test_recipes.py",
+              "test_lpgnet.py", "test_train_evaluate.py", "test_predict_e2e.py", "test_extract_audio.py")
 
 
 def pytest_collection_modifyitems(config, items):
