@@ -666,7 +666,8 @@ class Summer(nn.Module):
         + κ2·Σ CE(p̂_m, gt) + κ3·Σ ‖f_tr − f_m‖ + κ4·L_smooth(student logits); ``engine_ce`` cancels the engine's
         CE when ``engine_ce: false`` (Eq. 15 is the whole objective)."""
         c, self._cache = self._cache, {}
-        if not c or c["logits"] is not out:
+        # the same values, not the same object: DistributedDataParallel hands the engine a new tensor for the output
+        if not c or c["logits"].shape != out.shape or not torch.equal(c["logits"].detach(), out.detach()):
             raise RuntimeError("summer.aux_loss needs the output of the forward call just before it (training mode)")
         if not self.ikd:
             return {}
