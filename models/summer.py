@@ -677,6 +677,9 @@ class Summer(nn.Module):
         valid = batch["mask"] & (label >= 0)
         y = label[valid]
         n = y.numel() if self.ikd_reduction == "sum" else 1  # Σ_{i=1}^N of Eq. 11–13 (Eq. 14's i alike) | means
+        if self.ikd_reduction == "sum" and torch.distributed.is_available() and torch.distributed.is_initialized():
+            # N is the global batch's under DDP: the W ranks' gradients are averaged, so each rank's sum counts W times
+            n *= torch.distributed.get_world_size()
         k1, k2, k3, k4 = (k * n for k in self.kappa)
         T, teacher = self.T, self.teacher
         h_t = c["h_t"][valid].float()

@@ -148,24 +148,24 @@ def test_hooks_run_on_the_bare_model_under_ddp(tmp_path, demo_utterances, demo_f
 
 # --- every registered model under DDP (issue #28) --------------------------------------------------------------
 #
-# What DDP computes: rank r takes its half B_r of the global batch, and the gradients of its own loss L(B_r) are
-# averaged over the ranks. Where every loss term is a mean over utterances and both halves hold as many utterances,
-# (1/2)·(∇L(B_0) + ∇L(B_1)) = ∇L(B_0 ∪ B_1): one process on the full batch takes the same step, and the engine's
-# logged losses (the utterance-weighted mean of the ranks' means) are the full batch's means. So each model runs in
-# a configuration where that holds (MODEL_CFG: no dropout or Gumbel noise — random draws differ between ranks and
-# one process —, no batch statistics, mean reductions), on dialogues of one length (the same utterance count per
-# rank), with an unweighted CE (a class-weighted mean's normaliser Σ w differs per half).
+# What DDP computes: rank r takes its share B_r of the global batch, and the gradients of its own loss L(B_r) are
+# averaged over the W ranks. Where every loss term is a mean over utterances and the shares hold as many utterances,
+# (1/W)·Σ_r ∇L(B_r) = ∇L(∪_r B_r): one process on the full batch takes the same step, and the engine's logged losses
+# (the utterance-weighted mean of the ranks' means) are the full batch's means. A sum over utterances matches when
+# each rank scales its sum by W (SUMMER's ``ikd_reduction: sum`` does). So each model runs in a configuration where
+# that holds (MODEL_CFG: no dropout or Gumbel noise — random draws differ between ranks and one process —, no batch
+# statistics), on dialogues of one length (the same utterance count per rank), with an unweighted CE (a
+# class-weighted mean's normaliser Σ w differs per share).
 # In their default settings these differ from one process, by design of data parallelism, and are not compared:
-#   * summer: the SDMoE / global routers' μ, σ of W_g come from the rank's half batch (Eq. 3), Gumbel noise (Eq. 4);
-#     ``ikd_reduction: sum`` scales the IKD terms by the rank's utterance count, i.e. by 1/N under N ranks;
-#   * lpgnet: BatchNorm statistics over the rank's half (``compress``), as in any DDP without SyncBatchNorm;
-#   * ada2i: the modulation coefficients k_m come from the rank's half (the engine averages k_m·g over the ranks),
-#     and the official gradient noise is drawn per rank, then averaged;
+#   * summer: the SDMoE / global routers' μ, σ of W_g come from the rank's share (Eq. 3), Gumbel noise (Eq. 4);
+#   * lpgnet: BatchNorm statistics over the rank's share (``compress``), as in any DDP without SyncBatchNorm;
+#   * ada2i: the modulation coefficients k_m come from the rank's share (the engine averages k_m·g over the ranks),
+#     and the official gradient noise (``noise_target: gradient``) is drawn per rank, then averaged;
 #   * every model: dropout masks.
 # The default pass trains those models as configured (Ada2I's modulation from step 1, so its hooks run) and checks
 # that they train: finite losses, the same logs on both ranks, identical replicas.
 DDP_DIMS = {"t": 16, "a": 12, "v": 8}
-MODEL_CFG = {"summer": {"moe": "plain", "global_moe": "dense", "ikd_reduction": "mean"},
+MODEL_CFG = {"summer": {"moe": "plain", "global_moe": "dense"},
              "summer_teacher": {"moe": "plain"}, "lpgnet": {"compress": False}, "ada2i": {"modulation": False}}
 DEFAULT_CFG = {"summer": {}, "summer_teacher": {}, "lpgnet": {}, "ada2i": {"start_mod": 1}}
 STEPS = 3  # epochs of one global batch each: one optimiser step per epoch, so each epoch's logs are that step's
