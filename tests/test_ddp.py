@@ -1,4 +1,5 @@
-"""DDP training under torchrun: 2 CPU processes (gloo) on the demo features."""
+"""DDP training under torchrun: 2 CPU processes (gloo) on the demo features, and every registered model on toy
+dialogues against one process. Run as a script, this file is the rank program of the latter (``ddp_runs``)."""
 from __future__ import annotations
 
 import json
@@ -11,13 +12,12 @@ import numpy as np
 import pytest
 import torch
 
+from modelkit import one_thread, toy_dialogues  # noqa: F401  (one_thread: autouse)
+from models import get_model, list_models
 from pipeline.engine import Engine, EngineConfig, init_distributed, rank_share, seed_everything, world
 from pipeline.train import train
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests"))  # modelkit, also when torchrun runs this file as the rank script
-from modelkit import one_thread, toy_dialogues  # noqa: E402,F401  (one_thread: autouse)
-from models import get_model, list_models  # noqa: E402
 
 # Run by torchrun in each rank: records which rank opened DVCLive / saved the checkpoint, and its result.
 RANK_SCRIPT = """
