@@ -724,7 +724,8 @@ class Summer(nn.Module):
         + κ2·Σ CE(p̂_m, gt) + κ3·Σ ‖f_tr − f_m‖ + κ4·L_smooth(student logits); ``engine_ce`` cancels the engine's
         CE when ``engine_ce: false`` (Eq. 15 is the whole objective)."""
         c, self._cache = self._cache, {}
-        if not c or c["logits"] is not out:
+        # the same values, not the same object: DistributedDataParallel hands the engine a new tensor for the output
+        if not c or c["logits"].shape != out.shape or not torch.equal(c["logits"].detach(), out.detach()):
             raise RuntimeError("summer.aux_loss needs the output of the forward call just before it (training mode)")
         if not self.ikd:
             return {}
@@ -738,9 +739,13 @@ class Summer(nn.Module):
         if self.task == "regression":
             return self._ikd_regression(c, batch)
         y = label[valid]
-        n = y.numel() if self.ikd_reduction == "sum" else 1  # Eq. 14's Σ over the N utterances | mean
+        # Eq. 11–14's Σ_i runs over the GLOBAL batch: under DDP the W ranks' gradients are averaged, so each rank's
+        # sum counts W times (ikd_reduction: sum); means need no correction
+        ws = torch.distributed.get_world_size() if self.ikd_reduction == "sum" and torch.distributed.is_available() \
+            and torch.distributed.is_initialized() else 1
+        n = y.numel() * ws if self.ikd_reduction == "sum" else 1  # Eq. 14's Σ over the N utterances | mean
         k4 = self.kappa[3] * n
-        red = (lambda x: x.sum()) if self.ikd_reduction == "sum" else (lambda x: x.mean())  # Eq. 11–13's Σ_i | mean
+        red = (lambda x: x.sum() * ws) if self.ikd_reduction == "sum" else (lambda x: x.mean())  # Eq. 11–13's Σ_i | mean
         T, teacher = self.T, self.teacher
         bvalid = c.get("branch_valid") or [batch["mask"]] * len(c["branches"])
         tvalid = c.get("teacher_valid", batch["mask"])

@@ -76,6 +76,22 @@ def built_once(tmp_path_factory, name: str, build) -> Path:
     return out
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _threads():
+    """``MERC_TEST_THREADS`` set: torch's intra-op threads for every test (the model test modules use 1 unless it
+    is set: ``modelkit.one_thread``), to run the numeric tolerances under another kernel split."""
+    if "MERC_TEST_THREADS" not in os.environ:
+        yield
+        return
+    import torch
+    from modelkit import threads_for_tests
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(threads_for_tests())
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="session")
 def demo_utterances(tmp_path_factory) -> Path:
     from pipeline.prepare import prepare

@@ -36,13 +36,73 @@ def toy_dialogues(dims: dict[str, int], n=6, seed=0, mods="tav", min_len=2, abse
     return out
 
 
+def threads_for_tests() -> int:
+    """Intra-op threads for the model tests: ``MERC_TEST_THREADS`` (default 1). Tiny tensors gain nothing from
+    threads on a busy shared CPU; another count runs the same tolerances under other kernel splits."""
+    import os
+
+    value = os.environ.get("MERC_TEST_THREADS", "1")
+    if not value.isdigit() or int(value) < 1:
+        raise ValueError(f"MERC_TEST_THREADS must be a whole number >= 1, got {value!r}")
+    return int(value)
+
+
 @pytest.fixture(autouse=True, scope="module")
 def one_thread():
-    """Tiny tensors gain nothing from intra-op threads; on a busy shared CPU they only add contention."""
+    """``threads_for_tests()`` intra-op threads (1 unless ``MERC_TEST_THREADS`` says otherwise) for the module."""
     n = torch.get_num_threads()
-    torch.set_num_threads(1)
+    torch.set_num_threads(threads_for_tests())
     yield
     torch.set_num_threads(n)
+
+
+def comparable(model, feats, present, mask, speaker) -> torch.Tensor:
+    """What a padding test compares: the logits ``[B, T, C]`` — or, for a model fused by MCB (DialogueTRM Table 5
+    "bilinear"), MCB's compact product ``[B, T, d]`` before its signed square root.
+
+    Why: everything after that product (signed sqrt, L2 normalisation, the head) acts on each row alone, so padding
+    can only reach the output through it; but the sqrt's slope is infinite at 0, and a product that is 0 in exact
+    arithmetic (a sketch bin no index pair hashes to) comes out of float32 FFTs as ~1e-7 noise whose root is ~3e-4:
+    the logits of two runs that differ only in rounding (other padding widths, other BLAS/FFT kernels) may differ
+    by more than float32's tolerance, while the product stays within the FFT's error bound (``assert_same_rows``).
+    """
+    from models.dialoguetrm import MCB
+    from pipeline.engine import split_output
+
+    fuser = getattr(model, "fuser", None)
+    if not isinstance(fuser, MCB):
+        return split_output(model(feats, present, mask, speaker))[0]
+    seen = []
+    compact = fuser.compact
+    fuser.compact = lambda xs, valid: seen.append(compact(xs, valid)) or seen[-1]
+    try:
+        model(feats, present, mask, speaker)
+    finally:
+        del fuser.compact  # the instance attribute: back to the method
+    return seen[0]
+
+
+def assert_same_rows(model, a: torch.Tensor, b: torch.Tensor) -> None:
+    """Rows ``a`` ≈ ``b`` of ``comparable``: torch's float32 defaults for logits; for MCB's compact product, per row
+    ‖a − b‖₂ ≤ (M + 1)·5·log2(d)·ε·‖a‖₂: the order of the forward error of M float32 FFTs and one inverse
+    (each ≈ 3.3·log2(d)·ε normwise, radix 2: Higham, Accuracy and Stability of Numerical Algorithms, ch. 24),
+    which also covers the few-ε differences of the encoders feeding it (measured ≤ 2ε·‖a‖₂, AVX2 and AVX-512
+    kernels, 1 and 2 threads; 140ε for three modalities and d = 128). A leak moves rows by far more (a 1e-3 change
+    of one input element: 2e-3 of the norm)."""
+    import math
+
+    from models.dialoguetrm import MCB
+
+    fuser = getattr(model, "fuser", None)
+    if not isinstance(fuser, MCB):
+        torch.testing.assert_close(a, b)
+        return
+    M, d = fuser.h.shape[0], a.shape[-1]
+    bound = (M + 1) * 5 * math.log2(d) * torch.finfo(torch.float32).eps
+    a, b = a.detach(), b.detach()
+    err, size = (a - b).norm(dim=-1), a.norm(dim=-1)
+    worst = float((err / size.clamp(min=1e-30)).max())
+    assert (err <= bound * size).all(), f"MCB product rows differ by {worst:.2e} of their norm (bound {bound:.2e})"
 
 
 def overfit_ce(model, dims: dict[str, int], lr=1e-2) -> torch.Tensor:

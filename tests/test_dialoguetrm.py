@@ -3,7 +3,7 @@ hand (Eq. 7–11), Eq. 15's slot order, PyTorch-default transformers (§5.2), th
 import pytest
 import torch
 
-from modelkit import one_thread, overfit, overfit_ce, toy_batch  # noqa: F401  (one_thread: autouse)
+from modelkit import assert_same_rows, comparable, one_thread, overfit, overfit_ce, toy_batch  # noqa: F401
 
 from models import get_model
 from models.dialoguetrm import context_mask
@@ -406,16 +406,16 @@ def test_table5_fusions_ignore_padding_and_absent_rows(fusion, cfg):
     model = build("tav", fusion=fusion, window=2, **cfg)
     feats, present, mask, speaker, _ = toy_batch(DIMS, "tav")
     present["v"][0, 1] = False
-    out = model(feats, present, mask, speaker)
+    out = comparable(model, feats, present, mask, speaker)  # logits (bilinear: MCB's product before the signed sqrt)
     garbage = {m: f.masked_fill(~mask.unsqueeze(-1), 77.0) for m, f in feats.items()}
     garbage["v"][0, 1] = -40.0  # an absent row: its values must not matter
     present2 = {m: p | ~mask for m, p in present.items()}  # "present" padding must not leak either
-    torch.testing.assert_close(model(garbage, present2, mask, speaker)[mask], out[mask])
+    assert_same_rows(model, comparable(model, garbage, present2, mask, speaker)[mask], out[mask])
     # a second, all-padding tail does not change the real outputs (MulT's positions count from turn 0)
     pad = lambda x, v: torch.cat([x, torch.full((x.shape[0], 2, *x.shape[2:]), v, dtype=x.dtype)], 1)  # noqa: E731
-    out2 = model({m: pad(f, 9.0) for m, f in feats.items()}, {m: pad(p, True) for m, p in present.items()},
-                 pad(mask, False), pad(speaker, 0))
-    torch.testing.assert_close(out2[:, :5][mask], out[mask])
+    out2 = comparable(model, {m: pad(f, 9.0) for m, f in feats.items()}, {m: pad(p, True) for m, p in present.items()},
+                      pad(mask, False), pad(speaker, 0))
+    assert_same_rows(model, out2[:, :5][mask], out[mask])
 
 
 def test_unknown_fusion_is_one_clear_error():
