@@ -31,7 +31,7 @@ DEMO = Path(__file__).resolve().parents[1] / "data" / "demo"
 
 def make_corpus(root: Path, n: int) -> Path:
     """``n`` WAV files cycled from the demo's speech clips, and an utterance table pointing at them."""
-    from pipeline.media import load_audio
+    from pipeline.extraction.media import load_audio
 
     sources = sorted((DEMO / "train_splits").glob("*.mp4"))[:10]
     signals = []
@@ -55,7 +55,7 @@ def make_corpus(root: Path, n: int) -> Path:
 
 
 def run_stage(table: Path, out: Path, feature_set: str) -> float:
-    from pipeline.runners import run_sharded
+    from pipeline.extraction.runners import run_sharded
     from pipeline.extract_audio import OpenSmileExtractor
 
     ex = OpenSmileExtractor(feature_set)

@@ -119,7 +119,7 @@ def part_train(cuda: bool, n_dialogues: int, budget: Budget, models: list[str] |
     from bench.train_epoch import meld_like
     from models import get_model, list_models
     from pipeline.common import load_params
-    from pipeline.engine import Engine, EngineConfig, class_weights, seed_everything
+    from pipeline.training.engine import Engine, EngineConfig, class_weights, seed_everything
     from pipeline.schema import EMOTIONS
 
     params = load_params()
@@ -257,7 +257,7 @@ import numpy as np, torch, torch.distributed as dist
 sys.path.insert(0, os.environ["MERC_ROOT"])
 from bench.train_epoch import meld_like
 from models import get_model
-from pipeline.engine import Engine, EngineConfig, class_weights, init_distributed, seed_everything
+from pipeline.training.engine import Engine, EngineConfig, class_weights, init_distributed, seed_everything
 from pipeline.schema import EMOTIONS
 rank, size = init_distributed()
 if not dist.is_initialized():  # one GPU: a one-rank NCCL group, so the collective path still runs

@@ -21,7 +21,7 @@ STEPS = ("asr", "diarization", "extract_t", "extract_a", "extract_v", "model")
 
 
 def main() -> None:
-    from pipeline.bundle import load_bundle
+    from pipeline.training.bundle import load_bundle
     from pipeline.common import setup_logging
     from pipeline.predict.core import Predictor
     from pipeline.predict.demo import build_conversation

@@ -67,7 +67,7 @@ def factory(stage: str):
 
 
 def timed_run(stage: str, table: Path, out: Path, shard_size: int, runtime: dict | None) -> float:
-    from pipeline.runners import run_sharded
+    from pipeline.extraction.runners import run_sharded
 
     from pipeline.extract_audio import AudioDecoder
 
@@ -79,7 +79,7 @@ def timed_run(stage: str, table: Path, out: Path, shard_size: int, runtime: dict
 
 def decode_rates(table: Path, n: int) -> dict[str, float]:
     """Media seconds decoded per second on one core: audio (16 kHz mono) and video (sampled frames)."""
-    from pipeline.media import MediaError, decode_frames, load_audio, probe_duration
+    from pipeline.extraction.media import MediaError, decode_frames, load_audio, probe_duration
 
     rows = [r for r in pq.read_table(table).to_pylist() if r["media_path"]][:n]
     out = {}

@@ -33,7 +33,7 @@ def texts(n: int) -> list[str]:
 
 
 def bare(model_name: str, items: list[str], batch_size: int) -> float:
-    from pipeline.textenc import load_encoder
+    from pipeline.extraction.textenc import load_encoder
 
     tok, model = load_encoder(model_name)
     order = sorted(range(len(items)), key=lambda i: len(items[i]))
@@ -49,7 +49,7 @@ def bare(model_name: str, items: list[str], batch_size: int) -> float:
 
 
 def stage(model_name: str, items: list[str], batch_size: int, d: Path) -> float:
-    from pipeline.runners import run_sharded
+    from pipeline.extraction.runners import run_sharded
     from pipeline.extract_text import TextExtractor
 
     rows = [dict(dialogue_id=f"d{i // 10}", utterance_id=i % 10, speaker="s", text=x, label=None, label_id=-1,

@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywher
 
 from models import get_model, list_models  # noqa: E402
 from pipeline.common import load_params, setup_logging  # noqa: E402
-from pipeline.engine import Engine, EngineConfig, class_weights, parse_modalities, seed_everything  # noqa: E402
+from pipeline.training.engine import Engine, EngineConfig, class_weights, parse_modalities, seed_everything  # noqa: E402
 from pipeline.schema import EMOTIONS  # noqa: E402
 
 log = logging.getLogger("merc.bench")

@@ -27,9 +27,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from pipeline.common import load_params, read_features, setup_logging  # noqa: E402
-from pipeline.runners import run_sharded  # noqa: E402
+from pipeline.extraction.runners import run_sharded  # noqa: E402
 from pipeline.extract_visual import FaceExtractor  # noqa: E402
-from pipeline.media import MediaError, decode_frames  # noqa: E402
+from pipeline.extraction.media import MediaError, decode_frames  # noqa: E402
 from pipeline.schema import UTTERANCE_SCHEMA  # noqa: E402
 
 log = logging.getLogger("merc.bench")

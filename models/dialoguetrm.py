@@ -4,7 +4,7 @@ Findings of EMNLP 2021 (``../shared/papers/dialoguetrm.txt``).
 Intra-modal emotion dynamics (§4.1):
   * Eq. 1 (self dependency): f_(u) = BERT([CLS] u [SEP] indi-context [SEP]) at [CLS] — the text stage with
     ``text.context: dialoguetrm``, ``text.pooling: cls`` (frozen vectors), or end-to-end fine-tuned inside
-    ``train`` (``train.text_encoder``, ``pipeline/text_e2e.py``). Both use one K (``window``) for the indi-context.
+    ``train`` (``train.text_encoder``, ``pipeline/training/text_e2e.py``). Both use one K (``window``) for the indi-context.
   * Eq. 2–3 (inter-personal dependency): r_i,(u) = Transformer(F_(u), ρ̄_i): a PyTorch ``nn.TransformerEncoder``
     with default parameters (§5.2: post-LN, ReLU, FFN 2048, dropout 0.1; paper size 6 layers, 12 heads, 768) whose
     mask ρ̄_i lets turn i attend the K previous turns and itself, never the future (``causal: true``). Switch:
@@ -53,7 +53,7 @@ are zero and masked out of the representation transformer. With a single modalit
 there is nothing to fuse: the discriminator reads r directly.
 
 Ablations: Table 3 "remove transformer" → ``intra_transformer: false`` (r = projected f; the segment-embedding
-and [SEP] removals are text-input switches, see ``pipeline/text_e2e.py``; the paper removes them step by step,
+and [SEP] removals are text-input switches, see ``pipeline/training/text_e2e.py``; the paper removes them step by step,
 cumulatively); Table 4 → ``context`` per modality — ``context.t: free`` is u̇, "BERT-base ... without modeling
 self dependency" (Table 3): ``train`` then also feeds the encoder the utterance alone (Eq. 1 without ϕ;
 ``text_e2e.context_free_text``), or refuses frozen features extracted with context;

@@ -6,7 +6,7 @@ Every model takes the same batch:
     mask:       BoolTensor[B, T]                    the utterance exists (False = dialogue padding)
     speaker:    LongTensor[B, T]                    speaker index within the dialogue
 and returns logits ``[B, T, n_classes]`` (or a dict with ``logits`` and auxiliary ``losses``: see
-``pipeline.engine``). ``input_dims`` holds only the chosen modalities, so a model must build its
+``pipeline.training.engine``). ``input_dims`` holds only the chosen modalities, so a model must build its
 modules from it and may not assume text, audio and visual are all there.
 
 Regression (issue #20): the same models are built with ``n_classes = K`` targets, so their last linear layer is

@@ -70,7 +70,7 @@ Paper → code (section / equation of the paper):
                   L = λ_task·L_task + λ_CE·Σ_m L_CE^m + λ_KL·Σ_m L_KL^m; λ = 1.5, 1.0, 0.3 (Table 6), τ = 1 (§4.3).
   §4.4, Table 2   LPGNet(Frame) (``mode: frame``): each utterance is its own sequence of text tokens and audio
                   frames (truncated to ``max_len`` = 512); U is the token/frame axis. Inputs are
-                  ``feats[m]: [B, T, L, F]`` with frame masks ``present[m]: [B, T, L]`` (``pipeline.dataset``
+                  ``feats[m]: [B, T, L, F]`` with frame masks ``present[m]: [B, T, L]`` (``pipeline.training.dataset``
                   with ``sequences``: ``{a: frames}`` = ``audio.ssl.store_frames`` / the ``emotion2vec`` extractor's
                   frames; ``{t: frames}`` = the text stage's token states, ``text.store_tokens``: the
                   utterance's own tokens, BERT's 512 at most). A modality given as one vector per utterance
@@ -262,7 +262,7 @@ class LPGNet(nn.Module):
 
     @staticmethod
     def sequence_inputs(cfg: dict, modalities) -> dict[str, str] | None:
-        """Which feature column holds each modality's frame sequence in the Frame mode (for ``pipeline.dataset``)."""
+        """Which feature column holds each modality's frame sequence in the Frame mode (for ``pipeline.training.dataset``)."""
         if cfg.get("mode", "utterance") != "frame":
             return None
         cols = cfg.get("sequences") or {"a": "frames"}

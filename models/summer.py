@@ -649,7 +649,7 @@ class Summer(nn.Module):
     @staticmethod
     def _teacher(input_dims, n_classes, hidden, heads, dropout, max_speakers, path, tcfg) -> SummerTeacher:
         if path:
-            from pipeline.checkpoint import load_checkpoint  # weights_only: a teacher file cannot run code
+            from pipeline.training.checkpoint import load_checkpoint  # weights_only: a teacher file cannot run code
 
             ck = load_checkpoint(path, "summer teacher", "run the train_teacher stage (`dvc repro train_teacher`) "
                                  "or set model_params.summer.teacher_path")

@@ -35,37 +35,16 @@ import torch.nn as nn
 from sklearn.metrics import accuracy_score, f1_score
 
 from pipeline.common import atomic_write_text
+from pipeline.schema import corpus_info  # noqa: F401 (re-exported: the report reads it from here)
 
 log = logging.getLogger("merc.analysis")
 SHIFT_CASES = ("all", "no_shift", "intra_shift", "inter_shift")
 CLASSIFIER_ATTRS = ("classifier", "head", "fc")
 
 
-def corpus_info(utterances: str | Path) -> dict:
-    """The ``corpus`` block of metrics.json from the utterance table's schema metadata (labels, provenance).
-
-    Strings only: ``dvc exp show --json`` drops lists from metrics files.
-    """
-    import pyarrow.parquet as pq
-
-    from pipeline.schema import label_names, target_names
-
-    schema = pq.read_schema(utterances)
-    prov = json.loads((schema.metadata or {}).get(b"provenance", b"{}"))
-    params = prov.get("params") or {}
-    adapter = str(prov.get("adapter", "unknown"))
-    targets = target_names(schema)
-    target = str(params.get("target") or "emotion") if adapter in ("meld", "demo", "mosei", "iemocap") else "emotion"
-    if targets and adapter not in ("iemocap", "mosei"):
-        target = "regression"  # a manifest's prepare.targets
-    return {"adapter": adapter, "target": target, "labels": "" if targets else ",".join(label_names(schema)),
-            "targets": ",".join(targets),
-            "source": Path(str(prov.get("root", ""))).stem if adapter in ("manifest", "features") else ""}
-
-
 def plot_scatter(df: pd.DataFrame, path: str | Path, title: str) -> None:
     """Points (x, y) coloured by ``label``."""
-    from pipeline.plots import _plt
+    from pipeline.training.plots import _plt
 
     plt = _plt()
     fig, ax = plt.subplots(figsize=(6.0, 5.0))
@@ -179,7 +158,7 @@ def _capture(model: nn.Module):
 @torch.no_grad()
 def representations(model: nn.Module, data: list[dict], device: str = "cpu", batch_size: int = 16):
     """Fused utterance representations ``[N, d]`` (float32) and their (dialogue_id, utterance_id) keys."""
-    from pipeline.dataset import collate
+    from pipeline.training.dataset import collate
 
     model.eval()
     handles, get = ([], None) if hasattr(model, "represent") else _capture(model)
@@ -302,8 +281,8 @@ def efficiency(name: str, cfg: dict, dims: dict[str, int], n_classes: int, train
     """Parameters, FLOPs and inference latency for one dialogue of ``dialogue_len`` utterances; with
     ``epoch_dialogues`` > 0 also the time of one training epoch over that many random MELD-like dialogues."""
     from models import get_model
-    from pipeline.dataset import collate
-    from pipeline.engine import Engine, EngineConfig, seed_everything
+    from pipeline.training.dataset import collate
+    from pipeline.training.engine import Engine, EngineConfig, seed_everything
 
     seed_everything(0)
     cfg = dict(cfg)

@@ -1,6 +1,6 @@
 """Small helpers every stage uses: params, logging, atomic writes, reading tables.
 
-The sharded, resumable extract runner lives in ``pipeline.runners`` (shards: ``pipeline.shards``)."""
+The sharded, resumable extract runner lives in ``pipeline.extraction.runners`` (shards: ``pipeline.extraction.shards``)."""
 from __future__ import annotations
 
 import hashlib

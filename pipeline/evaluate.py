@@ -2,7 +2,7 @@
 
 Writes (fixed paths, so ``dvc metrics diff`` / ``dvc exp show`` compare runs of any model):
   reports/metrics.json          accuracy, weighted/macro F1, macro/weighted precision and recall, one-vs-all
-                                binary accuracy/F1 (``pipeline.metrics``; mean over the checkpoint's seeds) and
+                                binary accuracy/F1 (``pipeline.training.metrics``; mean over the checkpoint's seeds) and
                                 their ``*_std``, per-seed results (``seeds``), per-class P/R/F1/support/accuracy,
                                 item counts
   reports/plots/confusion.csv   one row per test utterance (actual, predicted): DVC ``confusion`` template
@@ -34,20 +34,21 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from pipeline.analysis import corpus_info, write_tsne
-from pipeline.checkpoint import load_checkpoint
-from pipeline import text_e2e
+from pipeline.analysis import write_tsne
+from pipeline.schema import corpus_info
+from pipeline.training.checkpoint import load_checkpoint
+from pipeline.training import text_e2e
 from pipeline.common import atomic_write_text, csv_safe, setup_logging
-from pipeline.dataset import Standardizer, dialogues, model_sequences
-from pipeline.engine import predict, resolve_device
+from pipeline.training.dataset import Standardizer, dialogues, model_sequences
+from pipeline.training.engine import predict, resolve_device
 from pipeline.errors import UserError, run_main
-from pipeline.metrics import (MOSEI_SCALARS, REG_SCALARS, SCALARS, classification_metrics, confusion, mean_std,
+from pipeline.training.metrics import (MOSEI_SCALARS, REG_SCALARS, SCALARS, classification_metrics, confusion, mean_std,
                               mosei_metrics, regression_metrics)
-from pipeline.plots import plot_confusion, plot_curves, plot_message, plot_regression_scatter
-from pipeline.train import build_model
+from pipeline.training.plots import plot_confusion, plot_curves, plot_message, plot_regression_scatter
+from pipeline.training.build import build_model
+from pipeline.training.scoring import SUMMARY, score_seeds
 
 log = logging.getLogger("merc.evaluate")
-SUMMARY = SCALARS  # every scalar metric: mean and std over seeds
 SPLIT_REPORTS = {"test": "reports", "dev": "reports/dev"}
 CHECKPOINT_KEYS = ("model", "cfg", "input_dims", "modalities", "norm", "labels", "state_dict")
 
@@ -91,7 +92,7 @@ def evaluate(checkpoint: str, utterances: str, reports: str, split: str = "test"
     if targets:
         return _evaluate_regression(ckpt, model, data, corpus, utterances, reports, split, device, live_plots)
     runs = ckpt.get("runs") or [{k: ckpt.get(k, 0) for k in ("seed", "state_dict", "epoch", "dev_weighted_f1")}]
-    per_seed, (m, pred, y, keys, run), metrics = _seeds(
+    per_seed, (m, pred, y, keys, run), metrics = score_seeds(
         model, runs, data, device, ckpt.get("seed"), lambda y, p: classification_metrics(y, p, labels), SUMMARY,
         lambda run, m: {"dev_weighted_f1": float(run["dev_weighted_f1"]),
                         "per_class_f1": {c: v["f1"] for c, v in m["per_class"].items()}})
@@ -139,23 +140,6 @@ def evaluate(checkpoint: str, utterances: str, reports: str, split: str = "test"
     return metrics
 
 
-def _seeds(model, runs, data, device, selected_seed, score, scalars, extra):
-    """Every seed's weights on ``data``: per-seed records (``scalars`` + ``extra(run, metrics)``), the selected
-    seed's (metrics, predictions, truth, keys, run) and the mean/std over seeds of each scalar."""
-    per_seed, selected = [], None
-    for run in runs:
-        model.load_state_dict(run["state_dict"])
-        pred, y, _, keys = predict(model, data, 16, device)
-        m = score(y, pred)
-        per_seed.append({"seed": int(run["seed"]), **{k: m[k] for k in scalars},
-                         "selected_epoch": int(run["epoch"]), **extra(run, m)})
-        if selected is None or run["seed"] == selected_seed:
-            selected = (m, pred, y, keys, run)
-    summary = {k: mean_std([s[k] for s in per_seed])[0] for k in scalars}
-    summary.update({f"{k}_std": mean_std([s[k] for s in per_seed])[1] for k in scalars})
-    return per_seed, selected, summary
-
-
 def _evaluate_regression(ckpt, model, data, corpus, utterances, reports, split, device, live_plots) -> dict:
     """``evaluate`` for a regression checkpoint (see the module docstring)."""
     targets = corpus.targets
@@ -168,7 +152,7 @@ def _evaluate_regression(ckpt, model, data, corpus, utterances, reports, split, 
             m.update({k: v for k, v in mosei_metrics(y, pred).items() if k != "mae"})
         return m
 
-    per_seed, (m, pred, y, keys, run), metrics = _seeds(
+    per_seed, (m, pred, y, keys, run), metrics = score_seeds(
         model, runs, data, device, ckpt.get("seed"), score, scalars,
         lambda run, m: {"dev_pearson_r": _maybe(run["dev_pearson_r"]), "per_target": m["per_target"]})
     metrics.update(

@@ -3,7 +3,7 @@
 ``audio.extractor`` picks what the vector is:
   * ``opensmile``: openSMILE functionals, ``audio.feature_set`` = ``eGeMAPSv02`` (88-d, default) or
     ``ComParE_2016`` (6373-d) — as SUMMER and DialogueTRM use. The samples passed to
-    ``opensmile.Smile.process_signal`` are exactly those decoded by ``pipeline.media.load_audio``.
+    ``opensmile.Smile.process_signal`` are exactly those decoded by ``pipeline.extraction.media.load_audio``.
     ``audio.lld: true`` also stores the low-level-descriptor sequence (extra column ``lld``:
     list of fixed-size float32 frames, 10 ms hop).
   * ``ssl``: an emotion2vec-style self-supervised speech encoder from Hugging Face (wav2vec2, HuBERT, WavLM,
@@ -41,10 +41,10 @@ import torch
 
 from pipeline.common import load_params, setup_logging
 from pipeline.errors import UserError, run_main
-from pipeline.imported import imported_or
-from pipeline.runners import run_sharded, stage_runtime, weights_digest
-from pipeline.shards import FeatureExtractor
-from pipeline.media import MediaError, load_audio
+from pipeline.extraction.imported import imported_or
+from pipeline.extraction.runners import run_sharded, stage_runtime, weights_digest
+from pipeline.extraction.shards import FeatureExtractor
+from pipeline.extraction.media import MediaError, load_audio
 from pipeline.schema import nonfinite_error
 
 log = logging.getLogger("merc.extract_audio")
@@ -55,7 +55,7 @@ class AudioDecoder:
     """The CPU half of every audio extractor: decoding, silence and duration checks, no model.
 
     Apart from the extractor so that ``runtime: ray`` can decode on CPU workers while the model's actors
-    embed (``pipeline.runners.run_sharded(decoder=...)``); the local runner calls it inside ``process``.
+    embed (``pipeline.extraction.runners.run_sharded(decoder=...)``); the local runner calls it inside ``process``.
     """
 
     def __init__(self, max_duration_s: float | None = 30.0, silence_rms: float = 1e-4):

@@ -18,17 +18,18 @@ import torch
 
 from pipeline.common import load_params, setup_logging
 from pipeline.errors import UserError, run_main
-from pipeline.imported import imported_or
-from pipeline.runners import run_sharded, stage_runtime, weights_digest
+from pipeline.extraction.imported import imported_or
+from pipeline.extraction.runners import run_sharded, stage_runtime
 from pipeline.schema import nonfinite_error
-from pipeline.shards import FeatureExtractor
-from pipeline.text_context import DialogueIndex, build_pair
-from pipeline.textenc import encode_batch, load_encoder, pair_limits, resolve_model, tokenize_pairs
+from pipeline.extraction.shards import FeatureExtractor
+from pipeline.extraction.text_context import DialogueIndex, build_pair
+from pipeline.extraction.textenc import (encode_batch, encoder_and_config, load_encoder, pair_limits,
+                                         tokenize_pairs)
 
 log = logging.getLogger("merc.extract_text")
 
 class TextExtractor(FeatureExtractor):
-    """Utterance vectors, optionally with conversational context (``pipeline.text_context``).
+    """Utterance vectors, optionally with conversational context (``pipeline.extraction.text_context``).
 
     Pooling is over the target utterance's own tokens (segment 0: ``mean``) or the first token (``cls``);
     ``layers`` = k averages the last k hidden layers. The context holds whole turns, the nearest to the target
@@ -106,18 +107,6 @@ class TextExtractor(FeatureExtractor):
             for r in records:
                 r.setdefault("frames", None)
         return records
-
-
-def encoder_and_config(p: dict) -> tuple[str, dict]:
-    """The encoder to load and the config that decides whether finished shards are still valid."""
-    model, config = p["model"], {k: v for k, v in p.items() if k not in ("batch_size", "shard_size")}
-    if not p["finetune"]["enabled"]:
-        config["finetune"] = {"enabled": False}  # fine-tuning knobs cannot change frozen vectors: keep the shards
-    else:
-        model = p["finetune"]["out"]  # the encoder the finetune_text stage trained (dev-selected)
-    # a local encoder's files (weights, tokenizer, config), not only its name, decide whether shards are valid
-    config["weights_digest"] = weights_digest(resolve_model(model))
-    return model, config
 
 
 def text_extractor(p: dict, index: DialogueIndex | None = None) -> tuple[functools.partial, dict]:

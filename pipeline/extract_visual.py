@@ -1,7 +1,7 @@
 """Stage ``extract_visual``: sampled frames → MTCNN faces → speaker's face track → aligned face clip → vector.
 
 1. **Sampling** (``visual.sampling``): every k-th frame, SUMMER's N_s = frames/10, or a fixed count, capped at
-   ``max_frames``; only the sampled frames are decoded to RGB (``pipeline.media.decode_frames`` seeks).
+   ``max_frames``; only the sampled frames are decoded to RGB (``pipeline.extraction.media.decode_frames`` seeks).
 2. **Faces**: facenet-pytorch's MTCNN (trained weights ship in its wheel) on all sampled frames of a clip in one
    batch, with its five landmarks; every face with probability ≥ ``min_face_prob`` is kept.
 3. **Speaker's face**, per clip: faces are linked across frames into tracks (greedy IoU ≥ ``TRACK_IOU``
@@ -41,10 +41,10 @@ import torch.nn.functional as F
 
 from pipeline.common import load_params, setup_logging
 from pipeline.errors import MissingFileError, UserError, run_main
-from pipeline.imported import imported_or
-from pipeline.runners import run_sharded, stage_runtime, weights_digest
-from pipeline.shards import FeatureExtractor
-from pipeline.media import MediaError, decode_frames
+from pipeline.extraction.imported import imported_or
+from pipeline.extraction.runners import run_sharded, stage_runtime, weights_digest
+from pipeline.extraction.shards import FeatureExtractor
+from pipeline.extraction.media import MediaError, decode_frames
 from pipeline.schema import nonfinite_error
 
 log = logging.getLogger("merc.extract_visual")

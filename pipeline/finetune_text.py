@@ -30,10 +30,10 @@ from tqdm import tqdm
 
 from pipeline.common import load_params, setup_logging
 from pipeline.errors import UserError, run_main
-from pipeline.metrics import classification_metrics
+from pipeline.training.metrics import classification_metrics
 from pipeline.schema import label_names
-from pipeline.text_context import DialogueIndex, build_pair
-from pipeline.textenc import encode_batch, load_encoder, pair_limits, tokenize_pairs
+from pipeline.extraction.text_context import DialogueIndex, build_pair
+from pipeline.extraction.textenc import encode_batch, load_encoder, pair_limits, tokenize_pairs
 
 log = logging.getLogger("merc.finetune_text")
 

@@ -12,7 +12,7 @@ Adapters (``pipeline/adapters``), chosen by ``prepare.dataset``:
   * ``manifest``: a CSV/Parquet listing any corpus's utterances (see the README); ``prepare.targets`` names
     numeric columns to regress on instead of classes.
   * ``features``: a pre-extracted feature pickle (DialogueRNN/MMGCN or Ada2I layout, read by a restricted
-    unpickler); the extract stages then serve its vectors (``pipeline.imported``).
+    unpickler); the extract stages then serve its vectors (``pipeline.extraction.imported``).
 
 The table's schema metadata records the label set (``labels``; empty for a regression corpus), the regression
 target names (``targets``, absent for classification) and provenance (adapter, root, params, counts). Run: ``python -m pipeline.prepare`` (reads ``prepare`` from params.yaml).
@@ -31,7 +31,7 @@ import pyarrow as pa
 from pipeline.adapters import TARGET_ABS_LIMIT, _probe, features, iemocap, manifest, meld, mosei
 from pipeline.common import atomic_write_table, load_params, setup_logging
 from pipeline.errors import MissingFileError, UserError, run_main
-from pipeline.media import span_error
+from pipeline.extraction.media import span_error
 from pipeline.schema import KEY, SPLITS, UTTERANCE_SCHEMA, validate
 
 log = logging.getLogger("merc.prepare")

@@ -331,7 +331,7 @@ def command(recipe: Recipe, offline: bool = False, extra: list[str] | None = Non
 # ---------------------------------------------------------------- pre-flight: is what it needs here?
 def _hf_available(name: str) -> bool:
     """A packaged model, a local folder, or a Hugging Face id already in the local cache."""
-    from pipeline.textenc import OFFLINE_PACKAGES
+    from pipeline.extraction.textenc import OFFLINE_PACKAGES
 
     if name in OFFLINE_PACKAGES or Path(name).is_dir():
         return True
@@ -408,7 +408,7 @@ def build_model(p: dict):
     import inspect
 
     from models import get_model, model_class
-    from pipeline.engine import parse_modalities
+    from pipeline.training.engine import parse_modalities
 
     name = p["model"]
     cfg = dict((p.get("model_params") or {}).get(name) or {})

@@ -10,7 +10,7 @@ Utterance table (``prepare`` output, one file):
     split        string   train | dev | test
     media_path   string   clip or recording (relative to the repo root when inside it), null when text-only
     start_s      float64  utterance start within ``media_path`` (null: whole clip). Readers must honour
-                          start_s/end_s (``pipeline.media.load_audio(..., start_s, end_s)``): IEMOCAP and
+                          start_s/end_s (``pipeline.extraction.media.load_audio(..., start_s, end_s)``): IEMOCAP and
                           manifest rows may point at a whole dialogue recording
     end_s        float64  utterance end (null: whole clip)
     audio_path   string   the utterance's own audio file when it differs from ``media_path`` (IEMOCAP's
@@ -45,6 +45,7 @@ visual stage's ``weights``: ``random`` when a backbone ran untrained, its vector
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -153,3 +154,23 @@ def nonfinite_error(name: str, vec) -> str | None:
     with np.errstate(invalid="ignore"):
         bad = int((~(np.abs(v) <= FEATURE_ABS_LIMIT)).sum())
     return f"{name} returned {bad} non-finite values (NaN/inf or |x| > {FEATURE_ABS_LIMIT:.0e})" if bad else None
+
+
+def corpus_info(utterances: str | Path) -> dict:
+    """The ``corpus`` block of metrics.json from the utterance table's schema metadata (labels, provenance).
+
+    Strings only: ``dvc exp show --json`` drops lists from metrics files.
+    """
+    import pyarrow.parquet as pq
+
+    schema = pq.read_schema(utterances)
+    prov = json.loads((schema.metadata or {}).get(b"provenance", b"{}"))
+    params = prov.get("params") or {}
+    adapter = str(prov.get("adapter", "unknown"))
+    targets = target_names(schema)
+    target = str(params.get("target") or "emotion") if adapter in ("meld", "demo", "mosei", "iemocap") else "emotion"
+    if targets and adapter not in ("iemocap", "mosei"):
+        target = "regression"  # a manifest's prepare.targets
+    return {"adapter": adapter, "target": target, "labels": "" if targets else ",".join(label_names(schema)),
+            "targets": ",".join(targets),
+            "source": Path(str(prov.get("root", ""))).stem if adapter in ("manifest", "features") else ""}

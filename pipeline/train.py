@@ -1,4 +1,4 @@
-"""Stage ``train``: a registered model trained by the shared engine (``pipeline.engine``), once per seed.
+"""Stage ``train``: a registered model trained by the shared engine (``pipeline.training.engine``), once per seed.
 
 ``train.modalities`` picks the modality subset (``tav``, ``ta``, ``t``, … or a list); ``train.seeds: [..]`` trains
 one model per seed (else ``train.seed``). The checkpoint holds every seed's best-on-dev weights (``runs``); its
@@ -8,31 +8,30 @@ mean ± std over seeds; ``reports/train/seeds.json`` holds every seed's best epo
 
 Run: ``python -m pipeline.train`` (reads ``model``, ``model_params.<model>`` and ``train`` from params.yaml).
 Several GPUs (or CPU processes): ``torchrun --nproc-per-node N -m pipeline.train`` trains with DDP
-(``pipeline.engine``); ``train.batch_size`` stays the global batch, and only rank 0 writes DVCLive, the
+(``pipeline.training.engine``); ``train.batch_size`` stays the global batch, and only rank 0 writes DVCLive, the
 checkpoint and seeds.json. Every rank returns the same result.
 """
 from __future__ import annotations
 
 import argparse
 import contextlib
-import inspect
 import json
 import logging
 from pathlib import Path
 
 import numpy as np
 
-from models import get_model, list_models
-from models.registry import model_class
-from pipeline.bundle import write_bundle
-from pipeline import text_e2e
-from pipeline.checkpoint import save_checkpoint as save_plain
+from models import list_models
+from pipeline.training.build import build_model  # noqa: F401 (train builds with it; re-exported)
+from pipeline.training.bundle import write_bundle
+from pipeline.training import text_e2e
+from pipeline.training.checkpoint import save_checkpoint as save_plain
 from pipeline.common import atomic_write_text, load_params, setup_logging
-from pipeline.dataset import Standardizer, dialogues, load_corpus, model_sequences, train_warnings
-from pipeline.engine import (Engine, EngineConfig, check_engine_params, class_weights, init_distributed,
+from pipeline.training.dataset import Standardizer, dialogues, load_corpus, model_sequences, train_warnings
+from pipeline.training.engine import (Engine, EngineConfig, check_engine_params, class_weights, init_distributed,
                              parse_modalities, resolve_device, seed_everything)
-from pipeline.errors import MissingFileError, UserError, run_main
-from pipeline.metrics import mean_std
+from pipeline.errors import UserError, run_main
+from pipeline.training.metrics import mean_std
 from pipeline.schema import label_names
 
 log = logging.getLogger("merc.train")
@@ -120,10 +119,10 @@ def train(params: dict, utterances: str, out: str, live_dir: str, feature_dirs: 
 
 def card_facts(utterances, corpus, norm, runs: list[dict], n_params: int, targets: list[str], make_model,
                device) -> dict:
-    """What the bundle's model card reports (``pipeline.model_card``): the corpus, labelled utterances per split,
+    """What the bundle's model card reports (``pipeline.training.model_card``): the corpus, labelled utterances per split,
     each seed's dev-selected epoch and score, and every seed's test metrics (mean, std); selection stayed on dev,
     these are measured once the bundle's seed is chosen, exactly as ``pipeline.evaluate`` measures them."""
-    from pipeline.analysis import corpus_info
+    from pipeline.schema import corpus_info
 
     split_dialogues = {s: dialogues(corpus, s, norm) for s in ("train", "dev", "test")}
     facts = {"corpus": corpus_info(utterances), "n_params": int(n_params),
@@ -132,52 +131,19 @@ def card_facts(utterances, corpus, norm, runs: list[dict], n_params: int, target
                         "dev_weighted_f1": float(r.get("dev_weighted_f1", r.get("dev_score", 0.0)))} for r in runs]}
     if targets or not split_dialogues["test"]:
         return facts  # regression (predict does not serve it) or no test split: the card says where to look
-    from pipeline.evaluate import SUMMARY, _seeds
-    from pipeline.metrics import classification_metrics
+    from pipeline.training.scoring import SUMMARY, score_seeds
+    from pipeline.training.metrics import classification_metrics
 
     labels = label_names(corpus.utterances.schema)
-    _, (m, *_), summary = _seeds(make_model(), runs, split_dialogues["test"], device, runs[0]["seed"],
+    _, (m, *_), summary = score_seeds(make_model(), runs, split_dialogues["test"], device, runs[0]["seed"],
                                  lambda y, p: classification_metrics(y, p, labels), SUMMARY, lambda run, m: {})
     facts["test"] = {"n": int(m["n"]), **{k: [float(summary[k]), float(summary[f"{k}_std"])]
                                           for k in ("weighted_f1", "macro_f1", "accuracy")}}
     return facts
 
 
-def build_model(name: str, cfg: dict, dims: dict, n_classes: int, where: str | None = None,
-                task: str = "classification"):
-    """``get_model`` with a model's settings errors (unknown key, bad value, missing teacher) as one line naming
-    ``where`` the settings come from (default: ``params.yaml model_params.<name>``).
-
-    ``task: regression``: ``n_classes`` is the number of targets (the model's last linear layer is the regression
-    head); models whose auxiliary losses use the labels take ``task`` and switch those losses to the targets."""
-    where = where or f"params.yaml model_params.{name}"
-    if name not in list_models():
-        raise UserError(f"{where}: unknown model {name!r}; registered: {list_models()}")
-    sig = inspect.signature(model_class(name)).parameters
-    if "task" in cfg:
-        raise UserError(f"{where}: task is not a model setting: it follows the prepared table (prepare.targets / "
-                        "prepare.target)")
-    if not any(p.kind is p.VAR_KEYWORD for p in sig.values()):
-        known = sorted(set(sig) - {"input_dims", "n_classes", "task"})
-        unknown = sorted(set(cfg) - set(known))
-        if unknown:
-            raise UserError(f"{where}: unknown setting(s) {unknown}; {name} takes {known}")
-    if "task" in sig:
-        cfg = {**cfg, "task": task}
-    elif task != "classification" and hasattr(model_class(name), "aux_loss"):
-        raise UserError(f"{where}: model {name!r} has label-dependent auxiliary losses but no regression variant")
-    try:
-        return get_model(name, input_dims=dims, n_classes=n_classes, **cfg)
-    except UserError:
-        raise
-    except FileNotFoundError as e:
-        raise MissingFileError(f"{where}: {e}") from e
-    except (ValueError, TypeError) as e:  # the models' own checks of their settings
-        raise UserError(f"{where}: {e}") from e
-
-
 def save_checkpoint(out, name, cfg, dims, mods, norm, runs, best, labels, text_encoder=None, targets=None) -> None:
-    """Plain tensors and values only (``pipeline.checkpoint``): evaluate reads it with ``weights_only=True``.
+    """Plain tensors and values only (``pipeline.training.checkpoint``): evaluate reads it with ``weights_only=True``.
 
     ``dev_weighted_f1`` (classification) or ``dev_pearson_r`` (regression; ``targets`` names them): the dev score."""
     score = "pearson_r" if targets else "weighted_f1"

@@ -27,13 +27,13 @@ import numpy as np
 
 from models import get_model
 from models.summer import TEACHER_ARCH, SummerTeacher
-from pipeline.checkpoint import save_checkpoint
+from pipeline.training.checkpoint import save_checkpoint
 from pipeline.common import atomic_write_text, load_params, setup_logging
-from pipeline.dataset import Standardizer, dialogues, load_corpus, train_warnings
-from pipeline.engine import (Engine, EngineConfig, check_engine_params, class_weights, parse_modalities, predict,
+from pipeline.training.dataset import Standardizer, dialogues, load_corpus, train_warnings
+from pipeline.training.engine import (Engine, EngineConfig, check_engine_params, class_weights, parse_modalities, predict,
                              resolve_device, seed_everything)
 from pipeline.errors import UserError, run_main
-from pipeline.metrics import REG_SCALARS, classification_metrics, regression_metrics
+from pipeline.training.metrics import REG_SCALARS, classification_metrics, regression_metrics
 from pipeline.schema import label_names
 
 log = logging.getLogger("merc.train_teacher")

@@ -103,7 +103,7 @@ def demo_utterances(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def demo_features(tmp_path_factory, demo_utterances) -> dict[str, Path]:
     """Text, audio and visual feature tables of the demo corpus."""
-    from pipeline.runners import run_sharded
+    from pipeline.extraction.runners import run_sharded
     from pipeline.extract_audio import OpenSmileExtractor
     from pipeline.extract_text import TextExtractor
     from pipeline.extract_visual import FaceExtractor

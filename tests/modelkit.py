@@ -20,7 +20,7 @@ def toy_batch(dims: dict[str, int], mods="tav", B=3, T=5, seed=0, short=1, speak
 
 
 def toy_dialogues(dims: dict[str, int], n=6, seed=0, mods="tav", min_len=2, absent_v=True) -> list[dict]:
-    """Synthetic dialogues in ``pipeline.dataset.dialogues``' format (an absent visual row if ``absent_v``)."""
+    """Synthetic dialogues in ``pipeline.training.dataset.dialogues``' format (an absent visual row if ``absent_v``)."""
     rng = np.random.default_rng(seed)
     out = []
     for k in range(n):
@@ -67,7 +67,7 @@ def comparable(model, feats, present, mask, speaker) -> torch.Tensor:
     by more than float32's tolerance, while the product stays within the FFT's error bound (``assert_same_rows``).
     """
     from models.dialoguetrm import MCB
-    from pipeline.engine import split_output
+    from pipeline.training.engine import split_output
 
     fuser = getattr(model, "fuser", None)
     if not isinstance(fuser, MCB):

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from models import get_model
 from models.ada2i import disparity_ratio, modulation_coefficients, official_heads
-from pipeline.engine import Engine, EngineConfig
+from pipeline.training.engine import Engine, EngineConfig
 
 DIMS = {"t": 16, "a": 12, "v": 8}
 SUBSETS = ["t", "a", "v", "ta", "tv", "av", "tav"]

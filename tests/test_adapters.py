@@ -8,7 +8,7 @@ import pytest
 from conftest import SHARED
 from mediagen import write_clip, write_corrupt, write_wav
 from pipeline.adapters.meld import SENTIMENTS
-from pipeline.media import load_audio
+from pipeline.extraction.media import load_audio
 from pipeline.prepare import prepare
 from pipeline.schema import EMOTIONS, label_names
 
@@ -281,7 +281,7 @@ def test_load_audio_span_seeks_exactly(tmp_path, name):
     assert dominant_hz(x[SR // 2 + 400:]) == pytest.approx(700, abs=5)
     x, truncated = load_audio(path, SR, max_duration=1.0, start_s=1.0, end_s=4.0)
     assert truncated and x.size == SR
-    from pipeline.media import MediaError
+    from pipeline.extraction.media import MediaError
     with pytest.raises(MediaError, match="empty span"):
         load_audio(path, SR, start_s=2.0, end_s=2.0)
 

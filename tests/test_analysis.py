@@ -9,7 +9,7 @@ from modelkit import one_thread, toy_dialogues  # noqa: F401  (one_thread: autou
 from models import get_model, list_models
 from pipeline.analysis import (_classifier, count_flops, efficiency, efficiency_table, emotion_shift, representations,
                                shift_flags, write_tsne)
-from pipeline.engine import predict
+from pipeline.training.engine import predict
 
 DIMS = {"t": 16, "a": 12, "v": 8}
 

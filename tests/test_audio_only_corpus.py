@@ -5,7 +5,7 @@ import numpy as np
 import soundfile as sf
 
 from pipeline.common import read_features
-from pipeline.runners import run_sharded
+from pipeline.extraction.runners import run_sharded
 from pipeline.evaluate import evaluate
 from pipeline.extract_audio import OpenSmileExtractor
 from pipeline.prepare import prepare

@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.bundle import MANIFEST, BundleError, load_bundle, write_bundle, write_manifest
+from pipeline.training.bundle import MANIFEST, BundleError, load_bundle, write_bundle, write_manifest
 from pipeline.common import file_digest
 
 
 def tiny_bundle(d: Path) -> Path:
-    from pipeline.dataset import Standardizer
+    from pipeline.training.dataset import Standardizer
 
     torch.manual_seed(0)
     norm = Standardizer({"t": np.zeros(2, np.float32)}, {"t": np.ones(2, np.float32)})

@@ -5,8 +5,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline.common import read_features
-from pipeline.runners import run_sharded
-from pipeline.shards import FeatureExtractor
+from pipeline.extraction.runners import run_sharded
+from pipeline.extraction.shards import FeatureExtractor
 from pipeline.schema import UTTERANCE_SCHEMA, feature_matrix
 
 

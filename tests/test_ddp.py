@@ -14,7 +14,7 @@ import torch
 
 from modelkit import one_thread, toy_dialogues  # noqa: F401  (one_thread: autouse)
 from models import get_model, list_models
-from pipeline.engine import Engine, EngineConfig, init_distributed, rank_share, seed_everything, world
+from pipeline.training.engine import Engine, EngineConfig, init_distributed, rank_share, seed_everything, world
 from pipeline.train import train
 
 ROOT = Path(__file__).resolve().parents[1]

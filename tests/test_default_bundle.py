@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.bundle import load_bundle
-from pipeline.model_card import front_matter
+from pipeline.training.bundle import load_bundle
+from pipeline.training.model_card import front_matter
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT = ROOT / "data" / "default_bundle"

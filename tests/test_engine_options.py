@@ -1,10 +1,10 @@
-"""Engine options (``train:`` params): each one changes the loop as documented in ``pipeline/engine.py``."""
+"""Engine options (``train:`` params): each one changes the loop as documented in ``pipeline/training/engine.py``."""
 from __future__ import annotations
 
 import pytest
 import torch
 
-from pipeline.engine import Engine, EngineConfig, linear_warmup_factor
+from pipeline.training.engine import Engine, EngineConfig, linear_warmup_factor
 from modelkit import one_thread, toy_dialogues  # noqa: F401  (one_thread: autouse fixture)
 
 DIMS = {"t": 4}

@@ -7,7 +7,7 @@ import pytest
 from conftest import DEMO
 from pipeline.common import read_features
 from pipeline.errors import UserError
-from pipeline.runners import run_sharded
+from pipeline.extraction.runners import run_sharded
 from pipeline.extract_audio import OpenSmileExtractor, SSLExtractor, build_extractor, relevant_config
 from pipeline.schema import UTTERANCE_SCHEMA, feature_matrix
 

@@ -32,7 +32,7 @@ def test_audio_equals_bare_opensmile():
     import opensmile
 
     from pipeline.extract_audio import OpenSmileExtractor
-    from pipeline.media import load_audio
+    from pipeline.extraction.media import load_audio
 
     clip = DEMO / "train_splits" / "dia0_utt1.mp4"
     ex = OpenSmileExtractor("eGeMAPSv02")
@@ -47,7 +47,7 @@ def test_load_audio_resamples_and_mixes(tmp_path):
     """A 440 Hz tone, 44.1 kHz stereo with one silent channel → 16 kHz mono at half amplitude."""
     import av
 
-    from pipeline.media import load_audio
+    from pipeline.extraction.media import load_audio
 
     sr, dur = 44100, 1.0
     t = np.arange(int(sr * dur)) / sr
@@ -96,7 +96,7 @@ def test_decode_frames_honours_utterance_span(tmp_path):
     """Frames of [start_s, end_s) only: a 10 fps clip whose frame i is filled with grey level 10·i."""
     import av
 
-    from pipeline.media import decode_frames
+    from pipeline.extraction.media import decode_frames
 
     path = tmp_path / "ramp.mp4"
     with av.open(str(path), "w") as c:

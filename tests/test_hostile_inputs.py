@@ -71,7 +71,7 @@ def test_allocation_bombs_are_refused_without_allocating(tmp_path):
         import resource, sys
         resource.setrlimit(resource.RLIMIT_AS, (1536 << 20, 1536 << 20))
         from pathlib import Path
-        from pipeline.safe_pickle import UnsafePickleError, safe_load
+        from pipeline.extraction.safe_pickle import UnsafePickleError, safe_load
         for p in sorted(Path({str(tmp_path)!r}).glob("*.pkl")):
             try:
                 safe_load(p)
@@ -88,7 +88,7 @@ def test_allocation_bombs_are_refused_without_allocating(tmp_path):
     assert len(BOMBS["bytearray"]) <= 40
     # a memo index of 2**32-1 (the C unpickler grows its memo array to it): a dict entry here, loaded at once
     (tmp_path / "memo.pkl").write_bytes(b"\x80\x02K\x01r\xff\xff\xff\xff.")
-    from pipeline.safe_pickle import safe_load
+    from pipeline.extraction.safe_pickle import safe_load
     assert safe_load(tmp_path / "memo.pkl") == 1
 
 
@@ -96,7 +96,7 @@ def test_legitimate_layouts_still_load(tmp_path):
     """Python 2-style protocol 0/2 and Python 3 protocol 4/5 feature tuples and dicts, sets, defaultdicts."""
     from collections import defaultdict
 
-    from pipeline.safe_pickle import safe_load
+    from pipeline.extraction.safe_pickle import safe_load
 
     d = defaultdict(list, {"a": [np.arange(4, dtype=np.float32)]})
     obj = (d, {"x": ["s", np.array(["u", "v"], dtype=object)]}, {1, 2}, frozenset({3}), b"raw", bytearray(b"ba"),
@@ -170,8 +170,8 @@ def test_feature_pickle_mistakes_are_one_line(tmp_path, capsys, case, match):
 
 
 def test_feature_pickle_errors_are_user_errors():
-    from pipeline.feature_pickles import FeaturePickleError
-    from pipeline.safe_pickle import UnsafePickleError
+    from pipeline.extraction.feature_pickles import FeaturePickleError
+    from pipeline.extraction.safe_pickle import UnsafePickleError
 
     assert issubclass(FeaturePickleError, UserError) and issubclass(UnsafePickleError, UserError)
     assert issubclass(UnsafePickleError, pickle.UnpicklingError)
@@ -341,7 +341,7 @@ def test_load_params_section_mistakes(tmp_path):
 
 # ------------------------------------------------------------ item 5: undefined Pearson r, unlabelled batches
 def test_pearson_r_is_undefined_not_zero():
-    from pipeline.metrics import mean_std, mosei_metrics, pearson_r, regression_metrics
+    from pipeline.training.metrics import mean_std, mosei_metrics, pearson_r, regression_metrics
 
     assert pearson_r([1.0], [2.0]) is None and pearson_r([], []) is None  # fewer than 2 rows
     assert pearson_r([1.0, 2.0, 3.0], [5.0, 5.0, 5.0]) is None  # constant predictions
@@ -372,7 +372,7 @@ def test_undefined_dev_r_selects_on_loss_with_a_warning(caplog):
     import torch
 
     from models import get_model
-    from pipeline.engine import Engine, EngineConfig
+    from pipeline.training.engine import Engine, EngineConfig
 
     torch.manual_seed(0)
     model = get_model("dialogue_gru", input_dims={"t": 4}, n_classes=1, hidden=8)
@@ -388,7 +388,7 @@ def test_undefined_dev_r_selects_on_loss_with_a_warning(caplog):
 def _empty_batch(task: str):
     import torch
 
-    from pipeline.dataset import collate
+    from pipeline.training.dataset import collate
 
     d = _reg_dialogues([3, 2])
     if task == "classification":
@@ -402,7 +402,7 @@ def test_engine_loss_of_an_unlabelled_batch_is_zero_and_takes_no_step():
     import torch
 
     from models import get_model
-    from pipeline.engine import Engine, EngineConfig, regression_loss
+    from pipeline.training.engine import Engine, EngineConfig, regression_loss
 
     torch.manual_seed(0)
     model = get_model("dialogue_gru", input_dims={"t": 4}, n_classes=3, hidden=8)
@@ -433,7 +433,7 @@ def test_every_models_aux_loss_is_zero_on_an_unlabelled_batch():
     import torch
 
     from models import get_model, list_models
-    from pipeline.engine import split_output
+    from pipeline.training.engine import split_output
 
     dims = {"t": 8, "a": 6, "v": 4}
     for name in list_models():
@@ -502,7 +502,7 @@ def test_faststart_mp4_cut_at_half_is_flagged_truncated(tmp_path, monkeypatch, c
     from mediagen import write_clip
 
     from pipeline import extract_visual
-    from pipeline.media import decode_frames
+    from pipeline.extraction.media import decode_frames
 
     full = write_clip(tmp_path / "full.mp4", [(4.0, 440)], faststart=True)
     data = full.read_bytes()

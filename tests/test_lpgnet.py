@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from models import get_model
 from models.layers import MaskedBatchNorm1d, SoftmaxModalityFusion
 from models.lpgnet import MASK_FILL, distillation_kl, masked_ce
-from pipeline.engine import Engine, EngineConfig, split_output
+from pipeline.training.engine import Engine, EngineConfig, split_output
 
 DIMS = {"t": 16, "a": 12, "v": 8}
 SUBSETS = ["t", "a", "v", "ta", "tv", "av", "tav"]
@@ -555,7 +555,7 @@ def test_frame_mode_trains_on_stored_sequences(tmp_path, demo_utterances):
     text as utterance vectors; dataset → sequences [B, T, L, F] with frame masks → train → evaluate."""
     import pyarrow.parquet as pq
 
-    from pipeline.dataset import Standardizer, collate, dialogues, load_corpus, model_sequences, read_sequences
+    from pipeline.training.dataset import Standardizer, collate, dialogues, load_corpus, model_sequences, read_sequences
     from pipeline.evaluate import evaluate
     from pipeline.train import train
 
@@ -597,7 +597,7 @@ def test_frame_mode_trains_on_stored_sequences(tmp_path, demo_utterances):
 def test_frame_mode_without_the_column_is_one_clear_error(tmp_path, demo_utterances):
     import pyarrow.parquet as pq
 
-    from pipeline.dataset import load_corpus, model_sequences
+    from pipeline.training.dataset import load_corpus, model_sequences
 
     utt = pq.read_table(demo_utterances, columns=["dialogue_id", "utterance_id", "label_id"])
     dirs = {"t": _write_features(tmp_path / "t", utt, 6), "a": _write_features(tmp_path / "a", utt, 8)}
@@ -637,7 +637,7 @@ def test_frame_mode_text_tokens_alone(tmp_path, demo_utterances):
     table) become the text sequence (``sequences: {t: frames}``), and the model learns a label planted in them."""
     import pyarrow.parquet as pq
 
-    from pipeline.dataset import Standardizer, collate, dialogues, load_corpus, model_sequences
+    from pipeline.training.dataset import Standardizer, collate, dialogues, load_corpus, model_sequences
     from pipeline.train import train
 
     utt = pq.read_table(demo_utterances, columns=["dialogue_id", "utterance_id", "label_id"])

@@ -6,7 +6,7 @@ import torch
 from modelkit import assert_same_rows, comparable, one_thread, overfit, toy_batch, toy_dialogues  # noqa: F401
 
 from models import get_model, list_models, model_class, register_model
-from pipeline.engine import Engine, EngineConfig, parse_modalities, split_output
+from pipeline.training.engine import Engine, EngineConfig, parse_modalities, split_output
 
 DIMS = {"t": 16, "a": 12, "v": 8}
 SUBSETS = ["t", "a", "v", "ta", "tv", "av", "tav"]

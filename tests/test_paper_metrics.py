@@ -1,4 +1,4 @@
-"""The metrics the papers report (``pipeline.metrics``) against hand computations, and ``evaluate --split dev``."""
+"""The metrics the papers report (``pipeline.training.metrics``) against hand computations, and ``evaluate --split dev``."""
 from __future__ import annotations
 
 import json
@@ -8,8 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline import dataset, evaluate as ev
-from pipeline.metrics import SCALARS, classification_metrics, one_vs_all
+from pipeline import evaluate as ev
+
+from pipeline.training import dataset
+from pipeline.training.metrics import SCALARS, classification_metrics, one_vs_all
 from pipeline.schema import EMOTIONS
 
 # y_true = [0,0,1,1,2], y_pred = [0,1,1,1,0]; classes seen: 0, 1, 2 (of 7)
@@ -63,7 +65,7 @@ def test_evaluate_dev_split(tmp_path, demo_utterances, demo_features, monkeypatc
     train(params, demo_utterances, ckpt, tmp_path / "live", demo_features)
     monkeypatch.setattr(sys, "argv", ["evaluate", "--split", "dev", "--checkpoint", str(ckpt), "--utterances",
                                       str(demo_utterances), "--reports", str(tmp_path / "dev")])
-    load = dataset.load_corpus  # evaluate reads the features through pipeline.dataset: point it at the fixture's
+    load = dataset.load_corpus  # evaluate reads the features through pipeline.training.dataset: point it at the fixture's
     monkeypatch.setattr(dataset, "load_corpus", lambda u, mods, fd=None: load(u, mods, demo_features))
     ev.main()
     m = json.loads((tmp_path / "dev" / "metrics.json").read_text())

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from browser import Browser, chromium
-from pipeline.bundle import BundleError, load_bundle
+from pipeline.training.bundle import BundleError, load_bundle
 from pipeline.errors import UserError
 from pipeline.predict.subtitles import SubtitleError, read_subtitles, split_speaker
 from pipeline.predict.video import PredictError, from_cues
@@ -38,7 +38,7 @@ EXTRACTOR_PARAMS = {
 
 def reseal(bundle: Path, meta: dict) -> None:
     """Write an edited bundle.json and its new digest into the manifest (what a deliberate edit must do)."""
-    from pipeline.bundle import MANIFEST, write_manifest
+    from pipeline.training.bundle import MANIFEST, write_manifest
 
     (bundle / "bundle.json").write_text(json.dumps(meta))
     write_manifest(bundle, list(json.loads((bundle / MANIFEST).read_text())["files"]))
@@ -161,7 +161,7 @@ def words(s: str) -> list[str]:
 
 def test_asr_transcribes_demo_speech():
     """tiny.en (packaged) on espeak-ng speech of a demo clip returns its words."""
-    from pipeline.media import load_audio
+    from pipeline.extraction.media import load_audio
     from pipeline.predict.asr import Transcriber
 
     segs = Transcriber().transcribe(load_audio(DEMO / "train_splits" / "dia0_utt0.mp4")[0])
@@ -179,7 +179,7 @@ def test_asr_model_dir_errors(tmp_path):
 
 def test_diarization_separates_two_voices():
     """Two demo speakers (different espeak-ng voices), seven utterances: clusters = speakers, N given or not."""
-    from pipeline.media import load_audio
+    from pipeline.extraction.media import load_audio
     from pipeline.predict.diarize import Diarizer, cluster
 
     df = pd.read_csv(DEMO / "train_sent_emo.csv")
@@ -252,8 +252,8 @@ def test_bundle_errors_are_one_line(trained, tmp_path):
 def test_summer_bundle_needs_no_teacher_file(tmp_path):
     """SUMMER's frozen teacher is part of its state_dict: the bundle rebuilds it without teacher.pt."""
     from models import get_model
-    from pipeline.bundle import write_bundle
-    from pipeline.dataset import Standardizer
+    from pipeline.training.bundle import write_bundle
+    from pipeline.training.dataset import Standardizer
 
     dims, cfg = {"t": 16, "a": 12}, {"hidden": 16, "heads": 4, "experts": 3, "teacher": {"hidden": 16, "layers": 1}}
     torch.manual_seed(0)
@@ -520,8 +520,8 @@ def test_out_that_cannot_be_owned_is_refused_before_any_work(tmp_path, capsys):
 
 def test_write_bundle_keeps_foreign_files(tmp_path):
     """The bundle's files are written into the folder one by one: a file of the user's there survives."""
-    from pipeline.bundle import write_bundle
-    from pipeline.dataset import Standardizer
+    from pipeline.training.bundle import write_bundle
+    from pipeline.training.dataset import Standardizer
 
     b = tmp_path / "b"
     b.mkdir()
@@ -556,10 +556,10 @@ def test_video_copy_never_overwrites(conversation, tmp_path):
 
 def test_model_card_carries_the_runs_numbers(trained, demo_utterances, demo_features, tmp_path):
     """README.md: Hugging Face front matter that parses as YAML, with evaluate's own test numbers; in the manifest."""
-    from pipeline.bundle import MANIFEST
+    from pipeline.training.bundle import MANIFEST
     from pipeline.common import file_digest
     from pipeline.evaluate import evaluate
-    from pipeline.model_card import front_matter
+    from pipeline.training.model_card import front_matter
 
     card = (trained / "bundle" / "README.md").read_text()
     front = front_matter(card)

@@ -19,8 +19,8 @@ import torch
 from test_predict import EXTRACTOR_PARAMS, check_outputs, conversation, reseal, run_cli  # noqa: F401  (fixture)
 from test_text_e2e import tiny_bert  # noqa: F401  (fixture)
 
-from pipeline import text_e2e
-from pipeline.bundle import BundleError, load_bundle
+from pipeline.training import text_e2e
+from pipeline.training.bundle import BundleError, load_bundle
 
 E2E = {"window": 2, "max_length": 48}
 
@@ -78,10 +78,10 @@ def test_e2e_bundle_reproduces_evaluate(e2e_trained, e2e_predictor, demo_utteran
     probabilities are those of evaluate's own path (checkpoint → ``with_encoder`` → standardiser with
     ``keep_tokens`` → ``engine.predict``) and its predictions evaluate's ``predictions.csv``; on the very same
     inputs the bundle's rebuilt encoder + model give bit-identical logits to the checkpoint's."""
-    from pipeline.dataset import Standardizer, dialogues
-    from pipeline.engine import predict
+    from pipeline.training.dataset import Standardizer, dialogues
+    from pipeline.training.engine import predict
     from pipeline.evaluate import evaluate
-    from pipeline.train import build_model
+    from pipeline.training.build import build_model
 
     evaluate(e2e_trained / "model.pt", demo_utterances, tmp_path, feature_dirs=demo_features)
     ev = pd.read_csv(tmp_path / "predictions.csv")
@@ -150,7 +150,7 @@ def test_e2e_tokenizer_missing_or_different_is_one_line(e2e_trained, conversatio
     from transformers import AutoTokenizer
 
     from pipeline.predict.core import build_extractors
-    from pipeline.textenc import resolve_model
+    from pipeline.extraction.textenc import resolve_model
 
     enc = tmp_path / "enc"
     shutil.copytree(tiny_bert, enc)

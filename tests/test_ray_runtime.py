@@ -14,8 +14,8 @@ import pytest
 import ray  # a pinned requirement: a missing Ray fails here rather than skipping
 
 from pipeline.common import read_features
-from pipeline.runners import run_sharded
-from pipeline.shards import FeatureExtractor
+from pipeline.extraction.runners import run_sharded
+from pipeline.extraction.shards import FeatureExtractor
 from pipeline.schema import UTTERANCE_SCHEMA
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -129,7 +129,7 @@ def test_demo_tables_equal_local(m, demo_utterances, demo_features, tmp_path):
 
 
 def test_stage_runtime_overrides_per_stage():
-    from pipeline.runners import stage_runtime
+    from pipeline.extraction.runners import stage_runtime
 
     p = {"runtime": {"backend": "ray", "num_gpus": 1, "stages": {"audio": {"num_gpus": 0, "concurrency": 8}}}}
     assert stage_runtime("audio", p) == {"backend": "ray", "num_gpus": 0, "concurrency": 8}

@@ -13,7 +13,7 @@ import yaml
 from modelkit import one_thread, toy_batch  # noqa: F401  (one_thread: autouse fixture)
 from pipeline import recipe as R
 from pipeline.common import ParamsLoader
-from pipeline.engine import parse_modalities, split_output
+from pipeline.training.engine import parse_modalities, split_output
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURE = ROOT / "tests" / "fixtures" / "recipes" / "demo_fixture.yaml"

@@ -11,8 +11,8 @@ import torch
 from modelkit import one_thread  # noqa: F401  (autouse)
 
 from models import get_model, list_models, model_class
-from pipeline.engine import Engine, EngineConfig, ccc_loss, predict, resolve_monitor
-from pipeline.metrics import ccc, mosei_metrics, pearson_r, regression_metrics
+from pipeline.training.engine import Engine, EngineConfig, ccc_loss, predict, resolve_monitor
+from pipeline.training.metrics import ccc, mosei_metrics, pearson_r, regression_metrics
 from pipeline.schema import UTTERANCE_SCHEMA, feature_schema
 
 DIMS = {"t": 12, "a": 6, "v": 5}

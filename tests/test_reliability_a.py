@@ -20,8 +20,8 @@ import yaml
 
 from conftest import DEMO, ROOT
 from modelkit import one_thread, toy_dialogues  # noqa: F401  (one_thread: autouse)
-from pipeline.dataset import NONFINITE, STD_FLOOR, Z_CLIP, Standardizer, load_corpus, train_warnings
-from pipeline.engine import Engine, EngineConfig
+from pipeline.training.dataset import NONFINITE, STD_FLOOR, Z_CLIP, Standardizer, load_corpus, train_warnings
+from pipeline.training.engine import Engine, EngineConfig
 from pipeline.errors import MissingFileError, NonFiniteError, UserError
 from pipeline.schema import FEATURE_ABS_LIMIT, feature_matrix, nonfinite_error, nonfinite_rows
 
@@ -132,7 +132,7 @@ def test_standardizer_float64_floor_and_clip():
     assert (z[1] == 0).all()  # absent rows stay zero
     z = norm("t", new, np.array([True, True]))
     np.testing.assert_allclose(z[1], [-2.0, Z_CLIP, -1.0], rtol=1e-6)  # 100 σ off → clipped
-    from pipeline.checkpoint import to_plain
+    from pipeline.training.checkpoint import to_plain
 
     back = Standardizer.from_state(to_plain(norm.state()))
     np.testing.assert_array_equal(back("t", new, np.ones(2, bool)), z)
@@ -263,7 +263,7 @@ def test_malicious_checkpoint_via_cli_is_one_line(tmp_path, demo_utterances):
 
 
 def test_checkpoints_hold_only_plain_values(tmp_path):
-    from pipeline.checkpoint import load_checkpoint, save_checkpoint, to_plain
+    from pipeline.training.checkpoint import load_checkpoint, save_checkpoint, to_plain
 
     obj = {"a": np.arange(3, dtype=np.float64), "b": np.float32(0.5), "c": [1, "x", None, (2, 3)],
            "d": {"e": torch.ones(2)}}
@@ -331,7 +331,7 @@ def test_missing_inputs_are_user_errors(tmp_path, demo_utterances, demo_features
 
     with pytest.raises(MissingFileError, match=r"no model checkpoint at .*model.pt: re-create it .*dvc repro train"):
         evaluate(tmp_path / "model.pt", demo_utterances, tmp_path / "r", feature_dirs=demo_features)
-    from pipeline.checkpoint import save_checkpoint
+    from pipeline.training.checkpoint import save_checkpoint
 
     save_checkpoint({"model": "concat_mlp"}, tmp_path / "partial.pt")
     with pytest.raises(UserError, match=r"partial.pt lacks \['cfg', 'input_dims'.*dvc repro train"):

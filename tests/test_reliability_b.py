@@ -16,12 +16,12 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline import runners
+from pipeline.extraction import runners
 from pipeline.common import file_digest, read_features
 from pipeline.errors import UserError
-from pipeline.runners import run_sharded
+from pipeline.extraction.runners import run_sharded
 from pipeline.schema import UTTERANCE_SCHEMA, feature_matrix
-from pipeline.shards import FeatureExtractor
+from pipeline.extraction.shards import FeatureExtractor
 
 ROOT = Path(__file__).resolve().parents[1]
 PY = sys.executable
@@ -114,8 +114,8 @@ def test_weights_digest_follows_local_files(tmp_path):
 
 def test_real_stage_fingerprint_covers_its_dvc_deps():
     code = runners.code_digest("extract_audio")
-    for f in ("pipeline/extract_audio.py", "pipeline/media.py", "pipeline/runners.py", "pipeline/shards.py",
-              "pipeline/ray_runtime.py", "pipeline/common.py"):
+    for f in ("pipeline/extract_audio.py", "pipeline/extraction/media.py", "pipeline/extraction/runners.py", "pipeline/extraction/shards.py",
+              "pipeline/extraction/ray_runtime.py", "pipeline/common.py"):
         assert f in code and code[f] != "missing"
 
 
@@ -148,7 +148,7 @@ import os, signal, sys
 sys.path.insert(0, {tests!r})
 import pipeline.common
 from test_reliability_b import Doubler
-from pipeline.runners import run_sharded
+from pipeline.extraction.runners import run_sharded
 real = os.replace
 def replace(src, dst):
     if str(dst).endswith("part-00001.parquet"):  # shard 1's temp file is written: die before the rename
@@ -286,7 +286,7 @@ def test_absent_is_a_feature_status_not_an_error():
 @pytest.mark.parametrize("start,end", [(-1.0, 0.5), (0.0, float("inf")), (float("nan"), 0.5), (0.2, 0.2 + 1e-5),
                                        (0.5, 0.2)])
 def test_bad_span_is_a_media_error(tmp_path, start, end):
-    from pipeline.media import MediaError, load_audio
+    from pipeline.extraction.media import MediaError, load_audio
     from test_extract_audio import write_wav
 
     write_wav(tmp_path / "a.wav", 0.3 * np.sin(np.arange(16000) / 5.0))
@@ -348,7 +348,7 @@ def test_clones_at_different_paths_prepare_identical_bytes(tmp_path, monkeypatch
 
 def test_media_paths_are_files_never_protocols(tmp_path, monkeypatch):
     from pipeline.extract_audio import AudioDecoder
-    from pipeline.media import MediaError, load_audio
+    from pipeline.extraction.media import MediaError, load_audio
     from test_extract_audio import write_wav
 
     monkeypatch.chdir(tmp_path)
@@ -438,7 +438,7 @@ def test_dvc_yaml_teacher_arrangement():
     for s in ("train", "evaluate"):
         assert "data/teacher" in stages[s]["deps"] and "data/teacher/teacher.pt" not in stages[s]["deps"]
     for s in ("extract_text", "extract_audio", "extract_visual"):
-        assert {"pipeline/runners.py", "pipeline/shards.py", "pipeline/ray_runtime.py"} <= set(stages[s]["deps"])
+        assert {"pipeline/extraction/runners.py", "pipeline/extraction/shards.py", "pipeline/extraction/ray_runtime.py"} <= set(stages[s]["deps"])
 
 
 # ------------------------------------------------------------------ imports run one way
@@ -454,7 +454,7 @@ def _imports(module: str) -> set[str]:
 
 
 def test_runner_imports_run_one_way():
-    assert not {"pipeline.runners", "pipeline.ray_runtime", "pipeline.shards"} & _imports("common")
-    assert not {"pipeline.runners", "pipeline.ray_runtime"} & _imports("shards")
-    assert "pipeline.runners" not in _imports("ray_runtime")
-    assert "pipeline.ray_runtime" in _imports("runners")
+    assert not {"pipeline.extraction.runners", "pipeline.extraction.ray_runtime", "pipeline.extraction.shards"} & _imports("common")
+    assert not {"pipeline.extraction.runners", "pipeline.extraction.ray_runtime"} & _imports("shards")
+    assert "pipeline.extraction.runners" not in _imports("ray_runtime")
+    assert "pipeline.extraction.ray_runtime" in _imports("runners")

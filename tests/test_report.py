@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from conftest import ROOT
-from pipeline.plots import plot_confusion, plot_curves, read_png_matrix
+from pipeline.training.plots import plot_confusion, plot_curves, read_png_matrix
 from pipeline.report import ReportError, check_required, runs_from_exp_show, write_report
 from pipeline.schema import EMOTIONS
 

@@ -6,7 +6,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline.common import atomic_write_table, read_utterances
-from pipeline.metrics import classification_metrics
+from pipeline.training.metrics import classification_metrics
 from pipeline.schema import EMOTIONS, UTTERANCE_SCHEMA, feature_matrix, feature_schema, label_names, validate
 
 

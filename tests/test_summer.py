@@ -16,8 +16,8 @@ from models import get_model
 from models.layers import masked_rnn
 from models.summer import (DialogueRNN, DynamicRouter, DynAttention, Summer, SummerTeacher, dynattn_mask,
                            smooth_targets)
-from pipeline.dataset import Standardizer
-from pipeline.engine import Engine, EngineConfig, split_output
+from pipeline.training.dataset import Standardizer
+from pipeline.training.engine import Engine, EngineConfig, split_output
 from pipeline.train_teacher import save_teacher, teacher_defaults
 
 DIMS = {"t": 16, "a": 12, "v": 8}

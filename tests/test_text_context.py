@@ -6,7 +6,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.text_context import DialogueIndex, build_pair
+from pipeline.extraction.text_context import DialogueIndex, build_pair
 
 #            d    u  speaker  text
 DIALOGUES = [("d1", 0, "Ann", "a0"), ("d1", 1, "Bob", "b1"), ("d1", 2, "Ann", "a2"), ("d1", 3, "Bob", "b3"),
@@ -79,9 +79,9 @@ def test_real_tokenizer_keeps_the_nearest_turns_in_both_routes(tmp_path):
     pair is exactly [CLS] target [SEP] those [SEP]."""
     from test_extract_text import tiny_encoder
 
-    from pipeline import text_e2e
+    from pipeline.training import text_e2e
     from pipeline.extract_text import TextExtractor
-    from pipeline.textenc import tokenize_pairs
+    from pipeline.extraction.textenc import tokenize_pairs
 
     path = tiny_encoder(tmp_path, "bert")
     index = DialogueIndex(*zip(*LONG))
@@ -104,7 +104,7 @@ def test_real_tokenizer_keeps_the_nearest_turns_in_both_routes(tmp_path):
 def test_segment_ids_and_target_pooling(tmp_path):
     from test_extract_text import tiny_encoder
 
-    from pipeline.textenc import load_encoder, tokenize_pairs
+    from pipeline.extraction.textenc import load_encoder, tokenize_pairs
 
     tok, _ = load_encoder(tiny_encoder(tmp_path, "bert"))
     enc, target = tokenize_pairs(tok, [("hello there", "some earlier context words")], max_length=64)

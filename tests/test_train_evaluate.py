@@ -8,7 +8,7 @@ import torch
 
 from pipeline.evaluate import evaluate
 from pipeline.schema import EMOTIONS
-from pipeline.engine import class_weights
+from pipeline.training.engine import class_weights
 from pipeline.train import train
 
 
@@ -45,7 +45,7 @@ def test_train_and_evaluate_demo(tmp_path, demo_utterances, demo_features, model
     cm = pd.read_csv(tmp_path / "reports" / "plots" / "confusion.csv")
     assert len(cm) == 12 and set(cm.columns) == {"actual", "predicted"}
     assert (cm.actual == cm.predicted).mean() == pytest.approx(on_disk["accuracy"])
-    from pipeline.plots import read_png_matrix
+    from pipeline.training.plots import read_png_matrix
 
     drawn = np.asarray(read_png_matrix(tmp_path / "reports" / "confusion.png")["matrix"])
     assert drawn.sum() == 12 and np.trace(drawn) == (cm.actual == cm.predicted).sum()

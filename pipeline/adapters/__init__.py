@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from pipeline.media import MediaError, probe_duration
+from pipeline.extraction.media import MediaError, probe_duration
 
 # The largest magnitude a regression target (or a score labels are derived from) may have: beyond it a value is a
 # data error (a unit or parsing mistake: 1e300, a timestamp in a score column), not an emotion rating. Every scale

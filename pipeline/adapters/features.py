@@ -1,7 +1,7 @@
 """Pre-extracted feature pickles (``prepare.dataset: features``, ``prepare.root``: the ``.pkl`` file).
 
 Most published ERC numbers come from a few shared pickles; this adapter turns them into our utterance table, and
-the extract stages then take the pickle's vectors instead of computing their own (``pipeline.imported``), so every
+the extract stages then take the pickle's vectors instead of computing their own (``pipeline.extraction.imported``), so every
 model and the report run on exactly those inputs. Layouts (``prepare.features_format``, ``auto`` detects them):
 
 * ``dialoguernn`` — DialogueRNN / MMGCN / DialogueGCN: a tuple ``(videoIDs, videoSpeakers, videoLabels, videoText,
@@ -13,7 +13,7 @@ model and the report run on exactly those inputs. Layouts (``prepare.features_fo
   ``testVid`` (and ``valVid`` for MOSEI), ``speaker`` or ``speakers``, ``label`` (MOSEI: a dict of label sets,
   ``prepare.features_label_key`` picks one), ``text``, ``audio``, ``visual``, ``sentence``.
 
-Every file is read with ``pipeline.safe_pickle`` (numpy arrays and builtin containers only; anything else is
+Every file is read with ``pipeline.extraction.safe_pickle`` (numpy arrays and builtin containers only; anything else is
 refused). Splits: the pickle's train/test (and valid when it has one); without a validation set, dev is a seeded
 ``prepare.dev_fraction`` of the training dialogues (the official loaders take 10 % of the shuffled train ids:
 set ``dev_fraction: 0.1``; the test split is never touched). Labels are class indices; their names are
@@ -30,8 +30,8 @@ import pandas as pd
 
 from pipeline.adapters import Prepared, rel_path
 from pipeline.common import file_digest
-from pipeline.feature_pickles import CONTENT_ERRORS, MODALITY_KEYS, FeaturePickleError, normalise, per_dialogue
-from pipeline.safe_pickle import safe_load
+from pipeline.extraction.feature_pickles import CONTENT_ERRORS, MODALITY_KEYS, FeaturePickleError, normalise, per_dialogue
+from pipeline.extraction.safe_pickle import safe_load
 from pipeline.schema import EMOTIONS, SPLITS
 
 log = logging.getLogger("merc.prepare.features")

@@ -29,7 +29,7 @@ import pandas as pd
 
 from pipeline.adapters import TARGET_ABS_LIMIT, Prepared, probe, rel_path, utf8_fault
 from pipeline.errors import UserError
-from pipeline.media import span_error
+from pipeline.extraction.media import span_error
 from pipeline.schema import SPLITS
 
 log = logging.getLogger("merc.prepare.manifest")

@@ -1,4 +1,4 @@
-"""``python -m pipeline.predict VIDEO``: a trained model (its bundle, ``pipeline.bundle``) on a new conversation video.
+"""``python -m pipeline.predict VIDEO``: a trained model (its bundle, ``pipeline.training.bundle``) on a new conversation video.
 
 Steps (modules of this package): utterances from subtitles (``subtitles``) or Whisper ASR (``asr``); speakers from
 the subtitles or by diarization (``diarize``); the extract stages' own extractors on each utterance's span and the

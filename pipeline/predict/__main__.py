@@ -49,7 +49,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def run(args: argparse.Namespace) -> Path:
-    from pipeline.bundle import load_bundle
+    from pipeline.training.bundle import load_bundle
     from pipeline.predict.core import Predictor
     from pipeline.predict.outputs import check_out, summary, write_outputs
     from pipeline.predict.video import analyse

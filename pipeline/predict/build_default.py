@@ -53,13 +53,13 @@ def build(meld: str | Path, out: str | Path, work: Path, models: list[str], seed
 
     from pipeline.extract_text import text_extractor
     from pipeline.prepare import prepare
-    from pipeline.runners import run_sharded
-    from pipeline.text_context import DialogueIndex
+    from pipeline.extraction.runners import run_sharded
+    from pipeline.extraction.text_context import DialogueIndex
     from pipeline.train import train
 
     if not (Path(meld) / "train_sent_emo.csv").is_file():
         raise UserError(f"--meld {meld}: no train_sent_emo.csv there (MELD's text release: train/dev/test_sent_emo.csv)")
-    from pipeline.bundle import BUNDLE_FILES
+    from pipeline.training.bundle import BUNDLE_FILES
     from pipeline.common import check_out_dir
 
     check_out_dir(out, BUNDLE_FILES, what="--out")  # before minutes of work
@@ -91,7 +91,7 @@ def build(meld: str | Path, out: str | Path, work: Path, models: list[str], seed
 def copy_bundle(src: Path, out: Path) -> None:
     """The bundle's files into ``out`` (each atomically, the manifest last; nothing else in ``out`` is touched),
     with the card's predict command naming no ``--bundle`` (this is the default one)."""
-    from pipeline.bundle import BUNDLE_FILES, MANIFEST, load_bundle, write_manifest
+    from pipeline.training.bundle import BUNDLE_FILES, MANIFEST, load_bundle, write_manifest
     from pipeline.common import atomic_write_bytes, check_out_dir
 
     check_out_dir(out, BUNDLE_FILES, what="--out")

@@ -19,11 +19,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pipeline.bundle import Bundle, BundleError
+from pipeline.training.bundle import Bundle, BundleError
 from pipeline.common import file_digest
 from pipeline.extract_visual import FaceExtractor, choose_speaker_track, link_tracks
-from pipeline.shards import process_safely
-from pipeline.text_e2e import keep_tokens, token_matrix
+from pipeline.extraction.shards import process_safely
+from pipeline.training.text_e2e import keep_tokens, token_matrix
 
 log = logging.getLogger("merc.predict")
 
@@ -60,7 +60,7 @@ class TokenRows:
         self.index = None
 
     def process(self, rows: list[dict]) -> list[dict]:
-        from pipeline.text_context import DialogueIndex
+        from pipeline.extraction.text_context import DialogueIndex
 
         index = self.index or DialogueIndex([r["dialogue_id"] for r in rows], [r["utterance_id"] for r in rows],
                                             [r["speaker"] or "" for r in rows], [r["text"] for r in rows])
@@ -73,7 +73,7 @@ class TokenRows:
 
 def token_rows(bundle: Bundle) -> TokenRows:
     """The e2e bundle's tokenizer, resolved offline and checked against the recorded digest (one-line errors)."""
-    from pipeline.text_e2e import load_tokenizer, tokenizer_digest
+    from pipeline.training.text_e2e import load_tokenizer, tokenizer_digest
 
     c, rec = bundle.e2e, (bundle.meta.get("e2e_encoder") or {}).get("tokenizer") or {}
     if not rec.get("sha256"):
@@ -117,7 +117,7 @@ def build_extractors(bundle: Bundle, device: str | None = None) -> dict:
                               f"params.{section}); retrain with `dvc repro train`")
         if m == "t":
             from pipeline.extract_text import TextExtractor
-            from pipeline.text_context import DialogueIndex
+            from pipeline.extraction.text_context import DialogueIndex
 
             enc = settings.get("text_encoder") or {"model": p["model"], "sha256": None}
             if enc.get("sha256"):  # a fine-tuned encoder: its exact weights, or nothing
@@ -172,7 +172,7 @@ class Predictor:
         out = {}
         for m, ex in self.extractors.items():
             if m == "t" and ex.context != "utterance":
-                from pipeline.text_context import DialogueIndex
+                from pipeline.extraction.text_context import DialogueIndex
 
                 ex.index = DialogueIndex([r["dialogue_id"] for r in rows], [r["utterance_id"] for r in rows],
                                          [r["speaker"] or "" for r in rows], [r["text"] for r in rows])
@@ -196,7 +196,7 @@ class Predictor:
 
     def predict(self, rows: list[dict], feats: dict | None = None) -> tuple[np.ndarray, dict]:
         """Class probabilities ``[n, C]`` for one conversation's rows in order (NaN rows: no modality present)."""
-        from pipeline.engine import predict
+        from pipeline.training.engine import predict
 
         feats = feats or self.features(rows)
         n = len(rows)

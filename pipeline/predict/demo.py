@@ -21,7 +21,7 @@ import av
 import numpy as np
 import pandas as pd
 
-from pipeline.media import load_audio
+from pipeline.extraction.media import load_audio
 
 log = logging.getLogger("merc.predict")
 SAMPLE_RATE, FPS = 16000, 12  # the demo clips' rates (data/demo/README.md)

@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 
 from pipeline.errors import UserError
-from pipeline.media import MediaError, _open, load_audio
+from pipeline.extraction.media import MediaError, _open, load_audio
 
 log = logging.getLogger("merc.predict")
 SAMPLE_RATE = 16000

@@ -11,7 +11,7 @@ import pandas as pd
 
 from pipeline.common import atomic_write_text
 from pipeline.analysis import plot_scatter  # noqa: F401 (re-exported)
-from pipeline.plots import _plt, plot_grouped_bars
+from pipeline.training.plots import _plt, plot_grouped_bars
 
 log = logging.getLogger("merc.report")
 

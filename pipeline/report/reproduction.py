@@ -19,7 +19,7 @@ import yaml
 
 from pipeline.common import atomic_write_text
 from pipeline.errors import UserError
-from pipeline.metrics import mean_std
+from pipeline.training.metrics import mean_std
 from pipeline.report.runs import Corpus, Group, Run, diff, flatten, group_runs, modality_label
 from pipeline.report.tables import md_table
 
@@ -168,7 +168,7 @@ def unknown_keys(rows: list[PaperRow], params: dict) -> list[tuple[str, str]]:
 # ------------------------------------------------------------------------------------------------------ matching
 def _implied() -> dict[str, dict]:
     """Keys a params mapping may leave out and their effective values (the code fills them in)."""
-    from pipeline.text_e2e import DEFAULTS
+    from pipeline.training.text_e2e import DEFAULTS
 
     return {"train.text_encoder.": DEFAULTS}
 

@@ -15,7 +15,7 @@ import yaml
 
 from pipeline.analysis import corpus_info  # noqa: F401 (re-exported)
 from pipeline.errors import UserError
-from pipeline.metrics import mean_std
+from pipeline.training.metrics import mean_std
 
 log = logging.getLogger("merc.report")
 

@@ -1,4 +1,4 @@
-"""Ray backend of ``pipeline.runners.run_sharded`` (params ``runtime.backend: ray``).
+"""Ray backend of ``pipeline.extraction.runners.run_sharded`` (params ``runtime.backend: ray``).
 
 The shard plan is the local one: shard k = rows [k·shard_size, (k+1)·shard_size) of the utterance table.
 A Ray Dataset of the shard numbers still to do is mapped with ``map_batches`` over a callable class, so
@@ -33,10 +33,10 @@ import pyarrow.parquet as pq
 from tqdm import tqdm
 
 from pipeline.common import setup_logging
-from pipeline.shards import FeatureExtractor, decode_safely, select_rows, write_shard
+from pipeline.extraction.shards import FeatureExtractor, decode_safely, select_rows, write_shard
 
 log = logging.getLogger("merc.ray")
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def init_ray(rt: dict) -> bool:

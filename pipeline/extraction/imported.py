@@ -17,9 +17,9 @@ from typing import Callable
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline.feature_pickles import vectors
+from pipeline.extraction.feature_pickles import vectors
 from pipeline.schema import nonfinite_rows
-from pipeline.shards import FeatureExtractor
+from pipeline.extraction.shards import FeatureExtractor
 
 log = logging.getLogger("merc.imported")
 NAMES = {"t": "text", "a": "audio", "v": "visual"}

@@ -1,6 +1,6 @@
 """The one training engine every model uses: dialogue batches in, a best-on-dev model out.
 
-Per epoch: shuffled dialogue batches (``pipeline.dataset.collate``: padding masked, absent modalities flagged),
+Per epoch: shuffled dialogue batches (``pipeline.training.dataset.collate``: padding masked, absent modalities flagged),
 CUDA + bf16 autocast when a GPU is there (CPU otherwise), (inverse-frequency weighted) cross-entropy plus any
 auxiliary losses, backward, model hook, gradient clipping, optimiser step; then dev metrics, the lr scheduler and
 early stopping on the dev monitor, and the best-on-dev weights kept. Only train and dev are ever seen here.
@@ -79,9 +79,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from pipeline.dataset import collate
+from pipeline.training.dataset import collate
 from pipeline.errors import NonFiniteError, UserError
-from pipeline.metrics import classification_metrics, defined, regression_metrics
+from pipeline.training.metrics import classification_metrics, defined, regression_metrics
 from pipeline.schema import EMOTIONS
 
 log = logging.getLogger("merc.engine")

@@ -1,6 +1,6 @@
 """One shard of a feature table: the extractor interface, computing a shard's records, writing and checking it.
 
-Shared by both runners (``pipeline.runners``: local; ``pipeline.ray_runtime``: Ray actors), which only decide
+Shared by both runners (``pipeline.extraction.runners``: local; ``pipeline.extraction.ray_runtime``: Ray actors), which only decide
 where ``write_shard`` runs; imports run one way: runners → ray_runtime → shards → common.
 """
 from __future__ import annotations

@@ -9,8 +9,8 @@ Written by the ``train`` stage beside ``model.pt``; a directory of these files:
                 those settings (``text_encoder_e2e``) and ``e2e_encoder`` (the encoder's config, its tokenizer's
                 id/path and SHA-256)
   weights.pt    the dev-selected seed's ``state_dict`` (tensors only; end to end: the fine-tuned encoder too)
-  norm.pt       the training-split standardiser (``pipeline.dataset.Standardizer``): ``mean.<m>``/``std.<m>``
-  README.md     the model card (Hugging Face format, ``pipeline.model_card``): data, split, seeds, selected epoch,
+  norm.pt       the training-split standardiser (``pipeline.training.dataset.Standardizer``): ``mean.<m>``/``std.<m>``
+  README.md     the model card (Hugging Face format, ``pipeline.training.model_card``): data, split, seeds, selected epoch,
                 test metrics ± std over seeds, intended use, limitations, the predict command
   manifest.json the SHA-256 of every other file (``bundle.json`` included): ``load_bundle`` refuses a bundle whose
                 files do not match it, so an edited label list or a swapped weight file is caught. It is a
@@ -33,7 +33,7 @@ import torch
 
 from pipeline.common import atomic_torch_save, atomic_write_text, check_out_dir, file_digest
 from pipeline.errors import UserError
-from pipeline.model_card import model_card
+from pipeline.training.model_card import model_card
 
 log = logging.getLogger("merc.bundle")
 FORMAT, VERSION = "merc-bundle", 1
@@ -51,18 +51,18 @@ class BundleError(UserError):
 def extractor_settings(params: dict) -> dict:
     """The extract stages' settings as recorded in a bundle: the params sections plus what they resolve to.
 
-    ``text_encoder`` is the encoder the extract stage loads (``pipeline.extract_text.encoder_and_config``): the
+    ``text_encoder`` is the encoder the extract stage loads (``pipeline.extraction.textenc.encoder_and_config``, which the extract_text stage uses too): the
     fine-tuned directory and its weights' digest when ``text.finetune.enabled``. A ``visual.weights`` checkpoint
     file gets its digest too, so a bundle cannot silently run with other weights.
     """
     out: dict = {}
     if params.get("text"):
-        from pipeline.extract_text import encoder_and_config
+        from pipeline.extraction.textenc import encoder_and_config
 
         text = params["text"]
         try:
             model, config = encoder_and_config(text)
-            out["text_encoder"] = {"model": model, "sha256": config.get("encoder_digest")}
+            out["text_encoder"] = {"model": model, "sha256": config.get("weights_digest")}
         except FileNotFoundError as e:  # fine-tuned encoder absent (a test's params): recorded as unknown
             out["text_encoder"] = {"model": text["finetune"]["out"], "sha256": None, "error": str(e)}
         out["text"] = text
@@ -100,10 +100,10 @@ def write_bundle(directory: str | Path, params: dict, model: str, cfg: dict, lab
 
     ``best``: the selected run (``state_dict``, ``seed``, ``epoch``, ``dev_weighted_f1``); ``norm``: the fitted
     ``Standardizer``; ``params``: the whole params dict (its ``text``/``audio``/``visual`` sections are recorded);
-    ``card``: the run's facts for the model card ``README.md`` (``pipeline.model_card``: corpus, splits, seeds, test
+    ``card``: the run's facts for the model card ``README.md`` (``pipeline.training.model_card``: corpus, splits, seeds, test
     metrics).
     """
-    from pipeline.dataset import FEATURE_DIRS
+    from pipeline.training.dataset import FEATURE_DIRS
 
     directory = check_out_dir(directory, BUNDLE_FILES, what="the model bundle folder")
     directory.mkdir(parents=True, exist_ok=True)
@@ -138,7 +138,7 @@ def write_bundle(directory: str | Path, params: dict, model: str, cfg: dict, lab
 
 
 def _encoder_record(c: dict) -> dict:
-    from pipeline import text_e2e
+    from pipeline.training import text_e2e
 
     return text_e2e.encoder_record(c)
 
@@ -176,7 +176,7 @@ class Bundle:
         return c if c and "t" in self.modalities else None
 
     def standardizer(self):
-        from pipeline.dataset import Standardizer
+        from pipeline.training.dataset import Standardizer
 
         return Standardizer(dict(self.mean), dict(self.std))
 
@@ -198,7 +198,7 @@ class Bundle:
             build = lambda dims: get_model(self.meta["model"], input_dims=dims,  # noqa: E731
                                            n_classes=len(self.labels), **cfg)
             if self.e2e:  # the encoder's architecture from the bundle; its fine-tuned weights are encoder.*
-                from pipeline import text_e2e
+                from pipeline.training import text_e2e
 
                 encoder = text_e2e.encoder_from_config(self.meta["e2e_encoder"]["config"])
                 model = text_e2e.with_encoder(build, self.meta["input_dims"], self.e2e, encoder=encoder)[0]

@@ -32,7 +32,7 @@ import pyarrow.parquet as pq
 import torch
 import torch.nn as nn
 
-from pipeline.text_context import DialogueIndex, build_pair
+from pipeline.extraction.text_context import DialogueIndex, build_pair
 
 log = logging.getLogger("merc.text_e2e")
 DEFAULTS = dict(context="dialoguetrm", window=14, budget=96, future=False, max_length=256, pooling="cls",
@@ -87,7 +87,7 @@ def check_frozen_context(feature_dir) -> None:
 def encode_pair(tok, text: str, ctx: str | None, max_length: int, segments: bool = True,
                 sep: bool = True) -> tuple[list[int], list[int], list[bool]]:
     """Eq. 1 input for one utterance: (ids, segment ids, target-token flags); only the context is truncated."""
-    from pipeline.textenc import truncate_left
+    from pipeline.extraction.textenc import truncate_left
 
     try:
         if ctx:  # ``build_pair`` keeps the context within the limit; any excess goes from its oldest end
@@ -116,7 +116,7 @@ def token_matrix(table, keys: list[tuple[str, int]], tok, c: dict) -> tuple[np.n
     ``table``: the utterance table, or its ``DialogueIndex`` (predict: one video's utterances as one dialogue).
     An utterance without text is absent (the models' usual per-modality presence), never an empty input.
     """
-    from pipeline.textenc import pair_limits
+    from pipeline.extraction.textenc import pair_limits
 
     index = table if isinstance(table, DialogueIndex) else DialogueIndex.from_table(table)
     L = int(c["max_length"])
@@ -216,7 +216,7 @@ class EndToEndText(nn.Module):
 def load_tokenizer(c: dict):
     from transformers import AutoTokenizer
 
-    from pipeline.textenc import resolve_model
+    from pipeline.extraction.textenc import resolve_model
 
     try:
         return AutoTokenizer.from_pretrained(resolve_model(c["model"]))
@@ -227,7 +227,7 @@ def load_tokenizer(c: dict):
 def corpus_with_tokens(utterances, mods: list[str], feature_dirs, c: dict | None, context_free: bool = False):
     """``load_corpus`` for ``mods``; with end-to-end text, ``t`` is the token matrix instead of a feature table.
     ``context_free`` (``context_free_text``): frozen text features must be context-free (``check_frozen_context``)."""
-    from pipeline.dataset import FEATURE_DIRS, load_corpus
+    from pipeline.training.dataset import FEATURE_DIRS, load_corpus
 
     if c is None or "t" not in mods:
         if context_free and "t" in mods:
@@ -255,7 +255,7 @@ def encoder_record(c: dict) -> dict:
     the fine-tuned weights are in the model's state_dict as ``encoder.*``) and its tokenizer's id/path + digest."""
     from transformers import AutoConfig
 
-    from pipeline.textenc import resolve_model
+    from pipeline.extraction.textenc import resolve_model
 
     path = resolve_model(c["model"])
     rec: dict = {"config": None, "tokenizer": {"model": c["model"], "resolved": path, "sha256": None}}
@@ -285,7 +285,7 @@ def with_encoder(build, dims: dict[str, int], c: dict | None, device: str = "cpu
     if c is None or "t" not in dims:
         return build(dims), dims
     if encoder is None:
-        from pipeline.textenc import load_encoder
+        from pipeline.extraction.textenc import load_encoder
 
         _, encoder = load_encoder(c["model"], device)
     dims = {**dims, "t": int(encoder.config.hidden_size)}

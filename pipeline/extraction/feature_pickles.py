@@ -1,8 +1,8 @@
 """The published ERC feature pickles' layouts, read safely: shared by ``prepare`` (``pipeline.adapters.features``,
-the utterance table) and the extract stages (``pipeline.imported``, the vectors), so neither reaches into the other.
+the utterance table) and the extract stages (``pipeline.extraction.imported``, the vectors), so neither reaches into the other.
 
 Layouts: DialogueRNN/MMGCN tuples and Ada2I's dict (see ``pipeline/adapters/features.py``); every file is read
-with ``pipeline.safe_pickle`` (numpy arrays and builtin containers only).
+with ``pipeline.extraction.safe_pickle`` (numpy arrays and builtin containers only).
 """
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.errors import UserError
-from pipeline.safe_pickle import safe_load
+from pipeline.extraction.safe_pickle import safe_load
 
 MODALITY_KEYS = {"t": "text", "a": "audio", "v": "visual"}
 PER_DIALOGUE = {"label": "labels", "speaker": "speakers", "sentence": "sentences", **MODALITY_KEYS}

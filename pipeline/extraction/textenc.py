@@ -87,3 +87,17 @@ def encode_batch(model, enc, target: torch.Tensor, pooling: str = "mean", layers
         return hidden[:, 0]
     m = target.to(hidden.device).unsqueeze(-1).to(hidden.dtype)
     return (hidden * m).sum(1) / m.sum(1).clamp(min=1.0)
+
+
+def encoder_and_config(p: dict) -> tuple[str, dict]:
+    """The encoder to load and the config that decides whether finished shards are still valid."""
+    model, config = p["model"], {k: v for k, v in p.items() if k not in ("batch_size", "shard_size")}
+    if not p["finetune"]["enabled"]:
+        config["finetune"] = {"enabled": False}  # fine-tuning knobs cannot change frozen vectors: keep the shards
+    else:
+        model = p["finetune"]["out"]  # the encoder the finetune_text stage trained (dev-selected)
+    # a local encoder's files (weights, tokenizer, config), not only its name, decide whether shards are valid
+    from pipeline.extraction.runners import weights_digest  # hashing lives with the shard fingerprints
+
+    config["weights_digest"] = weights_digest(resolve_model(model))
+    return model, config

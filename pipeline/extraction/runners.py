@@ -1,4 +1,4 @@
-"""The sharded, resumable runner of the extract stages: ``run_sharded`` (local, or Ray via ``pipeline.ray_runtime``).
+"""The sharded, resumable runner of the extract stages: ``run_sharded`` (local, or Ray via ``pipeline.extraction.ray_runtime``).
 
 What a finished shard is trusted for (the fingerprint, in ``_fingerprint.json`` beside the shards): the input
 table's digest, the stage's params (``config``), the stage's code (the contents of the files ``dvc.yaml``
@@ -21,12 +21,12 @@ import yaml
 from tqdm import tqdm
 
 from pipeline.common import atomic_write_text, file_digest, load_params
-from pipeline.shards import (FeatureExtractor, clean_temp_files, iter_shards, select_rows, shard_name, shard_problem,
+from pipeline.extraction.shards import (FeatureExtractor, clean_temp_files, iter_shards, select_rows, shard_name, shard_problem,
                              write_shard)
 from pipeline.schema import feature_schema
 
 log = logging.getLogger("merc")
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 RUNTIME_DEFAULTS = {"backend": "local", "address": None, "concurrency": 1, "num_gpus": 0.0, "num_cpus": 1.0,
                     "decode_concurrency": 1, "max_restarts": 2, "local_cpus": None}
@@ -121,7 +121,7 @@ def run_sharded(
 
     ``extractor`` is an instance or a zero-argument factory (``functools.partial``) that builds one.
     ``runtime`` (params ``runtime``, see ``RUNTIME_DEFAULTS``) picks where the shards are computed:
-    ``backend: local`` in this process, ``backend: ray`` by Ray Data actors (``pipeline.ray_runtime``),
+    ``backend: local`` in this process, ``backend: ray`` by Ray Data actors (``pipeline.extraction.ray_runtime``),
     each building the extractor once from the factory. The shard plan, files and their contents are the
     same either way, and the runtime is not part of the fingerprint: switching it keeps finished shards.
     ``decoder`` (a factory of an object with ``decode(row)``, for extractors with ``infer``) lets Ray decode on
@@ -155,7 +155,7 @@ def run_sharded(
     if len(todo) < n_shards:
         log.info("%s: resuming, %d of %d shards already written", out_dir, n_shards - len(todo), n_shards)
     if rt["backend"] == "ray":
-        from pipeline.ray_runtime import run_shards_on_ray
+        from pipeline.extraction.ray_runtime import run_shards_on_ray
 
         counts = run_shards_on_ray(extractor, utterances_path, out_dir, todo, shard_size, select, rt, decoder)
         log.info("%s: wrote %s on Ray (this run's statuses: %s)", out_dir.name, out_dir, counts)

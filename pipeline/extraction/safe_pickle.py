@@ -3,7 +3,7 @@
 Two guards:
 
 * **What may be named.** Only what the known layouts (DialogueRNN/MMGCN tuples, Ada2I dicts:
-  ``pipeline.feature_pickles``) are made of: numpy arrays/scalars/dtypes, builtin containers and scalars,
+  ``pipeline.extraction.feature_pickles``) are made of: numpy arrays/scalars/dtypes, builtin containers and scalars,
   ``OrderedDict``/``defaultdict``. Any other global a pickle names (``os.system``, ``builtins.eval``,
   ``builtins.range``, a project's own class, a torch storage …) is refused with ``UnsafePickleError`` naming it —
   nothing the file asks for is imported or called.

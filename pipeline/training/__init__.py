@@ -1,0 +1,1 @@
+"""Training runtime shared by train, train_teacher, evaluate and predict: datasets, the engine, checkpoints, bundles, metrics and plots."""
