@@ -455,6 +455,6 @@ def _imports(module: str) -> set[str]:
 
 def test_runner_imports_run_one_way():
     assert not {"pipeline.extraction.runners", "pipeline.extraction.ray_runtime", "pipeline.extraction.shards"} & _imports("common")
-    assert not {"pipeline.extraction.runners", "pipeline.extraction.ray_runtime"} & _imports("shards")
-    assert "pipeline.extraction.runners" not in _imports("ray_runtime")
-    assert "pipeline.extraction.ray_runtime" in _imports("runners")
+    assert not {"pipeline.extraction.runners", "pipeline.extraction.ray_runtime"} & _imports("extraction/shards")
+    assert "pipeline.extraction.runners" not in _imports("extraction/ray_runtime")
+    assert "pipeline.extraction.ray_runtime" in _imports("extraction/runners")

@@ -94,8 +94,8 @@ def test_missing_experiment_is_a_clear_message(tmp_path, exp_json):
 def test_cli_missing_experiment_exits_without_traceback(tmp_path):
     f = tmp_path / "exp.json"
     f.write_text(json.dumps([]))
-    proc = subprocess.run([sys.executable, "-m", "pipeline.report", "--exp-json", str(f), "--out", str(tmp_path)],
-                          cwd=ROOT, capture_output=True, text=True)
+    proc = subprocess.run([sys.executable, "-m", "pipeline.report", "--exp-json", str(f), "--out", str(tmp_path),
+                           "--no-store"], cwd=ROOT, capture_output=True, text=True)
     assert proc.returncode == 2
     assert "no experiment" in proc.stderr and "Traceback" not in proc.stderr
 

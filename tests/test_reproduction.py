@@ -265,7 +265,7 @@ def test_paper_rows_keys_exist_in_params_and_recognise_a_run():
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     rows = reproduction.load_rows()
     assert {k for _, k in reproduction.unknown_keys(rows, params)} <= PENDING
-    params["model_params"]["dialoguetrm"]["window_mode"] = "every_layer"
+    params["model_params"]["dialoguetrm"]["window_mode"] = "input"
     defaults = reproduction.flatten(params)
     dtrm = copy.deepcopy(params)
     dtrm.update(model="dialoguetrm", prepare={**params["prepare"], "dataset": "manifest", "root": "iemocap6_text.csv"})

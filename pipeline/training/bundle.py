@@ -62,7 +62,7 @@ def extractor_settings(params: dict) -> dict:
         text = params["text"]
         try:
             model, config = encoder_and_config(text)
-            out["text_encoder"] = {"model": model, "sha256": config.get("weights_digest")}
+            out["text_encoder"] = {"model": model, "sha256": config.get("encoder_digest")}
         except FileNotFoundError as e:  # fine-tuned encoder absent (a test's params): recorded as unknown
             out["text_encoder"] = {"model": text["finetune"]["out"], "sha256": None, "error": str(e)}
         out["text"] = text
