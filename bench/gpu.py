@@ -17,8 +17,8 @@ recorded with its error and makes the exit status non-zero):
 5. ``ddp``         — ``torchrun --nproc-per-node <GPUs>`` of one engine epoch (NCCL). With one GPU the NCCL
                      group of one rank is started and an all-reduce checked (DDP's wrap needs ≥ 2 ranks).
 
-Without CUDA the same script runs the CPU parts small (``--quick`` is implied: 16 dialogues per model, the demo
-once, 6 visual clips) and writes which GPU parts were not run — CI runs it that way so it never rots.
+Without CUDA the same script runs the CPU parts small (``--quick`` is implied: 2 dialogues per model at its
+recipe's size, the demo once, 6 visual clips) and writes which GPU parts were not run — CI runs it that way so it never rots.
 Writes ``<out>/gpu_report.json`` and ``<out>/gpu_report.md`` (default ``bench/out/gpu``).
 
 Run: ``bash bench/gpu.sh`` (set-up from the committed files, then this) or ``python -m bench.gpu [--budget-s 420]``.
@@ -126,7 +126,7 @@ def part_train(cuda: bool, n_dialogues: int, budget: Budget, models: list[str] |
     device = "cuda" if cuda else "cpu"
     mods = ["t", "a", "v"]
     train_d = meld_like(n_dialogues, mods, 0)
-    dev_d = meld_like(max(4, n_dialogues * 114 // 1038), mods, 1)
+    dev_d = meld_like(max(1, n_dialogues * 114 // 1038), mods, 1)
     weight = class_weights(np.concatenate([d["label"] for d in train_d]), len(EMOTIONS))
     rows, skipped = [], []
     for name in models or list_models():
@@ -370,7 +370,9 @@ def main() -> int:
         tmp = Path(tmp)
         plan = [
             ("gpu_tests", lambda: part_gpu_tests(cuda), None),
-            ("train", lambda: part_train(cuda, 16 if quick else args.dialogues, budget, args.models), None),
+            # CPU: 2 dialogues, enough for one finite full-size epoch of every model, so CI proves the script runs
+            ("train", lambda: part_train(cuda, (16 if cuda else 2) if quick else args.dialogues, budget,
+                                         args.models), None),
             ("extract", lambda: part_extract(cuda, 1 if quick else args.repeat, 6 if quick else None, tmp, budget),
              None),
             ("sizing", lambda: part_sizing(report["parts"].get("extract", {}).get("result") or {},
