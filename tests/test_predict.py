@@ -247,6 +247,45 @@ def test_bundle_errors_are_one_line(trained, tmp_path):
         load_bundle(bad).extractors()
 
 
+def test_finetuned_text_encoder_digest_is_recorded_and_checked(demo_utterances, demo_features, tmp_path):
+    """Text extracted from a fine-tuned encoder (finetune_text's folder): the bundle records that folder's SHA-256,
+    the digest the text stage fingerprinted its shards with, and refuses in one line a changed or missing folder or
+    a missing digest (a packaged encoder is named only: test_bundle_is_self_describing_and_weights_only)."""
+    from test_extract_text import tiny_encoder
+
+    from pipeline.extraction.runners import run_sharded, weights_digest
+    from pipeline.extraction.text import text_extractor
+    from pipeline.train import train
+    from pipeline.training.bundle import extractor_settings
+
+    enc = tiny_encoder(tmp_path, "bert")  # stands in for data/text_encoder
+    text = {**EXTRACTOR_PARAMS["text"], "finetune": {"enabled": True, "out": enc}}
+    factory, config = text_extractor(text)
+    run_sharded(factory, demo_utterances, tmp_path / "t", config=config, shard_size=16)
+    train({**train_params("t", epochs=1), "text": text}, demo_utterances, tmp_path / "model.pt", tmp_path / "live",
+          {**demo_features, "t": tmp_path / "t"})
+    meta = json.loads((tmp_path / "bundle" / "bundle.json").read_text())
+    digest = weights_digest(enc)
+    assert len(digest) == 64 and config["weights_digest"] == digest
+    assert meta["extractors"]["text_encoder"] == {"model": enc, "sha256": digest}
+    ex = load_bundle(tmp_path / "bundle").extractors()["t"]  # the very folder: served
+    assert ex.name == meta["features"]["t"]["feature_name"] == f"text:{enc}:utterance"
+    with open(Path(enc) / "model.safetensors", "ab") as w:  # other weights under the same name
+        w.write(b"\0")
+    with pytest.raises(BundleError, match="differs from the fine-tuned text encoder the bundle was trained with") as e:
+        load_bundle(tmp_path / "bundle").extractors()
+    assert "\n" not in str(e.value)
+    shutil.rmtree(enc)
+    with pytest.raises(BundleError, match="needs its fine-tuned text encoder .* absent here"):
+        load_bundle(tmp_path / "bundle").extractors()
+    gone = extractor_settings({"text": text})["text_encoder"]  # absent when train writes the bundle
+    assert gone["sha256"] is None and "no fine-tuned encoder at" in gone["error"]
+    meta["extractors"]["text_encoder"] = gone
+    reseal(tmp_path / "bundle", meta)
+    with pytest.raises(BundleError, match="records no digest of its fine-tuned text encoder .*no fine-tuned encoder"):
+        load_bundle(tmp_path / "bundle").extractors()
+
+
 def test_summer_bundle_needs_no_teacher_file(tmp_path):
     """SUMMER's frozen teacher is part of its state_dict: the bundle rebuilds it without teacher.pt."""
     from models import get_model

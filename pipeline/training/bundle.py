@@ -9,7 +9,7 @@ Written by the ``train`` stage beside ``model.pt``; a directory of these files:
   bundle.json   everything that is not a tensor, as JSON: format/version, model name and config, label set,
                 modality list, input widths, the selected seed/epoch/dev F1, the extractor settings the features
                 were built with (the ``text``/``audio``/``visual`` params, the text encoder actually loaded and
-                its weights' SHA-256 when fine-tuned, a visual checkpoint's SHA-256), the feature tables' names
+                its folder's SHA-256 when fine-tuned, a visual checkpoint's SHA-256), the feature tables' names
                 and widths; with a text encoder fine-tuned end to end inside ``train`` (``train.text_encoder``):
                 those settings (``text_encoder_e2e``) and ``e2e_encoder`` (the encoder's config, its tokenizer's
                 id/path and SHA-256)
@@ -57,20 +57,23 @@ class BundleError(UserError):
 def extractor_settings(params: dict) -> dict:
     """The extract stages' settings as recorded in a bundle: the params sections plus what they resolve to.
 
-    ``text_encoder`` is the encoder the extract stage loads (``pipeline.extraction.textenc.encoder_and_config``, which the extract_text stage uses too): the
-    fine-tuned directory and its weights' digest when ``text.finetune.enabled``. A ``visual.weights`` checkpoint
-    file gets its digest too, so a bundle cannot silently run with other weights.
+    ``text_encoder`` is the encoder the extract stage loads (``pipeline.extraction.textenc.encoder_and_config``,
+    as extract_text does). Fine-tuned (``text.finetune.enabled``): the folder finetune_text wrote and its digest,
+    the one the stage's shards were fingerprinted with (``weights_digest``: weights, config, tokenizer); a
+    packaged or hub encoder is named only (its files are the library's, versioned with it: no digest). A
+    ``visual.weights`` checkpoint file gets its digest too, so a bundle cannot silently run with other weights.
     """
     out: dict = {}
     if params.get("text"):
-        from pipeline.extraction.textenc import encoder_and_config
+        from pipeline.extraction.textenc import encoder_and_config, finetuned
 
         text = params["text"]
-        try:
-            model, config = encoder_and_config(text)
-            out["text_encoder"] = {"model": model, "sha256": config.get("encoder_digest")}
-        except FileNotFoundError as e:  # fine-tuned encoder absent (a test's params): recorded as unknown
-            out["text_encoder"] = {"model": text["finetune"]["out"], "sha256": None, "error": str(e)}
+        model, config = encoder_and_config(text)
+        out["text_encoder"] = {"model": model, "sha256": None}
+        if finetuned(text):
+            out["text_encoder"]["sha256"] = config["weights_digest"]
+            if config["weights_digest"] is None:  # predict refuses the bundle with this reason
+                out["text_encoder"]["error"] = f"no fine-tuned encoder at {model} when the bundle was written"
         out["text"] = text
     if params.get("audio"):
         out["audio"] = params["audio"]
@@ -306,10 +309,13 @@ class Bundle:
     def _text_encoder(self, p: dict) -> str:
         """The text encoder to load; a fine-tuned one must be the very folder the features came from."""
         from pipeline.extraction.runners import weights_digest
-        from pipeline.extraction.textenc import encoder_path, resolve_model
+        from pipeline.extraction.textenc import encoder_path, finetuned, resolve_model
 
         enc = (self.meta.get("extractors") or {}).get("text_encoder") or {"model": encoder_path(p), "sha256": None}
         want = enc.get("sha256")
+        if not want and finetuned(p):
+            raise BundleError(f"{self.path}: the bundle records no digest of its fine-tuned text encoder "
+                              f"{enc['model']} ({enc.get('error', 'not recorded')}): retrain (`dvc repro train`)")
         if want:  # a fine-tuned encoder: its exact files, or nothing
             got = weights_digest(resolve_model(enc["model"]))
             if got is None:
