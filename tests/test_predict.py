@@ -286,6 +286,76 @@ def test_finetuned_text_encoder_digest_is_recorded_and_checked(demo_utterances, 
         load_bundle(tmp_path / "bundle").extractors()
 
 
+def test_predict_builds_through_the_extract_stages_builders(trained, demo_utterances, tmp_path, monkeypatch):
+    """One builder per modality: each extract stage's main hands the runner a factory of it, and the bundle calls
+    the same function with the section it recorded."""
+    import functools
+    import sys
+
+    from pipeline import extract_audio, extract_text, extract_visual
+    from pipeline.extraction import audio, text, visual
+
+    builders = {"t": (extract_text, text, "build_text_extractor"), "a": (extract_audio, audio, "build_audio_extractor"),
+                "v": (extract_visual, visual, "build_visual_extractor")}
+    for m, (stage, helper, name) in builders.items():
+        got = {}
+        section = stage.__name__.split("_")[1]
+        monkeypatch.setattr(stage, "load_params", lambda s: EXTRACTOR_PARAMS[s])
+        monkeypatch.setattr(stage, "run_sharded", lambda ex, *a, **k: got.update(ex=ex))
+        monkeypatch.setattr(sys, "argv", [stage.__name__, "--utterances", str(demo_utterances),
+                                          "--out", str(tmp_path / m)])
+        stage.main()
+        assert isinstance(got["ex"], functools.partial) and got["ex"].func is getattr(helper, name), m
+        assert got["ex"].args[0] == EXTRACTOR_PARAMS[section]
+    calls = []
+    for m, (_, helper, name) in builders.items():
+        real = getattr(helper, name)
+        monkeypatch.setattr(helper, name, lambda p, *a, m=m, real=real, **k: calls.append((m, p)) or real(p, *a, **k))
+    bundle = load_bundle(trained / "bundle")
+    bundle.extractors()
+    recorded = bundle.meta["extractors"]
+    assert [m for m, _ in calls] == ["t", "a", "v"]
+    assert [p for _, p in calls] == [{**recorded["text"], "store_tokens": False}, recorded["audio"], recorded["visual"]]
+
+
+def test_featurize_gives_the_extract_stages_vectors(predictor, demo_utterances, demo_features):
+    """``bundle.featurize`` on the demo's conversations gives the feature tables' vectors for every utterance the
+    stages extracted (the bundle records the settings those tables were built with): audio and visual bit for bit,
+    text to float rounding."""
+    import pyarrow.parquet as pq
+
+    from pipeline.common import key_index, read_features
+    from pipeline.schema import feature_matrix
+
+    tables = {m: read_features(demo_features[m]) for m in "tav"}
+    index = {m: key_index(t) for m, t in tables.items()}
+    status = {m: t.column("status").to_pylist() for m, t in tables.items()}
+    x = {m: feature_matrix(t) for m, t in tables.items()}
+    utt = pq.read_table(demo_utterances).to_pandas()
+    n = dict.fromkeys("tav", 0)
+    for did, g in utt.groupby("dialogue_id"):
+        rows = [{k: (None if pd.isna(v) else v) for k, v in r.items()} for r in g.sort_values("utterance_id")
+                .to_dict("records")]
+        feats = predictor.bundle.featurize(rows)
+        assert list(feats) == ["t", "a", "v"]
+        for m, f in feats.items():
+            for i, r in enumerate(rows):
+                if m != "t" and r["status"] != "ok":  # flagged by prepare: the media stages never decode it
+                    continue
+                j = index[m][(did, r["utterance_id"])]
+                if status[m][j] == "ok":
+                    assert f["records"][i]["status"] == "ok" and f["present"][i], (m, did, r["utterance_id"])
+                    if m == "t":  # batched by length within a shard there, a conversation here: other padding,
+                        # so other float sums in the encoder (differences of ~1e-6 on MiniLM's vectors)
+                        np.testing.assert_allclose(f["x"][i], x[m][j], rtol=0, atol=1e-5)
+                    else:  # per clip in both: bit for bit
+                        np.testing.assert_array_equal(f["x"][i], x[m][j])
+                    n[m] += 1
+                else:  # silent, no_face, flagged media: no vector here either
+                    assert not f["present"][i] and not f["x"][i].any(), (m, did, r["utterance_id"])
+    assert n["t"] == len(utt) and n["a"] > 0.8 * len(utt) and n["v"] > 0.8 * len(utt), n
+
+
 def test_summer_bundle_needs_no_teacher_file(tmp_path):
     """SUMMER's frozen teacher is part of its state_dict: the bundle rebuilds it without teacher.pt."""
     from models import get_model
