@@ -56,7 +56,7 @@ def make_corpus(root: Path, n: int) -> Path:
 
 def run_stage(table: Path, out: Path, feature_set: str) -> float:
     from pipeline.extraction.runners import run_sharded
-    from pipeline.extract_audio import OpenSmileExtractor
+    from pipeline.extraction.audio import OpenSmileExtractor
 
     ex = OpenSmileExtractor(feature_set)
     ex.features(np.zeros(16000, np.float32))  # warm-up, as for the bare call

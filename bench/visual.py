@@ -27,9 +27,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from pipeline.common import load_params, read_features, setup_logging  # noqa: E402
-from pipeline.extraction.runners import run_sharded  # noqa: E402
-from pipeline.extract_visual import FaceExtractor  # noqa: E402
 from pipeline.extraction.media import MediaError, decode_frames  # noqa: E402
+from pipeline.extraction.runners import run_sharded  # noqa: E402
+from pipeline.extraction.visual import FaceExtractor, build_visual_extractor  # noqa: E402
 from pipeline.schema import UTTERANCE_SCHEMA  # noqa: E402
 
 log = logging.getLogger("merc.bench")
@@ -94,7 +94,7 @@ def main() -> None:
     for kv in args.S:
         k, v = kv.split("=", 1)
         p[k] = yaml.safe_load(v)
-    ex = FaceExtractor.from_params(p)
+    ex = build_visual_extractor(p)
     paths = clips(args.demo)
     log.warning("bench: %d clips, backbone %s (%s), sampling %s, device %s, %d threads", len(paths),
                 p["backbone"], ex.backbone.weights, p["sampling"], ex.device, torch.get_num_threads())

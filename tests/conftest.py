@@ -103,10 +103,10 @@ def demo_utterances(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def demo_features(tmp_path_factory, demo_utterances) -> dict[str, Path]:
     """Text, audio and visual feature tables of the demo corpus."""
+    from pipeline.extraction.audio import OpenSmileExtractor
     from pipeline.extraction.runners import run_sharded
-    from pipeline.extract_audio import OpenSmileExtractor
-    from pipeline.extract_text import TextExtractor
-    from pipeline.extract_visual import FaceExtractor
+    from pipeline.extraction.text import TextExtractor
+    from pipeline.extraction.visual import FaceExtractor
 
     def build(base: Path) -> None:
         extractors = {

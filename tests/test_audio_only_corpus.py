@@ -5,9 +5,9 @@ import numpy as np
 import soundfile as sf
 
 from pipeline.common import read_features
-from pipeline.extraction.runners import run_sharded
 from pipeline.evaluate import evaluate
-from pipeline.extract_audio import OpenSmileExtractor
+from pipeline.extraction.audio import OpenSmileExtractor
+from pipeline.extraction.runners import run_sharded
 from pipeline.prepare import prepare
 from pipeline.train import train
 

@@ -9,7 +9,7 @@ import torch
 import yaml
 
 from conftest import DEMO
-from pipeline.extract_audio import Emotion2vecExtractor, build_extractor, relevant_config
+from pipeline.extraction.audio import Emotion2vecExtractor, build_audio_extractor, relevant_config
 
 pytest.importorskip("funasr.models.emotion2vec.model", reason="FunASR (requirements-nodeps.txt) not installed")
 
@@ -76,7 +76,7 @@ def test_real_clip_through_the_stage_and_short_clips(ckpt, tmp_path):
     p = {"extractor": "emotion2vec", "emotion2vec": {"model": str(folder), "store_frames": True},
          "max_duration_s": 30.0, "silence_rms": 1e-4, "ssl": {"model": "x"}, "feature_set": "eGeMAPSv02",
          "lld": False, "shard_size": 8}
-    ex = build_extractor(p)
+    ex = build_audio_extractor(p)
     rec = ex.process([{"media_path": str(CLIP)}])[0]
     assert rec["status"] == "ok" and rec["feature"].shape == (DIM,) and np.isfinite(rec["feature"]).all()
     assert abs(len(rec["frames"]) - rec["duration_s"] * 50) < 3

@@ -7,8 +7,8 @@ import pytest
 from conftest import DEMO
 from pipeline.common import read_features
 from pipeline.errors import UserError
+from pipeline.extraction.audio import OpenSmileExtractor, SSLExtractor, build_audio_extractor, relevant_config
 from pipeline.extraction.runners import run_sharded
-from pipeline.extract_audio import OpenSmileExtractor, SSLExtractor, build_extractor, relevant_config
 from pipeline.schema import UTTERANCE_SCHEMA, feature_matrix
 
 CLIP = DEMO / "train_splits" / "dia0_utt1.mp4"
@@ -139,8 +139,8 @@ def test_bad_inputs_are_rows_and_audio_only_files_work(tmp_path):
 def test_params_select_extractor_and_fingerprint():
     p = {"extractor": "opensmile", "feature_set": "eGeMAPSv02", "lld": False, "max_duration_s": 30.0,
          "silence_rms": 1e-4, "shard_size": 8, "ssl": {"model": "x", "layer": "mean"}}
-    assert isinstance(build_extractor(p), OpenSmileExtractor)
+    assert isinstance(build_audio_extractor(p), OpenSmileExtractor)
     # changing the SSL settings does not invalidate openSMILE features (and vice versa)
     assert relevant_config(p) == relevant_config({**p, "ssl": {"model": "y"}})
     with pytest.raises(ValueError, match="opensmile or ssl"):
-        build_extractor({**p, "extractor": "mfcc"})
+        build_audio_extractor({**p, "extractor": "mfcc"})

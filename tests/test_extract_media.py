@@ -31,7 +31,7 @@ def test_audio_demo_statuses(demo_features, demo_utterances):
 def test_audio_equals_bare_opensmile():
     import opensmile
 
-    from pipeline.extract_audio import OpenSmileExtractor
+    from pipeline.extraction.audio import OpenSmileExtractor
     from pipeline.extraction.media import load_audio
 
     clip = DEMO / "train_splits" / "dia0_utt1.mp4"

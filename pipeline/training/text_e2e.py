@@ -149,6 +149,27 @@ def attach_tokens(corpus, utterances, c: dict, tok) -> None:
                                  for s in ("train", "dev", "test")}
 
 
+class TokenRows:
+    """Predict's ``t`` "extractor" for an end-to-end model: token rows built exactly as ``attach_tokens`` builds
+    them for train/evaluate (``token_matrix``: Eq. 1's utterance + context pair under the recorded context mode,
+    window, budget, max_length, segment/[SEP] switches); the model's own fine-tuned encoder turns them into
+    vectors. ``index``: the conversation's turns (set per video by ``Bundle.featurize``; else the rows' own)."""
+
+    def __init__(self, c: dict, tok):
+        self.c, self.tok, self.context = c, tok, c["context"]
+        self.name, self.dim = f"tokens:{c['model']}", 4 * int(c["max_length"])
+        self.index = None
+
+    def process(self, rows: list[dict]) -> list[dict]:
+        index = self.index or DialogueIndex([r["dialogue_id"] for r in rows], [r["utterance_id"] for r in rows],
+                                            [r["speaker"] or "" for r in rows], [r["text"] for r in rows])
+        x, ok = token_matrix(index, [(r["dialogue_id"], r["utterance_id"]) for r in rows], self.tok, self.c)
+        L = self.dim // 4
+        return [dict(status="ok", error=None, feature=x[i], n_tokens=int(x[i, 2 * L : 3 * L].sum())) if ok[i]
+                else dict(status="error", error="empty transcript", feature=None, n_tokens=0)
+                for i in range(len(rows))]
+
+
 def keep_tokens(norm) -> None:
     """The Standardizer must leave token ids untouched: mean 0, std exactly 1 for ``t`` (as the checkpoint
     records it), and ``t`` passed through unclipped (z is clipped to ±Z_CLIP for features)."""
@@ -297,6 +318,6 @@ def with_encoder(build, dims: dict[str, int], c: dict | None, device: str = "cpu
     return EndToEndText(encoder, model, int(c["max_length"]), c["pooling"]), dims
 
 
-__all__ = ["EndToEndText", "attach_tokens", "check_frozen_context", "config", "context_free_text",
+__all__ = ["EndToEndText", "TokenRows", "attach_tokens", "check_frozen_context", "config", "context_free_text",
            "corpus_with_tokens", "encode_pair", "encoder_from_config",
            "encoder_record", "keep_tokens", "token_matrix", "tokenizer_digest", "with_encoder"]
