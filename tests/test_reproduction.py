@@ -312,18 +312,25 @@ def test_stored_files_feed_the_emotion_shift_analysis(tmp_path):
     assert a == b and "| gru | iemo6-gru | 75.00 |" in b
 
 
-def test_teacher_rows_read_the_teacher_score_one_value_per_run(tmp_path):
-    """``result: teacher`` rows (SUMMER Table 3's modality rows) average each run's teacher test score."""
+def test_teacher_rows_read_the_teacher_score_one_value_per_teacher_seed(tmp_path):
+    """``result: teacher`` rows (SUMMER Table 3's modality rows) average the teachers' test scores, one value per
+    teacher seed: student seeds over one teacher seed share that (run-cached) teacher and count once."""
     from pipeline.report.runs import Group, Run
-    runs = [Run(f"s{i}", f"r{i}", p(train__seed=i), m(0.5), teacher_metrics={"test_weighted_f1": v})
-            for i, v in enumerate([0.60, 0.70])]
+    runs = [Run(f"s{i}", f"r{i}", p(train__seed=i, model_params__summer__teacher__seed=i), m(0.5),
+                teacher_metrics={"test_weighted_f1": v}) for i, v in enumerate([0.60, 0.70])]
     vals, qual = reproduction.ours(Group(runs[0].corpus, {}, runs), "weighted_f1", "test", "teacher")
     assert vals.tolist() == pytest.approx([60.0, 70.0]) and qual == "teacher"
     student, _ = reproduction.ours(Group(runs[0].corpus, {}, runs), "weighted_f1", "test")
     assert student.tolist() == pytest.approx([50.0, 50.0])
+    same = runs + [Run("s2", "r2", p(train__seed=2, model_params__summer__teacher__seed=0), m(0.5),
+                       teacher_metrics={"test_weighted_f1": 0.60})]  # student seed 2 on teacher seed 0
+    vals, _ = reproduction.ours(Group(runs[0].corpus, {}, same), "weighted_f1", "test", "teacher")
+    assert vals.tolist() == pytest.approx([60.0, 70.0])
+    student, _ = reproduction.ours(Group(runs[0].corpus, {}, same), "weighted_f1", "test")
+    assert student.tolist() == pytest.approx([50.0, 50.0, 50.0])
     runs[1].teacher_metrics = {}
     vals, qual = reproduction.ours(Group(runs[0].corpus, {}, runs), "weighted_f1", "test", "teacher")
-    assert vals.tolist() == pytest.approx([60.0]) and "1 of 2 runs" in qual
+    assert vals.tolist() == pytest.approx([60.0]) and "1 of 2 teachers" in qual
     bad = tmp_path / "rows.yaml"
     bad.write_text(yaml.safe_dump({"rows": [{"id": "x", "paper": "P", "table": "T", "row": "R", "model": "gru",
                                              "corpus": {"family": "iemocap", "classes": 6}, "split": "dev",

@@ -281,11 +281,18 @@ def resolve(row: PaperRow, runs: list[Run], defaults: dict) -> Match:
 # -------------------------------------------------------------------------------------------------------- values
 def ours(g: Group, metric: str, split: str, result: str = "model") -> tuple[np.ndarray, str]:
     """``metric`` of each seed in % and a qualifier; a non-finite value is left out and said so."""
-    if result == "teacher":  # train_teacher trains one teacher per run: its test score, one value per run
-        vals = [r.teacher_metrics.get(f"test_{metric}") for r in g.runs if isinstance(r.teacher_metrics, dict)]
+    if result == "teacher":
+        # One value per teacher seed: the teacher stage reads its own seed (model_params.summer.teacher.seed), not
+        # train.seed, so student runs of several seeds over one teacher seed share one (run-cached) teacher.
+        by_seed: dict = {}
+        for r in g.runs:
+            if isinstance(r.teacher_metrics, dict):
+                by_seed.setdefault(flatten(r.params).get("model_params.summer.teacher.seed", 0),
+                                   r.teacher_metrics.get(f"test_{metric}"))
+        vals = list(by_seed.values())
         v = np.asarray([x if isinstance(x, (int, float)) else np.nan for x in vals], dtype=float)
         ok = v[np.isfinite(v)]
-        return 100 * ok, ("teacher" if ok.size == v.size else f"teacher; {v.size - ok.size} of {v.size} runs "
+        return 100 * ok, ("teacher" if ok.size == v.size else f"teacher; {v.size - ok.size} of {v.size} teachers "
                           "without a finite value")
     v, qual = _ours(g, metric, split)
     ok = v[np.isfinite(v)]
