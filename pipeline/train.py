@@ -2,7 +2,8 @@
 
 ``train.modalities`` picks the modality subset (``tav``, ``ta``, ``t``, … or a list); ``train.seeds: [..]`` trains
 one model per seed (else ``train.seed``). The checkpoint holds every seed's best-on-dev weights (``runs``); its
-top-level ``state_dict`` is the seed with the best dev weighted F1. The test split is never read here.
+top-level ``state_dict`` is the seed with the best dev weighted F1. Selection never sees the test split: it is
+scored once, after every seed is selected, only for the bundle's model card (``card_facts``).
 DVCLive (``reports/train``, ``dvcyaml=False``) logs the first seed's per-epoch curves and a summary with the dev
 mean ± std over seeds; ``reports/train/seeds.json`` holds every seed's best epoch, dev F1 and history.
 
