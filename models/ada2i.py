@@ -23,7 +23,8 @@ Pipeline (equation numbers are the paper's):
        * Eq. 6, attention pooling: P_m = mean of G_m over the dialogue's valid utterances; the inter-modal
          contraction A_m = G_m · Π_{l≠m} P_l (matrix products in t, a, v order) → a linear map R² → hidden gives
          the feature weights w_m.
-       * Eq. 7, feature-aware attention: h'_m = w_m ∘ h_m + β h_m, then dropout.
+       * Eq. 7, feature-aware attention: h'_m = w_m ∘ h_m + β h_m, then dropout (not in the paper: our choice,
+         because the official code applies it there).
        * Eq. 11–12, attention mapping network: ŵ_m = f_m(h_m) (one linear layer) and the L1 feature loss
          L_feature = Σ‖ŵ − w‖₁ (``feature_reduction``, below), summed over layers, added with weight 1 (training
          only; returned as the ``feature`` loss). ``feature_target`` (below): ``attention`` regresses w_m (Eq.
@@ -120,8 +121,11 @@ encoding, projected to ``hidden`` — not in the paper: our choice, because the 
 Eq. 15 (the base update) = the engine's optimiser step. Eq. 6 averages Θ "across the modality dimension d_m":
 read literally that would average away the utterance axis N of Att ∈ ℝ^{N×d_m}; the mean over the dialogue's
 utterances (the official ``G_qk.mean(dim=1)``, masked here) is the only axis that leaves A^(m) ∈ ℝ^{r_s×r_w} as
-the paper states, so that is what we do. Eq. 7's Att_m Z^m is element-wise; one ``rank`` serves r_s and r_w; Φ_m
-is one Linear; Eq. 16 scores use the post-AFW features; for modality pairs Eq. 6 contracts over those present.
+the paper states, so that is what we do. Eq. 7's Att_m Z^m is element-wise (both are N × d_m). Not in the paper:
+our choices, because the text leaves them open (each as the official code): one ``rank`` serves r_s and r_w; Φ_m
+(Eq. 11, "a feed-forward neural network") is one Linear; Eq. 16 scores use the post-AFW features; for modality
+pairs Eq. 6 contracts over those present. The paper's hyper-parameter table (Table 2) has no body in ada2i.txt,
+so every size and training setting is the official code's (``run.sh``, ``train.py``; the recipes).
 """
 from __future__ import annotations
 

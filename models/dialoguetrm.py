@@ -42,7 +42,9 @@ Inter-modal emotion dynamics — Multi-Grained Interactive Fusion (MGIF, §4.2):
     pairs (W_Z stays per pair). Not in the paper: the linear maps have biases (PyTorch's default).
   * Eq. 15–16 (representation dependency): M_i = [e_CLS; h_ua; h_au; h_uv; h_vu; h_av; h_va] (the paper's order)
     into a transformer (paper: 4 layers, 8 heads, 768; its own head count ``rep_heads``), mask ρ_i all ones;
-    o_i = output at e_CLS. Without position/slot embeddings attention is order-blind (the literal reading);
+    o_i = output at e_CLS. Its layer type — PyTorch's default ``nn.TransformerEncoderLayer`` (post-LN, ReLU, FFN
+    ``ff_dim``, ``dropout``), as the intra-modal one — is not in the paper: our choice, because §5.2 gives this
+    transformer's size only and builds the intra-modal one "with PyTorch API using default parameters". Without position/slot embeddings attention is order-blind (the literal reading);
     ``slot_embeddings: true`` adds a learned embedding per slot (documented option, not in the paper).
   * Eq. 17–18 (discriminator): P_i = softmax(W_C tanh(W_O o_i)) for categorical emotions (softmax in the loss);
     W_D tanh(W_O o_i) for dimensional emotions — the same two-layer head with one output per target (valence,
@@ -69,9 +71,10 @@ modality pair, then a self-attention transformer per target over [Z_β1→α; Z_
 every attention inside the causal K-window for all modalities (DialogueTRM: MulT "forces all the modalities to
 use context-dependent settings"); its size is ``rep_layers``/``rep_heads`` (our choice).
 
-Departures still to be made switches or justified (end-of-session review against dialoguetrm.txt; behaviour
-unchanged): §3's indi-/conv-context definitions, Eq. 18 (argmax) and §5.1 (MELD without visual) are in the
-recipes; "linear layer" for the audio/visual projection, e_CLS ~ N(0, 0.02), no dropout in the Eq. 17 head, MSE
+Readings and our choices (reviewed against dialoguetrm.txt; each justified or a switch): §3's indi-/conv-context
+definitions are Eq. 1's text context and Eq. 3's window; Eq. 18 (argmax for CE, P_i itself for DE) is the
+engine's prediction (``pipeline/training/engine.py``); §5.1 (MELD without visual) is in the recipes; "linear
+layer" for the audio/visual projection, e_CLS ~ N(0, 0.02), no dropout in the Eq. 17 head, MSE
 for the dimensional head and, with two modalities, M_i = [e_CLS; h_ua; h_au] are not in the paper: our choices,
 because the text does not give them. Defaults are CPU-sized; the recipes set §5.2's sizes.
 """

@@ -40,7 +40,10 @@ Paper → code (section / equation of the paper):
                   branch output is zeroed there (below). In low precision the fill is the dtype's most negative
                   value when −10⁹ is out of range (float16).
   §3.3 (4)        Two-stage residual enhancement, per branch (the four outputs stay separate):
-                    A_conv = Conv2D(Mean(Â)) — 1×1 conv → BatchNorm → LeakyReLU (``GlobalCompression``). "Mean"
+                    A_conv = Conv2D(Mean(Â)) — 1×1 conv → BatchNorm → LeakyReLU (``GlobalCompression``; the
+                    text's 1×1 "Conv2D" over d channels is a per-vector linear map, written as a kernel-1
+                    Conv1d; the LeakyReLU slope: not in the paper: our choice, because none is given —
+                    PyTorch's default 0.01). "Mean"
                     is read as the mean over the utterance axis (valid positions only), the result "broadcast
                     back to the sequence dimension" (``compression: global``, the text's reading);
                     ``compression: per_utterance`` applies the block to every utterance of Â instead. Under

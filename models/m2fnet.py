@@ -7,7 +7,9 @@ The paper has no equations; its components map to code as follows:
     multi-head self-attention ... over the text, audio and visual streams". Each chosen modality is projected into
     the shared width ``hidden`` (``ModalityProjector``), and the utterance's (up to three) modality tokens go
     through ``fusion_layers`` self-attention transformer blocks; attention never crosses utterances (no
-    per-modality dialogue encoder before fusion, unlike Chudasama et al. 2022). Absent modalities are masked out.
+    per-modality dialogue encoder before fusion, unlike Chudasama et al. 2022). Which tokens attend is not in the
+    paper: our choice, because §3.4 gives the dialogue context to the GRU alone and Table 5's "w/o GRU Context" is
+    "No recurrent context modeling" — so fusion stays within the utterance. Absent modalities are masked out.
     Not in the paper: our choice, because one vector per utterance must reach the GRU — the fused tokens are
     averaged over the utterance's present modalities.
   * §3.4 speaker-aware context: "a GRU is used after multi-modal fusion ... in order of dialogue ... context from
@@ -17,8 +19,10 @@ The paper has no equations; its components map to code as follows:
     the dialogue) is added to the GRU input (``speaker: false`` drops it).
   * §3.5 classification: "a fully connected classification layer" + softmax: a single ``nn.Linear`` (softmax in
     the loss).
-  * §3.6 / §4.5 / Table 2 training (inverse-frequency weighted CE, AdamW, gradient clipping, ReduceLROnPlateau and
-    early stopping on validation loss): engine options, set in ``recipes/m2fnet_meld.yaml``.
+  * §3.6 / §3.7 / §4.5 / Table 2 training (inverse-frequency weighted CE, AdamW, gradient clipping,
+    ReduceLROnPlateau and early stopping on validation loss, the model selected on validation): engine options,
+    set in ``recipes/m2fnet_meld.yaml``. The paper has no numbered equations and gives no widths, heads, layers,
+    dropout, lr, batch size or epochs (§3.8, §4.6 only say they were tuned): every such value is ours.
 
 Ablations (Table 5, on the validation split; each a ``-S`` override of ``recipes/m2fnet_meld.yaml``, text alone
 with ``--offline``): ``fusion: concat`` ("w/o Transformer Fusion": concatenation of the
@@ -30,7 +34,7 @@ Chudasama et al.'s M2FNet (per-modality dialogue transformers, text-query cross-
 module implemented before, is not kept: its paper is not among the project's sources, so its details could not be
 checked, and its cross-modal attention + BiGRU design is covered by LPGNet / SUMMER / bc_lstm.
 
-Departures still to be made switches or justified (end-of-session review against m2fnet.txt; behaviour unchanged):
+Readings and our choices (reviewed against m2fnet.txt; each justified or a switch):
   * §3.7 "All the modalities are trained together end-to-end" vs the Limitations' "default pretrained modal-wise
     feature extractors" (fine-tuning named as future work): read as the fusion network trained jointly on frozen
     extractor features, so the recipe keeps BERT frozen (``text.finetune.enabled: false``; ``train.text_encoder``

@@ -1,11 +1,16 @@
 """SUMMER — Li, Yu, Huang, Yan, "Unimodal-driven Distillation in Multimodal Emotion Recognition with Dynamic
-Fusion" (ICME 2025, arXiv:2503.23721; text: ``../shared/papers/summer.txt``). Regression (``task:
-regression``, issue #20; not in the paper: our choice) is described at ``Summer._ikd_regression``.
+Fusion" (ICME 2025, arXiv:2503.23721; text: ``../shared/papers/summer.txt``, the anonymous double-blind review
+version, whose equation numbers are the ones cited here: in it Eq. 11's number is printed after Eq. 9 and the
+L_cross formula itself is unnumbered, and its denominator is printed p̂ too — read as p̄, the teacher's, from the
+"where" clause). Regression (``task: regression``, issue #20; not in the paper: our choice) is described at
+``Summer._ikd_regression``.
 Section / equation → code:
 
   §3.3 / A.1 features (``FrontEnd``): audio "reduced to 512 dimensions" by a learned layer (``audio_reduce``);
       visual: a DialogueRNN (``DialogueRNN``, Majumder et al. 2019) then an FC to 256 (``dialoguernn``,
       ``dialoguernn_dim``). Text needs nothing here (speaker-marked context turns: ``text.context=speaker``).
+      §3.3's "Finally, DialogueRNN is employed …" names no modality; A.1 places it on the visual stream, so the
+      default is ``[v]`` (``dialoguernn: [t, a, v]`` is the all-modalities reading of §3.3's sentence).
   Eq. 1   S_j = V_s o_s                          ``UtteranceEmbedding.speaker`` (one-hot × V_s = an embedding row)
   Eq. 2   U_e = H + S + P                        ``UtteranceEmbedding.forward`` (P: sinusoidal, absolute turn index)
   Eq. 3   G_dyn = Softmax(W_g)/T in the band     ``DynamicRouter.band`` (μ ± 2σ on the gate logits W_g) and
@@ -53,7 +58,9 @@ alternative is a switch):
     σ = 0 nothing is outside it.
   * Eq. 3 then Eq. 4: the Gumbel softmax at τ replaces Softmax(W_g); the band's zeros and the division by T stay
     (T: ``temperature``, a set hyper-parameter; τ: ``tau``, learnable). No renormalisation after the band
-    (``route_renorm: true`` renormalises the kept weights). Evaluation: softmax(W_g/τ), no noise (our choice).
+    (``route_renorm: true`` renormalises the kept weights). Evaluation: softmax(W_g/τ), no noise — not in the
+    paper: our choice, because the Gumbel noise is introduced "to ensure differentiability during
+    backpropagation" (training), and with it a prediction would be random.
   * SDMoE gate input, "a global representation of the multimodal context": ``gate_context: true`` feeds the gate
     [own token; mean of the utterance's present modalities; that mean averaged over the dialogue]; ``false`` only
     the own token.
@@ -119,8 +126,12 @@ its speaker/position embedding and the other modalities' keys put there. The bra
 masked as keys in both.
 
 Not in the paper (our choices, because the text gives no value or form), each with its reason:
+  * Eq. 2 adds H_i^m, S_i and P_i, so they share one width: each modality is first projected to ``hidden``
+    (``layers.ModalityProjector``: LayerNorm → Linear → GELU → Dropout).
   * Eq. 2's P is sinusoidal ("absolute position embeddings", form not given): it needs no maximum dialogue length
     and no parameters.
+  * The student's classifier (Eq. 14's "student model's classifier") and the teacher's (Eq. 11–12) are single
+    linear layers: the text names them and gives no form.
   * BiGRU experts of hidden/2 per direction: their concatenated outputs are ``hidden`` wide, the width of U_e that
     Eq. 5 sums them into.
   * τ is stored as log τ, read clamped at 1e-2: Eq. 4 divides by τ, which must stay positive under gradient steps;
