@@ -11,6 +11,8 @@ from pipeline.training.engine import Engine, EngineConfig, parse_modalities, spl
 DIMS = {"t": 16, "a": 12, "v": 8}
 SUBSETS = ["t", "a", "v", "ta", "tv", "av", "tav"]
 TINY = {"hidden": 16}
+# per model: widths that only cost time here (SUMMER's DialogueRNN over the visual sequence is 256-d by default)
+TINY_MODEL = {"summer": {"dialoguernn_dim": 16}}
 # Paper ablations by param (M2FNet Table 5, DialogueTRM Tables 3–5), on top of each model's defaults.
 ABLATIONS = {
     "m2fnet": [{"fusion": "concat"}, {"context": "none"}, {"fusion": "concat", "context": "none"},
@@ -34,7 +36,8 @@ def batch(mods="tav", B=3, T=5, seed=0):
 
 def build(name, cfg, mods, **extra):
     torch.manual_seed(0)
-    return get_model(name, input_dims={m: DIMS[m] for m in mods}, n_classes=7, **{**TINY, **cfg, **extra})
+    return get_model(name, input_dims={m: DIMS[m] for m in mods}, n_classes=7,
+                     **{**TINY, **TINY_MODEL.get(name, {}), **cfg, **extra})
 
 
 def needs(name, mods) -> bool:
