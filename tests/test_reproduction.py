@@ -337,3 +337,36 @@ def test_teacher_rows_read_the_teacher_score_one_value_per_teacher_seed(tmp_path
                                              "result": "teacher", "values": {"weighted_f1": 1.0}, "match": {}}]}))
     with pytest.raises(UserError, match="teacher has test scores only"):
         reproduction.load_rows(bad)
+
+
+def test_readme_block_is_the_committed_stores(tmp_path):
+    """The README's reproduction numbers are what `python -m pipeline.report --store-only --readme README.md` writes
+    from the committed run store: no hand-copied number."""
+    from pipeline.report import store
+
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    i, j = readme.index(reproduction.README_START), readme.index(reproduction.README_END)
+    block = reproduction.readme_markdown(store.load(ROOT / "reports" / "runs"),
+                                         yaml.safe_load((ROOT / "params.yaml").read_text()))
+    assert readme[i + len(reproduction.README_START):j].strip("\n") == block.rstrip("\n"), \
+        "README's reproduction block is stale: python -m pipeline.report --store-only --readme README.md"
+    # the rewrite touches only the block, and a README without markers is left alone
+    f = tmp_path / "R.md"
+    f.write_text(f"head\n{reproduction.README_START}\nold\n{reproduction.README_END}\ntail\n")
+    assert reproduction.update_readme(f, "new | 1")
+    assert f.read_text() == f"head\n{reproduction.README_START}\nnew | 1\n{reproduction.README_END}\ntail\n"
+    (tmp_path / "plain.md").write_text("no markers\n")
+    assert not reproduction.update_readme(tmp_path / "plain.md", "x")
+    assert (tmp_path / "plain.md").read_text() == "no markers\n"
+
+
+def test_yaml11_exponent_strings_are_one_configuration():
+    """`1e-05` read by PyYAML (a string) and by DVC (a float) is one setting: one group, and it matches a row."""
+    from pipeline.report.runs import Run, group_runs, yaml_number
+
+    assert yaml_number("1e-05") == 1e-05 and yaml_number("3E+2") == 300.0
+    assert yaml_number("1.5") == "1.5" and yaml_number("e5") == "e5" and yaml_number(2) == 2  # only exponents
+    a = Run("a", "r", p(train__weight_decay="1e-05", train__seed=0), m(0.5))
+    b = Run("b", "r", p(train__weight_decay=1e-05, train__seed=1), m(0.6))
+    assert len(group_runs([a, b])) == 1
+    assert reproduction._same("1e-05", 1e-05) and not reproduction._same("1e-05", 1e-04)

@@ -334,6 +334,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--no-analyses", action="store_true", help="tables only (no emotion shift, t-SNE, Ada2I figures)")
     ap.add_argument("--efficiency", default="reports/results/efficiency.json",
                     help="rows of `python -m pipeline.analysis efficiency` to include")
+    ap.add_argument("--readme", default="",
+                    help="a README whose reproduction block to rewrite from the committed store (README.md)")
     args = ap.parse_args(argv)
     try:
         from pipeline.report import store
@@ -344,6 +346,11 @@ def main(argv: list[str] | None = None) -> None:
         runs = store.merge(live, [] if args.no_store else store.load(args.store))
         check_required(runs, args.require)
         write_report(runs, base_params(), args.out, not args.no_analyses, args.efficiency, args.paper_rows)
+        if args.readme and not args.no_store and args.paper_rows:
+            # the store's runs only: the README's numbers regenerate on a fresh clone (live experiments do not)
+            block = reproduction.readme_markdown(store.load(args.store), base_params(), args.paper_rows)
+            if reproduction.update_readme(args.readme, block):
+                log.info("rewrote the reproduction block of %s from %s", args.readme, args.store)
     except ReportError as e:
         log.error("%s", e)
         sys.exit(2)

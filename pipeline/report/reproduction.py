@@ -20,7 +20,7 @@ import yaml
 from pipeline.common import atomic_write_text
 from pipeline.errors import UserError
 from pipeline.training.metrics import mean_std
-from pipeline.report.runs import Corpus, Group, Run, diff, flatten, group_runs, modality_label
+from pipeline.report.runs import Corpus, Group, Run, diff, flatten, group_runs, modality_label, yaml_number
 from pipeline.report.tables import md_table
 
 log = logging.getLogger("merc.report")
@@ -187,7 +187,9 @@ def _lookup(flat: dict, key: str, defaults: dict) -> tuple[bool, object]:
 
 
 def _same(a, b) -> bool:
-    """Equality as YAML means it: a bool equals only a bool, 1 equals 1.0, lists element by element."""
+    """Equality as YAML means it: a bool equals only a bool, 1 equals 1.0 and "1e-05" (``yaml_number``), lists
+    element by element."""
+    a, b = yaml_number(a), yaml_number(b)
     if isinstance(a, bool) or isinstance(b, bool):
         return isinstance(a, bool) and isinstance(b, bool) and a == b
     if isinstance(a, (int, float)) and isinstance(b, (int, float)):
@@ -422,6 +424,54 @@ INTRO = ("Each line: one number a paper prints that text alone can test (pipelin
          "experiment names are one sample each), Δ = ours − paper in points, for an ablation whether our change "
          "from our run of the reference row has the sign of the paper's change (✓/✗, both changes given), and "
          "for |Δ| > 3 the cause the spec states.\n")
+
+
+README_START, README_END = "<!-- merc:reproduction (python -m pipeline.report --store-only --readme README.md) -->", \
+    "<!-- /merc:reproduction -->"
+README_HEADER = ["paper", "corpus", "table", "row", "metric", "paper %", "ours % (mean ± std, n)", "Δ",
+                 "sign vs reference"]
+
+
+def summary_markdown(rows: list[PaperRow], by_id: dict[str, PaperRow], matches: dict[str, Match]) -> str:
+    """The README's block: every shown row that has a run, one line per metric, and the count of rows not run."""
+    lines = []
+    for r in (r for r in rows if r.show and matches[r.id].group is not None):
+        for metric, pv in r.values.items():
+            v, qual = ours(matches[r.id].group, metric, r.split, r.result)
+            delta = f"{float(v.mean()) - pv:+.2f}" if v.size and pv is not None else "–"
+            lines.append([r.paper, f"{FAMILIES[r.family]}-{r.classes}", r.table, r.row,
+                          METRICS[metric] + (" (dev)" if r.split == "dev" else ""),
+                          "–" if pv is None else f"{pv:.2f}", _pct(v) + (f" ({qual})" if qual else ""),
+                          delta.replace("-", "−"), sign_cell(r, metric, by_id, matches)])
+    shown = [r for r in rows if r.show]
+    done = sum(matches[r.id].group is not None for r in shown)
+    table = md_table(README_HEADER, [[str(c).replace("|", "\\|") for c in line] for line in lines]) if lines else ""
+    return (f"{done} of {len(shown)} paper rows run; the others, the experiments behind each line and the causes "
+            "of gaps over 3 points: [reports/results/reproduction.md](reports/results/reproduction.md).\n\n"
+            + table)
+
+
+def readme_markdown(runs: list[Run], params: dict, rows_file: str | Path = PAPER_ROWS) -> str:
+    """``summary_markdown`` of ``runs`` (the README passes the committed store's runs only, so its numbers
+    regenerate on any clone)."""
+    rows = load_rows(rows_file)
+    defaults = flatten(params)
+    return summary_markdown(rows, {r.id: r for r in rows}, {r.id: resolve(r, runs, defaults) for r in rows})
+
+
+def update_readme(path: str | Path, block: str) -> bool:
+    """Replace the text between the README's reproduction markers with ``block`` (atomically); False: no markers."""
+    path = Path(path)
+    if not path.is_file():
+        return False
+    text = path.read_text(encoding="utf-8")
+    i, j = text.find(README_START), text.find(README_END)
+    if i < 0 or j < i:
+        return False
+    new = text[: i + len(README_START)] + "\n" + block.rstrip("\n") + "\n" + text[j:]
+    if new != text:
+        atomic_write_text(new, path)
+    return True
 
 
 def write(runs: list[Run], params: dict, out_dir: str | Path, rows_file: str | Path = PAPER_ROWS) -> dict[str, str]:

@@ -5,6 +5,7 @@ import copy
 import io
 import json
 import logging
+import re
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -259,9 +260,18 @@ def modality_label(mods) -> str:
     return "+".join(m.upper() for m in MODALITY_ORDER if m in s.lower())
 
 
+YAML11_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
+
+
+def yaml_number(v):
+    """``1e-05`` as a float: PyYAML (YAML 1.1) reads an exponent without a dot as a string, DVC's parser as a
+    number, so one setting saved by both would look like two."""
+    return float(v) if isinstance(v, str) and YAML11_FLOAT.fullmatch(v) else v
+
+
 def config_of(params: dict) -> dict:
     """The parameters that define a result: everything but throughput knobs, seeds and other models' params."""
-    flat = flatten(params)
+    flat = {k: yaml_number(v) for k, v in flatten(params).items()}
     model = params.get("model")
     cfg = {k: v for k, v in flat.items()
            if k not in IGNORED and not k.startswith(IGNORED_PREFIXES)
