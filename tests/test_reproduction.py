@@ -328,6 +328,8 @@ def test_teacher_rows_read_the_teacher_score_one_value_per_teacher_seed(tmp_path
     assert vals.tolist() == pytest.approx([60.0, 70.0])
     student, _ = reproduction.ours(Group(runs[0].corpus, {}, same), "weighted_f1", "test")
     assert student.tolist() == pytest.approx([50.0, 50.0, 50.0])
+    from pipeline.report.runs import group_runs
+    assert len(group_runs(same)) == 1  # the teacher's seed is a seed, not a configuration
     runs[1].teacher_metrics = {}
     vals, qual = reproduction.ours(Group(runs[0].corpus, {}, runs), "weighted_f1", "test", "teacher")
     assert vals.tolist() == pytest.approx([60.0]) and "1 of 2 teachers" in qual

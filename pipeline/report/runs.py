@@ -28,7 +28,7 @@ MODALITY_ORDER = "tav"
 # Params that do not change a result (throughput knobs), the seed (what we average over) and the recipe's name
 # (a label: the parameters it sets are in the config anyway).
 IGNORED = {"text.batch_size", "text.shard_size", "audio.shard_size", "audio.ssl.batch_size", "visual.shard_size",
-           "train.seed", "train.seeds", "text.finetune.seed", "recipe"}
+           "train.seed", "train.seeds", "text.finetune.seed", "model_params.summer.teacher.seed", "recipe"}
 IGNORED_PREFIXES = ("runtime.",)  # where the extract stages run: their tables are the same either way
 NO_RECIPE = (None, "none", "")
 
