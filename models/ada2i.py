@@ -248,6 +248,10 @@ class Ada2I(nn.Module):
                 raise ValueError(f"ada2i: {key} is null|{'|'.join(ok)}; got {val!r}")
         self.amw_norm, self.noise_target, self.feature_target = amw_norm, noise_target, feature_target
         self._sigma: dict = {}  # noise_target parameter: per parameter, σ from before_step, used by after_step
+        # Gradient noise is drawn from a generator seeded by (this seed, epoch, step): every DDP replica adds the
+        # same noise to the same (already all-reduced) gradient, so the engine's re-averaging keeps σ (noise drawn
+        # per rank would shrink to σ/√W). The seed comes from the run's seeded RNG: another seed, other noise.
+        self._noise_seed = int(torch.randint(0, 2**31 - 1, ()).item())
         self.modalities = mods = ordered(input_dims)
         dims = encoder_dim if isinstance(encoder_dim, dict) else {m: encoder_dim for m in mods}
         self.encoders = nn.ModuleDict({m: ModalityEncoder(input_dims[m], dims.get(m), hidden, heads, encoder_layers,
@@ -364,6 +368,7 @@ class Ada2I(nn.Module):
         self._sigma = {}
         if not coef or not self.modulating(epoch):
             return
+        gen = None
         for m, k in coef.items():
             for p in self.encoders[m].parameters():
                 if p.grad is None:
@@ -372,8 +377,12 @@ class Ada2I(nn.Module):
                     self._sigma[p] = float(p.grad.std())  # Σ^sgd(θ_t): the unmodulated gradient's spread
                 p.grad.mul_(k)
                 if self.noise and self.noise_target == "gradient" and p.grad.numel() > 1:  # one element: no std
+                    if gen is None:
+                        gen = torch.Generator(device="cpu").manual_seed(
+                            (self._noise_seed * 1_000_003 + 7_919 * (epoch + 1) + step) % (2**63 - 1))
                     # in place: on CPU drawing the normals (~12 ns each) is this hook's whole cost
-                    p.grad.add_(torch.randn_like(p.grad).mul_(p.grad.std() + 1e-8))
+                    eps = torch.randn(p.grad.shape, generator=gen, dtype=torch.float32)
+                    p.grad.add_(eps.to(device=p.grad.device, dtype=p.grad.dtype).mul_(p.grad.std() + 1e-8))
 
     @torch.no_grad()
     def after_step(self, epoch: int, step: int, lr: float) -> None:

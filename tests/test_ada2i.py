@@ -26,8 +26,9 @@ def batch(mods="tav", B=3, T=5, seed=0):
     return toy_batch(DIMS, mods, B, T, seed, speakers=False)
 
 
-def train_step(model, b, epoch=0):
-    """One engine-order step without the optimiser: forward, aux_loss, backward, before_step."""
+def train_step(model, b, epoch=0, burn=0):
+    """One engine-order step without the optimiser: forward, aux_loss, backward, before_step (``burn``: draws from
+    the global RNG first, as another DDP rank's different batch shapes would have)."""
     feats, present, mask, speaker, label = b
     out = model(feats, present, mask, speaker)
     aux = {**out["losses"], **model.aux_loss(out, {"label": label, "mask": mask, "class_weight": None})}
@@ -36,6 +37,7 @@ def train_step(model, b, epoch=0):
     loss.backward()
     grads = {n: p.grad.clone() for n, p in model.named_parameters()}
     coef = dict(model._coef or {})
+    torch.rand(burn)
     model.before_step(epoch=epoch, step=0)
     return loss, grads, coef
 
@@ -132,6 +134,11 @@ def test_modulation_window_and_noise():
     for n, p in noisy.named_parameters():  # noise only on the modality encoders
         if not n.startswith("encoders."):
             torch.testing.assert_close(p.grad, grads[n], rtol=0, atol=0)
+    # DDP: two replicas (same seed, same all-reduced gradient) add the same noise, so the engine's re-average
+    # keeps σ (per-rank draws would average to σ/√W)
+    twin = build(start_mod=1, noise=True, noise_target="gradient")
+    train_step(twin, b, burn=5)
+    torch.testing.assert_close(dict(twin.named_parameters())[name].grad, g, rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("paper", [True, False])
