@@ -250,8 +250,9 @@ class Ada2I(nn.Module):
         self._sigma: dict = {}  # noise_target parameter: per parameter, σ from before_step, used by after_step
         # Gradient noise is drawn from a generator seeded by (this seed, epoch, step): every DDP replica adds the
         # same noise to the same (already all-reduced) gradient, so the engine's re-averaging keeps σ (noise drawn
-        # per rank would shrink to σ/√W). The seed comes from the run's seeded RNG: another seed, other noise.
-        self._noise_seed = int(torch.randint(0, 2**31 - 1, ()).item())
+        # per rank would shrink to σ/√W). Its seed is the run's (torch.initial_seed(): what seeding set, the same on
+        # every rank), read without drawing from the global RNG.
+        self._noise_seed = int(torch.initial_seed()) % (2**31 - 1)
         self.modalities = mods = ordered(input_dims)
         dims = encoder_dim if isinstance(encoder_dim, dict) else {m: encoder_dim for m in mods}
         self.encoders = nn.ModuleDict({m: ModalityEncoder(input_dims[m], dims.get(m), hidden, heads, encoder_layers,

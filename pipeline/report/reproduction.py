@@ -447,8 +447,8 @@ def summary_markdown(rows: list[PaperRow], by_id: dict[str, PaperRow], matches: 
     done = sum(matches[r.id].group is not None for r in shown)
     table = md_table(README_HEADER, [[str(c).replace("|", "\\|") for c in line] for line in lines]) if lines else ""
     return (f"{done} of {len(shown)} paper rows run; the others, the experiments behind each line and the causes "
-            "of gaps over 3 points: [reports/results/reproduction.md](reports/results/reproduction.md).\n\n"
-            + table)
+            "of gaps over 3 points: `reports/results/reproduction.md` (written by `python -m pipeline.report`; "
+            "on the docs site: Results).\n\n" + table)
 
 
 def readme_markdown(runs: list[Run], params: dict, rows_file: str | Path = PAPER_ROWS) -> str:
